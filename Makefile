@@ -1,0 +1,42 @@
+# Two commands on a fresh clone:  make demo  (the main job)  and  make test.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# torch is installed first and only if missing, so an existing (e.g. CUDA) build is kept.
+TORCH_SPEC ?= torch==2.13.0
+# The independent reference for the attack cross-checks; its torchvision pin is not needed
+# by the attacks we compare against, so it is installed without dependencies.
+TORCHATTACKS_SPEC ?= torchattacks==3.5.1
+
+.PHONY: demo test venv install install-dev lint format clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+venv: $(PY)
+	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH_SPEC)"
+
+install: venv
+	$(PIP) install -q -e ".[demo]"
+
+install-dev: venv
+	$(PIP) install -q -e ".[dev,demo]"
+	@$(PY) -c "import torchattacks" 2>/dev/null || $(PIP) install -q --no-deps "$(TORCHATTACKS_SPEC)"
+
+demo: install
+	$(VENV)/bin/odenets demo --out runs/demo
+
+test: install-dev
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: install-dev
+	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff format --check src tests benchmarks
+
+format: install-dev
+	$(PY) -m ruff format src tests benchmarks
+	$(PY) -m ruff check --fix src tests benchmarks
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

@@ -1,0 +1,68 @@
+"""The `odenets` command line. Thin: each subcommand lives in `odenets.commands.<name>`
+with `add_arguments(parser)` and `run(args) -> int`; this file only wires them up."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from odenets.errors import OdenetsError
+
+# name -> one-line help. The module odenets.commands.<name> implements it.
+COMMANDS = {
+    "models": "list the registered networks with their parameter counts",
+    "data": "download CIFAR archives, write generated CIFAR-C noise sets",
+    "train": "train a network with a paper recipe (resumable)",
+    "evaluate": "clean, noise and adversarial accuracy of one run or an ensemble",
+    "plot": "draw the analysis figures of both papers",
+    "reproduce": "run the grid of trainings and evaluations behind a paper table",
+    "report": "write report.md with our numbers beside the papers'",
+    "demo": "offline demo on the embedded digits data set (a few minutes on CPU)",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from odenets import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="odenets",
+        description="ODE-inspired robust and stable deep networks (In-ResNet, NAIS-Net).",
+    )
+    parser.add_argument("--version", action="version", version=f"odenets {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, help_text in COMMANDS.items():
+        module = _command_module(name)
+        if module is None:
+            continue
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def _command_module(name: str):
+    try:
+        return importlib.import_module(f"odenets.commands.{name}")
+    except ModuleNotFoundError as err:
+        if err.name == f"odenets.commands.{name}":
+            return None
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (OdenetsError, ValueError, KeyError, FileNotFoundError) as err:
+        # Library errors carry a message meant for people; no traceback for those.
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"odenets {args.command}: error: {msg}", file=sys.stderr)
+        return 1

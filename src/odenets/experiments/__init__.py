@@ -1,0 +1,1 @@
+"""odenets.experiments."""

@@ -1,0 +1,1 @@
+"""NAIS-Net (being written)."""

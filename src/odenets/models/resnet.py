@@ -1,0 +1,1 @@
+"""Pre-activation CIFAR ResNets and the In-ResNet family (being written)."""
