@@ -1,0 +1,157 @@
+"""Presets: one TOML file per paper table, describing the grid of runs that reproduces it.
+
+A preset names the paper table it reproduces, the data sets, the number of seeds, and for
+each scale (``paper``: the published recipe; ``quick``: a short schedule on smaller
+networks) the training overrides and the evaluation settings. Each ``[[rows]]`` entry is one
+row of the table: a model (``model`` at paper scale, ``quick_model`` at quick scale) with
+optional constructor overrides (``kwargs``), or ``ensemble_of`` another row.
+
+Packaged presets live in ``odenets/experiments/presets/*.toml``; a path to a TOML file of the
+same shape works wherever a preset name does.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+SCALES = ("quick", "paper")
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How every run of a preset is evaluated (see `odenets evaluate`)."""
+
+    attacks: tuple[str, ...] = ("fgsm", "ifgsm", "pgd")  # attack registry names
+    eps: tuple[float, ...] = (8.0,)  # radii in 1/255 pixel units; the first is the table's
+    noise: bool = True  # the four CIFAR-C noise corruptions, severities 1-5
+    limit: int = 0  # test images to evaluate; 0 = the whole test split
+    steps: int = 0  # attack steps for IFGSM / PGD; 0 = the attack's default (20)
+    threat_model: str = "pixel"  # "pixel" (standard) or "normalized" (authors' first code)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of the table: a model trained once per seed, or an ensemble of another row."""
+
+    key: str  # row key of the paper table, e.g. "in_resnet110" or "in_resnet110@0.20-0.25"
+    model: str = ""  # registry name at paper scale
+    quick_model: str = ""  # registry name at quick scale ("" = same as model)
+    kwargs: dict[str, Any] = field(default_factory=dict)  # create_model overrides
+    ensemble_of: str = ""  # row key whose seeds form the ensemble
+
+    def model_for(self, scale: str) -> str:
+        return (self.quick_model or self.model) if scale == "quick" else self.model
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    table: str  # paper table name ("" = no paper numbers)
+    datasets: tuple[str, ...]  # data sets of the paper table (cifar10, cifar100)
+    seeds: int
+    rows: tuple[Row, ...]
+    train: dict[str, dict[str, Any]]  # scale -> training overrides (e.g. epochs)
+    evaluate: dict[str, EvalSettings]  # scale -> evaluation settings
+    gpu_hours: dict[str, float]  # scale -> rough estimate for the whole grid
+    source: str = ""  # the file it was read from
+
+    def row(self, key: str) -> Row:
+        for row in self.rows:
+            if row.key == key:
+                return row
+        raise KeyError(f"preset {self.name!r} has no row {key!r}")
+
+
+def _preset_dir():
+    return resources.files("odenets.experiments") / "presets"
+
+
+def list_presets() -> list[str]:
+    """Names of the packaged presets."""
+    return sorted(
+        p.name[: -len(".toml")] for p in _preset_dir().iterdir() if p.name.endswith(".toml")
+    )
+
+
+def load_preset(name_or_path: str | Path) -> Preset:
+    """A packaged preset by name, or a preset TOML file by path."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" and path.is_file():
+        text, source = path.read_text(encoding="utf-8"), str(path)
+    else:
+        entry = _preset_dir() / f"{name_or_path}.toml"
+        if not entry.is_file():
+            raise KeyError(
+                f"unknown preset {str(name_or_path)!r}; known: {', '.join(list_presets())} "
+                "(or give the path of a preset .toml file)"
+            )
+        text, source = entry.read_text(encoding="utf-8"), f"{name_or_path}.toml"
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"preset {source} is not valid TOML: {err}") from err
+    return parse_preset(data, source=source)
+
+
+def parse_preset(data: dict[str, Any], *, source: str = "") -> Preset:
+    """Build a `Preset` from the parsed TOML, with errors that name the bad field."""
+    where = source or data.get("name", "preset")
+    for key in ("name", "rows", "scale"):
+        if key not in data:
+            raise ValueError(f"preset {where}: missing field {key!r}")
+    rows = tuple(_parse_row(r, where) for r in data["rows"])
+    keys = [r.key for r in rows]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"preset {where}: row keys must be unique; got {keys}")
+    for row in rows:
+        if row.ensemble_of and row.ensemble_of not in keys:
+            raise ValueError(f"preset {where}: row {row.key!r} is an ensemble of unknown row")
+    train, evaluate = {}, {}
+    for scale, settings in data["scale"].items():
+        if scale not in SCALES:
+            raise ValueError(f"preset {where}: unknown scale {scale!r}; accepted: {SCALES}")
+        train[scale] = dict(settings.get("train", {}))
+        ev = dict(settings.get("evaluate", {}))
+        unknown = set(ev) - set(EvalSettings.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"preset {where}: unknown evaluate settings {sorted(unknown)}")
+        for k in ("attacks", "eps"):
+            if k in ev:
+                ev[k] = tuple(ev[k])
+        evaluate[scale] = EvalSettings(**ev)
+    seeds = int(data.get("seeds", 1))
+    if seeds < 1:
+        raise ValueError(f"preset {where}: seeds must be >= 1; got {seeds}")
+    return Preset(
+        name=str(data["name"]),
+        description=str(data.get("description", "")),
+        table=str(data.get("table", "")),
+        datasets=tuple(data.get("datasets", ["cifar10"])),
+        seeds=seeds,
+        rows=rows,
+        train=train,
+        evaluate=evaluate,
+        gpu_hours={s: float(data.get(f"gpu_hours_{s}", 0.0)) for s in SCALES},
+        source=source,
+    )
+
+
+def _parse_row(raw: dict[str, Any], where: str) -> Row:
+    if "key" not in raw:
+        raise ValueError(f"preset {where}: every [[rows]] entry needs a 'key'; got {raw}")
+    if not raw.get("model") and not raw.get("ensemble_of"):
+        raise ValueError(f"preset {where}: row {raw['key']!r} needs 'model' or 'ensemble_of'")
+    unknown = set(raw) - set(Row.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"preset {where}: row {raw['key']!r} has unknown fields {sorted(unknown)}")
+    return Row(**raw)
