@@ -1,1 +1,520 @@
-"""Pre-activation CIFAR ResNets and the In-ResNet family (being written)."""
+"""Pre-activation CIFAR ResNets and the In-ResNet family.
+
+Papers:
+    He, Zhang, Ren, Sun, "Identity Mappings in Deep Residual Networks", ECCV 2016
+    (pre-activation blocks). Yang, Liu, Bao, Shi, "Interpolation between Residual and
+    Non-Residual Networks", ICML 2020 (arXiv 2006.05749).
+
+A residual block is the forward-Euler step of dx/dt = f(x, t):
+
+    ResNet:       x_{n+1} = x_n + f_n(x_n)
+
+Damping the ODE, dx/dt = -λ x + ρ(λ) f(x, t), gives blocks that interpolate between a
+residual block (λ = 0) and a plain layer x_{n+1} = f_n(x_n) (λ = 1):
+
+    In-ResNet:    x_{n+1} = (1 - ReLU(λ_n)) x_n + f_n(x_n)                      (ρ = 1)
+    λ-In-ResNet:  x_{n+1} = (1 - ReLU(λ_n)) x_n + (1 + ReLU(λ_n)) f_n(x_n)      (ρ = λ + 1)
+    general:      x_{n+1} = (1 - act(d(x_n))) x_n + f_n(x_n), act in {ReLU, sigmoid},
+                  d = λ_n (a scalar) or d(x) = W_d x + b_d (gating)
+    ETD:          x_{n+1} = e^{-λ_n} x_n + (1 - e^{-λ_n}) / λ_n · f_n(x_n)       (ρ = 1)
+
+One block class serves every variant: the residual function f (basic or bottleneck) and a
+small junction (`odenets.models.layers`) that combines x_n and f_n(x_n).
+
+The layout follows the In-ResNet authors' CIFAR code: a 3x3 stem with no BN or ReLU after
+it; three stages of widths 16, 32, 64 (x4 for bottleneck) with strides 1, 2, 2; a BN-ReLU-1x1
+projection where the shape changes; a BN-ReLU-average-pool-linear head. Only blocks with an
+identity shortcut interpolate, and not the first block of the network (51 of 54 blocks at
+depth 110 and 164). Coefficients are kept in the authors' raw form, so SGD with weight decay
+moves them as in their runs (`param_groups(..., coefficient_weight_decay=0.0)` exempts them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from odenets.models.base import CIFAR_MEAN, CIFAR_STD, OdeNet
+from odenets.models.layers import JUNCTIONS, LambdaRange, create_junction
+from odenets.models.registry import register_model
+
+# depth -> (residual function, blocks per stage): 6N+2 for basic, 9N+2 for bottleneck.
+DEPTHS = {
+    20: ("basic", 3),
+    32: ("basic", 5),
+    44: ("basic", 7),
+    56: ("basic", 9),
+    110: ("basic", 18),
+    164: ("bottleneck", 18),
+}
+STAGE_WIDTHS = (16, 32, 64)
+STAGE_STRIDES = (1, 2, 2)
+
+
+def default_lambda_init(depth: int) -> LambdaRange:
+    """The authors' initial λ range: U(0.20, 0.25) up to depth 110, U(0.10, 0.20) beyond."""
+    return (0.1, 0.2) if depth > 110 else (0.2, 0.25)
+
+
+class BasicResidual(nn.Module):
+    """f(x) = conv3x3(ReLU(BN(conv3x3(ReLU(BN(x)), stride)))), no conv bias."""
+
+    expansion = 1
+
+    def __init__(self, in_chs: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_chs)
+        self.conv1 = nn.Conv2d(in_chs, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv1(F.relu(self.bn1(x)))
+        return self.conv2(F.relu(self.bn2(out)))
+
+
+class BottleneckResidual(nn.Module):
+    """f(x) = 1x1 (to 4·planes) ∘ BN-ReLU ∘ 3x3 (stride) ∘ BN-ReLU ∘ 1x1 ∘ BN-ReLU."""
+
+    expansion = 4
+
+    def __init__(self, in_chs: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_chs)
+        self.conv1 = nn.Conv2d(in_chs, planes, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv1(F.relu(self.bn1(x)))
+        out = self.conv2(F.relu(self.bn2(out)))
+        return self.conv3(F.relu(self.bn3(out)))
+
+
+RESIDUALS = {"basic": BasicResidual, "bottleneck": BottleneckResidual}
+
+
+class Projection(nn.Module):
+    """Projection shortcut where the shape changes: BN, ReLU, 1x1 conv (no bias)."""
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(in_chs)
+        self.conv = nn.Conv2d(in_chs, out_chs, 1, stride=stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.relu(self.bn(x)))
+
+
+class ResBlock(nn.Module):
+    """x_{n+1} = junction(shortcut(x_n), f(x_n)); f is evaluated once per call."""
+
+    def __init__(self, f: nn.Module, shortcut: nn.Module | None, junction: nn.Module):
+        super().__init__()
+        self.f = f
+        self.shortcut = shortcut
+        self.junction = junction
+
+    @property
+    def interpolating(self) -> bool:
+        return self.junction.interpolating
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skip = x if self.shortcut is None else self.shortcut(x)
+        return self.junction(skip, self.f(x))
+
+
+class PreActResNet(OdeNet):
+    """CIFAR pre-activation ResNet whose identity-shortcut blocks use a chosen junction.
+
+    Args:
+        depth: nominal depth, recorded in `model.depth` (6N+2 basic, 9N+2 bottleneck).
+        block: residual function, "basic" or "bottleneck".
+        blocks_per_stage: N, blocks in each of the three stages.
+        junction: a name from `odenets.models.layers.JUNCTIONS`; also `model.family`.
+        num_classes: classifier outputs.
+        in_chans: image channels.
+        mean, std: per-channel normalisation applied inside the model (pixels in [0, 1]).
+        lambda_init: (lo, hi), initial λ_n ~ U(lo, hi) in λ units (interpolating junctions).
+        gate: "elementwise" or "pooled" (gating junctions only).
+    """
+
+    def __init__(
+        self,
+        *,
+        depth: int,
+        block: str = "basic",
+        blocks_per_stage: int,
+        junction: str = "resnet",
+        num_classes: int = 10,
+        in_chans: int = 3,
+        mean: Sequence[float] = CIFAR_MEAN,
+        std: Sequence[float] = CIFAR_STD,
+        lambda_init: LambdaRange | None = None,
+        gate: str | None = None,
+    ):
+        super().__init__(in_chans=in_chans, mean=mean, std=std)
+        if block not in RESIDUALS:
+            raise ValueError(f"block must be one of {sorted(RESIDUALS)}; got {block!r}")
+        if blocks_per_stage < 1:
+            raise ValueError(f"blocks_per_stage must be >= 1; got {blocks_per_stage}")
+        self.family, self.depth, self.block_type = junction, depth, block
+        junction_kwargs = _junction_kwargs(junction, depth, lambda_init=lambda_init, gate=gate)
+        residual = RESIDUALS[block]
+
+        self.stem = nn.Conv2d(in_chans, STAGE_WIDTHS[0], 3, padding=1, bias=False)
+        blocks, in_chs = [], STAGE_WIDTHS[0]
+        for stage, (planes, stride) in enumerate(zip(STAGE_WIDTHS, STAGE_STRIDES, strict=True)):
+            out_chs = planes * residual.expansion
+            for j in range(blocks_per_stage):
+                s = stride if j == 0 else 1
+                shortcut = Projection(in_chs, out_chs, s) if s != 1 or in_chs != out_chs else None
+                # The first block and the projection blocks stay plain residual (authors).
+                plain = shortcut is not None or (stage == 0 and j == 0)
+                name, kwargs = ("resnet", {}) if plain else (junction, junction_kwargs)
+                f = residual(in_chs, planes, s)
+                blocks.append(ResBlock(f, shortcut, create_junction(name, out_chs, **kwargs)))
+                in_chs = out_chs
+        self.blocks = nn.ModuleList(blocks)
+        self.norm = nn.BatchNorm2d(in_chs)
+        self.fc = nn.Linear(in_chs, num_classes)
+        self.num_features = in_chs
+        for module in [self.stem, self.norm] + [m for b in blocks for m in (b.f, b.shortcut)]:
+            if module is not None:
+                _init_conv_bn(module)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Standardised images (N, C, H, W) -> pooled features (N, num_features)."""
+        x = self.stem(x)
+        for block in self.blocks:
+            x = block(x)
+        x = F.relu(self.norm(x))
+        return F.adaptive_avg_pool2d(x, 1).flatten(1)  # (N, num_features)
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.fc(features)
+
+    def interpolating_blocks(self) -> list[ResBlock]:
+        return [b for b in self.blocks if b.interpolating]
+
+    def coefficients(self) -> torch.Tensor:
+        """Effective λ_n of the interpolating blocks, in order (1-D, detached).
+
+        Scalar junctions report their λ_n; gating junctions the mean gate over the last batch.
+        """
+        lams = [b.junction.coefficient() for b in self.interpolating_blocks()]
+        return torch.stack(lams) if lams else torch.zeros(0)
+
+    def coefficient_parameters(self) -> list[nn.Parameter]:
+        return [p for b in self.blocks for p in b.junction.coefficient_parameters()]
+
+
+def _junction_kwargs(name: str, depth: int, *, lambda_init, gate) -> dict:
+    if name not in JUNCTIONS:
+        raise ValueError(f"unknown junction {name!r}; known: {', '.join(sorted(JUNCTIONS))}")
+    options = JUNCTIONS[name].options
+    given = {"lambda_init": lambda_init, "gate": gate}
+    for key, value in given.items():
+        if value is not None and key not in options:
+            accepted = ", ".join(options) if options else "no options"
+            raise ValueError(f"{key} does not apply to {name!r} blocks (accepted: {accepted})")
+    kwargs = {k: v for k, v in given.items() if v is not None and k in options}
+    if "lambda_init" in options and lambda_init is None:
+        kwargs["lambda_init"] = default_lambda_init(depth)
+    return kwargs
+
+
+def _init_conv_bn(module: nn.Module) -> None:
+    # The authors' init: conv N(0, sqrt(2 / (k·k·out_channels))), BN weight 1 and bias 0.
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+            nn.init.normal_(m.weight, 0.0, (2.0 / fan_out) ** 0.5)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def _create_resnet(family: str, depth: int, **kwargs) -> PreActResNet:
+    if depth not in DEPTHS:
+        raise ValueError(f"depth must be one of {sorted(DEPTHS)}; got {depth}")
+    block, n = DEPTHS[depth]
+    return PreActResNet(depth=depth, block=block, blocks_per_stage=n, junction=family, **kwargs)
+
+
+# --- resnet --------------------------------------------------------------------------
+
+
+@register_model
+def resnet20(**kwargs) -> PreActResNet:
+    """Pre-activation ResNet-20 (plain residual blocks)."""
+    return _create_resnet("resnet", 20, **kwargs)
+
+
+@register_model
+def resnet32(**kwargs) -> PreActResNet:
+    """Pre-activation ResNet-32 (plain residual blocks)."""
+    return _create_resnet("resnet", 32, **kwargs)
+
+
+@register_model
+def resnet44(**kwargs) -> PreActResNet:
+    """Pre-activation ResNet-44 (plain residual blocks)."""
+    return _create_resnet("resnet", 44, **kwargs)
+
+
+@register_model
+def resnet56(**kwargs) -> PreActResNet:
+    """Pre-activation ResNet-56 (plain residual blocks)."""
+    return _create_resnet("resnet", 56, **kwargs)
+
+
+@register_model
+def resnet110(**kwargs) -> PreActResNet:
+    """Pre-activation ResNet-110 (plain residual blocks)."""
+    return _create_resnet("resnet", 110, **kwargs)
+
+
+@register_model
+def resnet164(**kwargs) -> PreActResNet:
+    """Pre-activation ResNet-164 (plain residual blocks)."""
+    return _create_resnet("resnet", 164, **kwargs)
+
+
+# --- in_resnet -----------------------------------------------------------------------
+
+
+@register_model
+def in_resnet20(**kwargs) -> PreActResNet:
+    """In-ResNet-20: (1 - ReLU(λ)) x + f, raw k with λ = ReLU(1 - k)."""
+    return _create_resnet("in_resnet", 20, **kwargs)
+
+
+@register_model
+def in_resnet32(**kwargs) -> PreActResNet:
+    """In-ResNet-32: (1 - ReLU(λ)) x + f, raw k with λ = ReLU(1 - k)."""
+    return _create_resnet("in_resnet", 32, **kwargs)
+
+
+@register_model
+def in_resnet44(**kwargs) -> PreActResNet:
+    """In-ResNet-44: (1 - ReLU(λ)) x + f, raw k with λ = ReLU(1 - k)."""
+    return _create_resnet("in_resnet", 44, **kwargs)
+
+
+@register_model
+def in_resnet56(**kwargs) -> PreActResNet:
+    """In-ResNet-56: (1 - ReLU(λ)) x + f, raw k with λ = ReLU(1 - k)."""
+    return _create_resnet("in_resnet", 56, **kwargs)
+
+
+@register_model
+def in_resnet110(**kwargs) -> PreActResNet:
+    """In-ResNet-110: (1 - ReLU(λ)) x + f, raw k with λ = ReLU(1 - k)."""
+    return _create_resnet("in_resnet", 110, **kwargs)
+
+
+@register_model
+def in_resnet164(**kwargs) -> PreActResNet:
+    """In-ResNet-164: (1 - ReLU(λ)) x + f, raw k with λ = ReLU(1 - k)."""
+    return _create_resnet("in_resnet", 164, **kwargs)
+
+
+# --- lambda_in_resnet ----------------------------------------------------------------
+
+
+@register_model
+def lambda_in_resnet20(**kwargs) -> PreActResNet:
+    """λ-In-ResNet-20: (1 - ReLU(λ)) x + (1 + ReLU(λ)) f."""
+    return _create_resnet("lambda_in_resnet", 20, **kwargs)
+
+
+@register_model
+def lambda_in_resnet32(**kwargs) -> PreActResNet:
+    """λ-In-ResNet-32: (1 - ReLU(λ)) x + (1 + ReLU(λ)) f."""
+    return _create_resnet("lambda_in_resnet", 32, **kwargs)
+
+
+@register_model
+def lambda_in_resnet44(**kwargs) -> PreActResNet:
+    """λ-In-ResNet-44: (1 - ReLU(λ)) x + (1 + ReLU(λ)) f."""
+    return _create_resnet("lambda_in_resnet", 44, **kwargs)
+
+
+@register_model
+def lambda_in_resnet56(**kwargs) -> PreActResNet:
+    """λ-In-ResNet-56: (1 - ReLU(λ)) x + (1 + ReLU(λ)) f."""
+    return _create_resnet("lambda_in_resnet", 56, **kwargs)
+
+
+@register_model
+def lambda_in_resnet110(**kwargs) -> PreActResNet:
+    """λ-In-ResNet-110: (1 - ReLU(λ)) x + (1 + ReLU(λ)) f."""
+    return _create_resnet("lambda_in_resnet", 110, **kwargs)
+
+
+@register_model
+def lambda_in_resnet164(**kwargs) -> PreActResNet:
+    """λ-In-ResNet-164: (1 - ReLU(λ)) x + (1 + ReLU(λ)) f."""
+    return _create_resnet("lambda_in_resnet", 164, **kwargs)
+
+
+# --- in_resnet_sig -------------------------------------------------------------------
+
+
+@register_model
+def in_resnet_sig20(**kwargs) -> PreActResNet:
+    """In-ResNet-sig-20: (1 - sigmoid(d)) x + f."""
+    return _create_resnet("in_resnet_sig", 20, **kwargs)
+
+
+@register_model
+def in_resnet_sig32(**kwargs) -> PreActResNet:
+    """In-ResNet-sig-32: (1 - sigmoid(d)) x + f."""
+    return _create_resnet("in_resnet_sig", 32, **kwargs)
+
+
+@register_model
+def in_resnet_sig44(**kwargs) -> PreActResNet:
+    """In-ResNet-sig-44: (1 - sigmoid(d)) x + f."""
+    return _create_resnet("in_resnet_sig", 44, **kwargs)
+
+
+@register_model
+def in_resnet_sig56(**kwargs) -> PreActResNet:
+    """In-ResNet-sig-56: (1 - sigmoid(d)) x + f."""
+    return _create_resnet("in_resnet_sig", 56, **kwargs)
+
+
+@register_model
+def in_resnet_sig110(**kwargs) -> PreActResNet:
+    """In-ResNet-sig-110: (1 - sigmoid(d)) x + f."""
+    return _create_resnet("in_resnet_sig", 110, **kwargs)
+
+
+@register_model
+def in_resnet_sig164(**kwargs) -> PreActResNet:
+    """In-ResNet-sig-164: (1 - sigmoid(d)) x + f."""
+    return _create_resnet("in_resnet_sig", 164, **kwargs)
+
+
+# --- in_resnet_gating ----------------------------------------------------------------
+
+
+@register_model
+def in_resnet_gating20(**kwargs) -> PreActResNet:
+    """In-ResNet-gating-20: (1 - ReLU(W x + b)) ⊙ x + f."""
+    return _create_resnet("in_resnet_gating", 20, **kwargs)
+
+
+@register_model
+def in_resnet_gating32(**kwargs) -> PreActResNet:
+    """In-ResNet-gating-32: (1 - ReLU(W x + b)) ⊙ x + f."""
+    return _create_resnet("in_resnet_gating", 32, **kwargs)
+
+
+@register_model
+def in_resnet_gating44(**kwargs) -> PreActResNet:
+    """In-ResNet-gating-44: (1 - ReLU(W x + b)) ⊙ x + f."""
+    return _create_resnet("in_resnet_gating", 44, **kwargs)
+
+
+@register_model
+def in_resnet_gating56(**kwargs) -> PreActResNet:
+    """In-ResNet-gating-56: (1 - ReLU(W x + b)) ⊙ x + f."""
+    return _create_resnet("in_resnet_gating", 56, **kwargs)
+
+
+@register_model
+def in_resnet_gating110(**kwargs) -> PreActResNet:
+    """In-ResNet-gating-110: (1 - ReLU(W x + b)) ⊙ x + f."""
+    return _create_resnet("in_resnet_gating", 110, **kwargs)
+
+
+@register_model
+def in_resnet_gating164(**kwargs) -> PreActResNet:
+    """In-ResNet-gating-164: (1 - ReLU(W x + b)) ⊙ x + f."""
+    return _create_resnet("in_resnet_gating", 164, **kwargs)
+
+
+# --- in_resnet_gating_sig ------------------------------------------------------------
+
+
+@register_model
+def in_resnet_gating_sig20(**kwargs) -> PreActResNet:
+    """In-ResNet-gating-sig-20: (1 - sigmoid(W x + b)) ⊙ x + f."""
+    return _create_resnet("in_resnet_gating_sig", 20, **kwargs)
+
+
+@register_model
+def in_resnet_gating_sig32(**kwargs) -> PreActResNet:
+    """In-ResNet-gating-sig-32: (1 - sigmoid(W x + b)) ⊙ x + f."""
+    return _create_resnet("in_resnet_gating_sig", 32, **kwargs)
+
+
+@register_model
+def in_resnet_gating_sig44(**kwargs) -> PreActResNet:
+    """In-ResNet-gating-sig-44: (1 - sigmoid(W x + b)) ⊙ x + f."""
+    return _create_resnet("in_resnet_gating_sig", 44, **kwargs)
+
+
+@register_model
+def in_resnet_gating_sig56(**kwargs) -> PreActResNet:
+    """In-ResNet-gating-sig-56: (1 - sigmoid(W x + b)) ⊙ x + f."""
+    return _create_resnet("in_resnet_gating_sig", 56, **kwargs)
+
+
+@register_model
+def in_resnet_gating_sig110(**kwargs) -> PreActResNet:
+    """In-ResNet-gating-sig-110: (1 - sigmoid(W x + b)) ⊙ x + f."""
+    return _create_resnet("in_resnet_gating_sig", 110, **kwargs)
+
+
+@register_model
+def in_resnet_gating_sig164(**kwargs) -> PreActResNet:
+    """In-ResNet-gating-sig-164: (1 - sigmoid(W x + b)) ⊙ x + f."""
+    return _create_resnet("in_resnet_gating_sig", 164, **kwargs)
+
+
+# --- etd_resnet ----------------------------------------------------------------------
+
+
+@register_model
+def etd_resnet20(**kwargs) -> PreActResNet:
+    """ETD-ResNet-20: e^(-λ) x + (1 - e^(-λ)) / λ · f."""
+    return _create_resnet("etd_resnet", 20, **kwargs)
+
+
+@register_model
+def etd_resnet32(**kwargs) -> PreActResNet:
+    """ETD-ResNet-32: e^(-λ) x + (1 - e^(-λ)) / λ · f."""
+    return _create_resnet("etd_resnet", 32, **kwargs)
+
+
+@register_model
+def etd_resnet44(**kwargs) -> PreActResNet:
+    """ETD-ResNet-44: e^(-λ) x + (1 - e^(-λ)) / λ · f."""
+    return _create_resnet("etd_resnet", 44, **kwargs)
+
+
+@register_model
+def etd_resnet56(**kwargs) -> PreActResNet:
+    """ETD-ResNet-56: e^(-λ) x + (1 - e^(-λ)) / λ · f."""
+    return _create_resnet("etd_resnet", 56, **kwargs)
+
+
+@register_model
+def etd_resnet110(**kwargs) -> PreActResNet:
+    """ETD-ResNet-110: e^(-λ) x + (1 - e^(-λ)) / λ · f."""
+    return _create_resnet("etd_resnet", 110, **kwargs)
+
+
+@register_model
+def etd_resnet164(**kwargs) -> PreActResNet:
+    """ETD-ResNet-164: e^(-λ) x + (1 - e^(-λ)) / λ · f."""
+    return _create_resnet("etd_resnet", 164, **kwargs)
