@@ -99,6 +99,15 @@ class OdeNet(nn.Module):
         raise NotImplementedError
 
     # --- common surface -------------------------------------------------------------
+    def example_input(
+        self, batch: int = 2, *, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """A random batch the model accepts: images (batch, in_chans, 32, 32) in [0, 1].
+
+        Models for other inputs (e.g. vectors) override this, so smoke tests need no cases.
+        """
+        return torch.rand(batch, self.in_chans, 32, 32, generator=generator)
+
     def coefficients(self) -> torch.Tensor:
         """Effective interpolation coefficients λ_n, one per interpolating block (1-D)."""
         return torch.zeros(0)
