@@ -31,7 +31,10 @@ NAIS_METRICS = ("train", "test")
 INRESNET_SOURCE = (
     "Yang, Liu, Bao, Shi, Interpolation between Residual and Non-Residual Networks, ICML 2020"
 )
-NAISNET_SOURCE = "Ciccone et al., NAIS-Net: Stable Deep Networks from Non-Autonomous Differential Equations, NeurIPS 2018"
+NAISNET_SOURCE = (
+    "Ciccone et al., NAIS-Net: Stable Deep Networks from Non-Autonomous Differential "
+    "Equations, NeurIPS 2018"
+)
 
 # What the In-ResNet paper's robustness columns mean, as far as the sources tell.
 INRESNET_PROTOCOL = (

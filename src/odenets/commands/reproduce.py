@@ -1,0 +1,110 @@
+"""`odenets reproduce PRESET`: the grid of trainings and evaluations behind a paper table."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from odenets.experiments.presets import SCALES, list_presets, load_preset
+from odenets.experiments.reproduce import (
+    DATASETS,
+    job_command,
+    load_grid,
+    parse_shard,
+    prepare_folder,
+    python_executable,
+    run_grid,
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("preset", nargs="?", help="preset name (see --list) or a preset .toml file")
+    p.add_argument("--list", action="store_true", help="list the presets and exit")
+    p.add_argument("--data-root", default=None, help="data folder (not needed for digits)")
+    p.add_argument("--out", default=None, help="results folder (default runs/<preset>-<scale>)")
+    p.add_argument(
+        "--scale",
+        choices=SCALES,
+        default="quick",
+        help="quick: short schedule, smaller networks; paper: the paper's recipe",
+    )
+    p.add_argument("--seeds", type=int, default=0, help="seeds per model (default: the preset's)")
+    p.add_argument(
+        "--dataset",
+        action="append",
+        choices=DATASETS,
+        default=None,
+        help="data set to run on (repeatable; default: the preset's)",
+    )
+    p.add_argument(
+        "--list-jobs",
+        action="store_true",
+        help="print one self-contained shell command per job and exit",
+    )
+    p.add_argument("--shard", default=None, help="run slice i of n of the jobs, e.g. 2/4")
+    p.add_argument("--job", type=int, default=None, help="run only job K (see --list-jobs)")
+    p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.list:
+        return _list()
+    if not args.preset:
+        raise ValueError("name a preset (odenets reproduce --list shows them)")
+    grid = load_grid(
+        args.preset,
+        scale=args.scale,
+        seeds=args.seeds,
+        datasets=args.dataset or (),
+        data_root=args.data_root,
+    )
+    out = args.out or f"runs/{grid.preset.name}-{grid.scale}"
+    if args.list_jobs:
+        jobs = prepare_folder(grid, out)
+        python = python_executable()
+        print(
+            f"# {grid.preset.name} ({grid.scale}): {len(jobs)} jobs; ensembles need every "
+            "training job before them; run the report last"
+        )
+        for job in jobs:
+            if job.is_ensemble and not jobs[job.index - 1].is_ensemble:
+                print("# after every job above:")
+            print(job_command(grid, out, job, python=python))
+        print(f"{python} -m odenets report {out}")
+        return 0
+    shard = parse_shard(args.shard) if args.shard else None
+    start = time.perf_counter()
+
+    def on_event(job, state, seconds):
+        print(
+            f"[{job.index}] {job.name}: {state}" + (f" in {seconds:.0f} s" if seconds else ""),
+            flush=True,
+        )
+
+    states = run_grid(grid, out, shard=shard, only=args.job, on_event=on_event)
+    counts = {s: list(states.values()).count(s) for s in sorted(set(states.values()))}
+    print(
+        f"{grid.preset.name} ({grid.scale}) in {out}: "
+        + ", ".join(f"{n} {s}" for s, n in counts.items())
+        + f" ({time.perf_counter() - start:.0f} s)"
+    )
+    if args.job is None and shard is None and not args.no_report:
+        from odenets.experiments.report import write_report
+
+        write_report(out)
+        print(f"report: {out}/report.md")
+    unfinished = [n for n, s in states.items() if s not in ("finished", "diverged")]
+    return 0 if not unfinished or args.job is not None or shard is not None else 1
+
+
+def _list() -> int:
+    for name in list_presets():
+        preset = load_preset(name)
+        n_models = sum(1 for r in preset.rows if not r.ensemble_of)
+        print(f"{name:20s} {preset.description}")
+        print(
+            f"{'':20s} data: {', '.join(preset.datasets)}; {n_models} models x "
+            f"{preset.seeds} seeds; rough GPU time: quick ~{preset.gpu_hours['quick']:g} h, "
+            f"paper ~{preset.gpu_hours['paper']:g} h (estimates)"
+        )
+    return 0

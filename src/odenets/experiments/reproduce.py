@@ -1,0 +1,391 @@
+"""The grid behind a paper table: jobs, the manifest, and a restart-safe runner.
+
+Layout of a results folder (``--out``)::
+
+    manifest.json          preset name, scale, seeds, data sets, data root, the job list
+    runs/<job name>/       one folder per job: the run folder of `odenets train`, plus
+        job.json           which preset, scale, row, data set and seed produced it
+        eval.json          written by `odenets evaluate`
+    report.md / .csv / .json, figures/    written by `odenets report`
+
+A job is finished when its `summary.json` says "finished" and its `eval.json` exists (an
+ensemble job: when its `eval.json` exists); finished and diverged jobs are never run again,
+an interrupted one resumes from its last checkpoint. Each job is also one self-contained
+shell command (`job_command`), so a scheduler can run the grid on many machines.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from odenets.checkpoint import read_json, write_json_atomic
+from odenets.errors import OdenetsError
+from odenets.experiments.presets import SCALES, Preset, load_preset
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+JOB_FILE = "job.json"
+RUNS = "runs"
+DATASETS = ("cifar10", "cifar100", "folder", "digits")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One training run (then its evaluation), or the evaluation of an ensemble of runs."""
+
+    index: int  # position in the grid; `--job K` runs it
+    name: str  # folder under <out>/runs
+    row: str  # row key of the paper table
+    dataset: str  # data set trained and evaluated on
+    paper_dataset: str  # data set of the paper's number beside it ("" = none)
+    seed: int | None  # None for an ensemble
+    model: str  # registry name ("" for an ensemble)
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    members: tuple[str, ...] = ()  # ensemble: names of the member runs
+
+    @property
+    def is_ensemble(self) -> bool:
+        return bool(self.members)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Everything that defines a grid: a preset at a scale, with seeds and data sets."""
+
+    preset: Preset
+    scale: str = "quick"
+    seeds: int = 0  # 0 = the preset's number
+    datasets: tuple[str, ...] = ()  # () = the preset's data sets
+    data_root: str | None = None
+    preset_ref: str = ""  # what the user typed (a name or a .toml path), for job commands
+
+    def __post_init__(self):
+        if self.scale not in SCALES:
+            raise ValueError(f"scale must be one of {SCALES}; got {self.scale!r}")
+        for d in self.datasets:
+            if d not in DATASETS:
+                raise ValueError(f"unknown data set {d!r}; choose one of {', '.join(DATASETS)}")
+        if self.seeds < 0:
+            raise ValueError(f"seeds must be >= 1 (or 0 for the preset's number); got {self.seeds}")
+        if self.data_root is None and any(d != "digits" for d in self.resolved_datasets):
+            raise ValueError("this grid needs --data-root (only the digits data set has none)")
+
+    @property
+    def n_seeds(self) -> int:
+        return self.seeds or self.preset.seeds
+
+    @property
+    def resolved_datasets(self) -> tuple[str, ...]:
+        return self.datasets or self.preset.datasets
+
+    @property
+    def train_overrides(self) -> dict[str, Any]:
+        return dict(self.preset.train.get(self.scale, {}))
+
+    @property
+    def eval_settings(self):
+        return self.preset.evaluate[self.scale]
+
+
+def paper_dataset_for(dataset: str, preset: Preset) -> str:
+    """Which paper column a data set is compared with: CIFAR itself; an image folder is
+    taken to be CIFAR-10 as image files (the usual case); digits have no paper numbers."""
+    if dataset in ("cifar10", "cifar100"):
+        return dataset
+    if dataset == "folder" and "cifar10" in preset.datasets:
+        return "cifar10"
+    return ""
+
+
+def _slug(text: str) -> str:
+    return text.replace("@", "-init").replace("+", "-").replace("/", "-")
+
+
+def expand_jobs(grid: Grid) -> list[Job]:
+    """The jobs of a grid, training jobs first (data set, row, seed), then ensembles."""
+    preset, jobs, ensembles = grid.preset, [], []
+    for dataset in grid.resolved_datasets:
+        paper = paper_dataset_for(dataset, preset)
+        for row in preset.rows:
+            if row.ensemble_of:
+                members = tuple(
+                    f"{dataset}-{_slug(row.ensemble_of)}-seed{s}" for s in range(grid.n_seeds)
+                )
+                ensembles.append((row, dataset, paper, members))
+                continue
+            for seed in range(grid.n_seeds):
+                jobs.append(
+                    dict(
+                        name=f"{dataset}-{_slug(row.key)}-seed{seed}",
+                        row=row.key,
+                        dataset=dataset,
+                        paper_dataset=paper,
+                        seed=seed,
+                        model=row.model_for(grid.scale),
+                        model_kwargs=dict(row.kwargs),
+                    )
+                )
+    for row, dataset, paper, members in ensembles:
+        jobs.append(
+            dict(
+                name=f"{dataset}-{_slug(row.key)}",
+                row=row.key,
+                dataset=dataset,
+                paper_dataset=paper,
+                seed=None,
+                model="",
+                members=members,
+            )
+        )
+    return [Job(index=i, **spec) for i, spec in enumerate(jobs)]
+
+
+# --- manifest -------------------------------------------------------------------------------
+def manifest_dict(grid: Grid, jobs: Sequence[Job]) -> dict[str, Any]:
+    from odenets import __version__
+
+    return {
+        "preset": grid.preset.name,
+        "scale": grid.scale,
+        "table": grid.preset.table,
+        "seeds": grid.n_seeds,
+        "datasets": list(grid.resolved_datasets),
+        "data_root": grid.data_root,
+        "train": grid.train_overrides,
+        "evaluate": asdict(grid.eval_settings),
+        "odenets_version": __version__,
+        "jobs": [asdict(j) for j in jobs],
+    }
+
+
+def read_manifest(out: Path) -> dict[str, Any] | None:
+    path = Path(out) / MANIFEST
+    return read_json(path) if path.exists() else None
+
+
+def prepare_folder(grid: Grid, out: str | Path) -> list[Job]:
+    """Check `out` holds this preset at this scale (or nothing), write the manifest, and
+    return the jobs. A folder of another preset or scale is refused: results of different
+    grids are never mixed in one folder."""
+    out = Path(out)
+    jobs = expand_jobs(grid)
+    old = read_manifest(out)
+    if old is not None and (old.get("preset"), old.get("scale")) != (
+        grid.preset.name,
+        grid.scale,
+    ):
+        raise OdenetsError(
+            f"{out} holds results of preset {old.get('preset')!r} at scale "
+            f"{old.get('scale')!r}; this grid is {grid.preset.name!r} at scale "
+            f"{grid.scale!r}. Use another --out folder."
+        )
+    new = manifest_dict(grid, jobs)
+    if old != new:
+        write_json_atomic(out / MANIFEST, new)
+    return jobs
+
+
+# --- job state ------------------------------------------------------------------------------
+def job_state(out: str | Path, job: Job) -> str:
+    """ "finished", "diverged", "failed", "trained" (not yet evaluated), "running" or "pending"."""
+    folder = Path(out) / RUNS / job.name
+    evaluated = (folder / "eval.json").exists()
+    if job.is_ensemble:
+        return "finished" if evaluated else "pending"
+    summary_path = folder / "summary.json"
+    if not summary_path.exists():
+        return "running" if (folder / "last.json").exists() else "pending"
+    status = read_json(summary_path).get("status")
+    if status == "finished":
+        return "finished" if evaluated else "trained"
+    if status == "diverged":
+        return "diverged"
+    if status == "failed":
+        return "failed"
+    return "running"
+
+
+def job_command(grid: Grid, out: str | Path, job: Job, *, python: str = "") -> str:
+    """One self-contained shell command that runs `job` (for a SLURM array, GNU parallel)."""
+    argv = [python or "python", "-m", "odenets", "reproduce", grid.preset_ref or grid.preset.name]
+    argv += ["--out", str(out), "--scale", grid.scale, "--seeds", str(grid.n_seeds)]
+    if grid.data_root is not None:
+        argv += ["--data-root", str(grid.data_root)]
+    for d in grid.resolved_datasets:
+        argv += ["--dataset", d]
+    argv += ["--job", str(job.index)]
+    return shlex.join(argv)
+
+
+# --- running --------------------------------------------------------------------------------
+# A command runner takes the argv of one `odenets` subcommand and returns its exit code.
+CommandRunner = Callable[[list[str]], int]
+
+
+def _cli_runner(argv: list[str]) -> int:
+    from odenets.cli import main
+
+    return main(argv)
+
+
+def train_argv(grid: Grid, job: Job, folder: Path, *, resume: bool) -> list[str]:
+    """The `odenets train` command line of a job (preset overrides map 1:1 to flags)."""
+    import json
+
+    argv = ["train", "--model", job.model, "--dataset", job.dataset, "--out", str(folder)]
+    argv += ["--seed", str(job.seed)]
+    if grid.data_root is not None and job.dataset != "digits":
+        argv += ["--data-root", str(grid.data_root)]
+    if job.model_kwargs:
+        argv += ["--model-kwargs", json.dumps(job.model_kwargs)]
+    for key, value in grid.train_overrides.items():
+        argv += [f"--{key.replace('_', '-')}", _flag_value(value)]
+    if resume:
+        argv.append("--resume")
+    return argv
+
+
+def evaluate_argv(grid: Grid, job: Job, out: Path) -> list[str]:
+    """The `odenets evaluate` command line of a job (one run, or the members of an ensemble)."""
+    ev = grid.eval_settings
+    folder = out / RUNS / job.name
+    runs = [str(out / RUNS / m) for m in job.members] if job.is_ensemble else [str(folder)]
+    argv = ["evaluate", *runs, "--out", str(folder / "eval.json")]
+    if ev.attacks:
+        argv += ["--attacks", ",".join(ev.attacks), "--eps", ",".join(_fmt(e) for e in ev.eps)]
+        argv += ["--threat-model", ev.threat_model]
+        if ev.steps:
+            argv += ["--steps", str(ev.steps)]
+    else:
+        argv += ["--attacks", "none"]
+    if ev.noise:
+        argv.append("--noise")
+    if ev.limit:
+        argv += ["--limit", str(ev.limit)]
+    return argv
+
+
+def _fmt(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def _flag_value(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def run_job(grid: Grid, out: str | Path, job: Job, *, runner: CommandRunner = _cli_runner) -> str:
+    """Bring one job to its end state; returns the state reached (see `job_state`)."""
+    out = Path(out)
+    folder = out / RUNS / job.name
+    state = job_state(out, job)
+    if state in ("finished", "diverged", "failed"):
+        return state
+    if job.is_ensemble:
+        missing = [m for m in job.members if not (out / RUNS / m / "eval.json").exists()]
+        if missing:
+            log.warning("ensemble %s waits for runs %s", job.name, ", ".join(missing))
+            return "waiting"
+    folder.mkdir(parents=True, exist_ok=True)
+    job_record = {
+        "preset": grid.preset.name,
+        "scale": grid.scale,
+        "table": grid.preset.table,
+        **asdict(job),
+    }
+    write_json_atomic(folder / JOB_FILE, job_record)
+    if not job.is_ensemble and state in ("pending", "running"):
+        code = runner(train_argv(grid, job, folder, resume=(folder / "last.json").exists()))
+        state = job_state(out, job)
+        if state in ("diverged", "failed"):
+            return state
+        if code != 0 or state != "trained":
+            raise OdenetsError(f"training of job {job.index} ({job.name}) failed (exit {code})")
+    code = runner(evaluate_argv(grid, job, out))
+    if code != 0 or not (folder / "eval.json").exists():
+        raise OdenetsError(f"evaluation of job {job.index} ({job.name}) failed (exit {code})")
+    return "finished"
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'2/4' -> (2, 4): the second of four slices (1-based, as SLURM array ids usually are)."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError as err:
+        raise ValueError(f"--shard must look like i/n, e.g. 1/4; got {text!r}") from err
+    if not 1 <= i <= n:
+        raise ValueError(f"--shard i/n needs 1 <= i <= n; got {text!r}")
+    return i, n
+
+
+def select_jobs(
+    jobs: Sequence[Job], *, shard: tuple[int, int] | None = None, only: int | None = None
+) -> list[Job]:
+    """The jobs of one shard (round-robin over training jobs; ensembles go to every shard,
+    which runs them once their members are done), or the single job `only`."""
+    if only is not None:
+        if not 0 <= only < len(jobs):
+            raise ValueError(f"--job must be in 0..{len(jobs) - 1}; got {only}")
+        return [jobs[only]]
+    if shard is None:
+        return list(jobs)
+    i, n = shard
+    return [j for j in jobs if j.is_ensemble or j.index % n == i - 1]
+
+
+def run_grid(
+    grid: Grid,
+    out: str | Path,
+    *,
+    shard: tuple[int, int] | None = None,
+    only: int | None = None,
+    runner: CommandRunner = _cli_runner,
+    on_event: Callable[[Job, str, float], None] | None = None,
+) -> dict[str, str]:
+    """Run every selected job not yet finished; returns job name -> state reached."""
+    jobs = prepare_folder(grid, out)
+    states = {}
+    for job in select_jobs(jobs, shard=shard, only=only):
+        before = job_state(out, job)
+        start = time.perf_counter()
+        if before in ("finished", "diverged", "failed"):
+            states[job.name] = before
+            if on_event:
+                on_event(job, f"skipped ({before})", 0.0)
+            continue
+        states[job.name] = run_job(grid, out, job, runner=runner)
+        if on_event:
+            on_event(job, states[job.name], time.perf_counter() - start)
+    return states
+
+
+def load_grid(
+    preset: str,
+    *,
+    scale: str = "quick",
+    seeds: int = 0,
+    datasets: Sequence[str] = (),
+    data_root: str | Path | None = None,
+) -> Grid:
+    """A `Grid` from a preset name or .toml path and the command-line options."""
+    return Grid(
+        preset=load_preset(preset),
+        scale=scale,
+        seeds=seeds,
+        datasets=tuple(datasets),
+        data_root=None if data_root is None else str(data_root),
+        preset_ref=str(preset),
+    )
+
+
+def python_executable() -> str:
+    return sys.executable or "python"
