@@ -1,0 +1,82 @@
+"""Every registered network builds, runs forward and backward on CPU, and trains every
+parameter; the registry finds names, filters them and suggests close matches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import odenets
+from odenets.models.base import OdeNet
+
+DEPTHS = (20, 32, 44, 56, 110, 164)
+FAMILIES = (
+    "resnet",
+    "in_resnet",
+    "lambda_in_resnet",
+    "in_resnet_sig",
+    "in_resnet_gating",
+    "in_resnet_gating_sig",
+    "etd_resnet",
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # Tiny batches: one thread is faster than several, above all on a shared machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_in_resnet_zoo_is_registered():
+    names = set(odenets.list_models())
+    expected = {f"{family}{depth}" for family in FAMILIES for depth in DEPTHS}
+    assert len(expected) == 42
+    assert expected <= names
+
+
+@pytest.mark.parametrize("name", odenets.list_models())
+def test_model_forward_backward(name):
+    model = odenets.create_model(name, num_classes=7)
+    assert isinstance(model, OdeNet)
+    assert model.model_name == name
+    assert isinstance(model.blocks, torch.nn.ModuleList) and len(model.blocks) > 0
+    images = model.example_input(2, generator=torch.Generator().manual_seed(0))
+    logits = model(images)
+    assert logits.shape == (2, 7)
+    assert torch.isfinite(logits).all()
+    F.cross_entropy(logits, torch.tensor([1, 5])).backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None]
+    assert no_grad == []
+    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p.grad).all()]
+    assert bad == []
+    # The common surface holds for every network, whatever its family.
+    coeffs = model.coefficients()
+    assert coeffs.dim() == 1 and torch.isfinite(coeffs).all()
+    assert isinstance(model.family, str) and model.depth > 0
+
+
+def test_unknown_name_suggests_close_matches():
+    with pytest.raises(KeyError, match="in_resnet110"):
+        odenets.create_model("in_resnet111")
+    with pytest.raises(KeyError, match="lambda_in_resnet20"):
+        odenets.create_model("lamda_in_resnet20")
+
+
+def test_list_models_pattern():
+    names = odenets.list_models("in_resnet*")
+    assert "in_resnet110" in names and "in_resnet_gating_sig164" in names
+    assert "lambda_in_resnet110" not in names and "resnet110" not in names
+    assert odenets.list_models("*164") == sorted(odenets.list_models("*164"))
+    assert set(odenets.list_models("*resnet20")) >= {"resnet20", "in_resnet20", "etd_resnet20"}
+    assert odenets.list_models("no_such_model*") == []
+
+
+def test_unknown_override_is_rejected():
+    with pytest.raises(TypeError):
+        odenets.create_model("resnet20", no_such_option=1)
+    with pytest.raises(ValueError, match="lambda_init"):
+        odenets.create_model("resnet20", lambda_init=(0.1, 0.2))
