@@ -85,7 +85,8 @@ class OdeNet(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits (N, num_classes) for images (N, in_chans, H, W) in [0, 1]."""
-        check_images(images, self.in_chans, check_finite=not (self.training and images.is_cuda))
+        on_cuda = isinstance(images, torch.Tensor) and images.is_cuda
+        check_images(images, self.in_chans, check_finite=not (self.training and on_cuda))
         return self.forward_normalized(self.normalize(images))
 
     def forward_normalized(self, x: torch.Tensor) -> torch.Tensor:
