@@ -93,18 +93,24 @@ def _class_names(root: Path) -> list[str]:
 
 def _list_files(root: Path, split: str, class_names: list[str]) -> list[tuple[int, str, int, int]]:
     """(label, 'class/name', size, mtime_ns) for every image, sorted by class then name."""
-    files = []
-    for label, name in enumerate(class_names):
+
+    def list_class(label: int) -> list[tuple[int, str, int, int]]:
+        name = class_names[label]
         folder = root / split / name
         if not folder.is_dir():
-            continue
+            return []
         entries = [
             e for e in os.scandir(folder) if e.name.lower().endswith(IMAGE_SUFFIXES) and e.is_file()
         ]
+        out = []
         for e in sorted(entries, key=lambda e: e.name):
             st = e.stat()
-            files.append((label, f"{name}/{e.name}", st.st_size, st.st_mtime_ns))
-    return files
+            out.append((label, f"{name}/{e.name}", st.st_size, st.st_mtime_ns))
+        return out
+
+    # One stat per file dominates a cached load; the system calls overlap well in threads.
+    with ThreadPoolExecutor(max_workers=min(8, len(class_names))) as pool:
+        return [f for part in pool.map(list_class, range(len(class_names))) for f in part]
 
 
 def _cache_key(class_names: list[str], files: list[tuple[int, str, int, int]]) -> str:
@@ -127,11 +133,19 @@ def _cache_path(root: Path, split: str, key: str, cache_dir: str | os.PathLike |
     return folder / f"{split}-{key}.npz"
 
 
+def _images_path(path: Path) -> Path:
+    # The images sit in a plain .npy beside the small .npz of labels and names: a .npy maps
+    # straight into memory, while reading an .npz member copies it and checks a CRC.
+    return path.with_name(path.stem + "-images.npy")
+
+
 def _read_cache(path: Path, class_names: list[str]):
     try:
         with np.load(path, allow_pickle=False) as z:
-            images, labels = z["images"], z["labels"]
+            labels = z["labels"]
             names = [str(s) for s in z["class_names"]]
+        # Copy-on-write map: pages are read on first use and writes stay in memory.
+        images = np.asarray(np.load(_images_path(path), mmap_mode="c", allow_pickle=False))
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
         warnings.warn(f"ignoring unreadable cache {path} ({err}); decoding again", stacklevel=3)
         return None
@@ -144,15 +158,19 @@ def _read_cache(path: Path, class_names: list[str]):
 
 def _write_cache(path: Path, images: np.ndarray, labels: np.ndarray, class_names: list[str]):
     try:
+        # The .npz is written last: a cache counts only once both files are complete.
+        with atomic_write(_images_path(path)) as f:
+            np.save(f, images)
         with atomic_write(path) as f:
-            np.savez(f, images=images, labels=labels, class_names=np.array(class_names))
+            np.savez(f, labels=labels, class_names=np.array(class_names))
     except OSError as err:
         warnings.warn(f"could not write the image cache {path}: {err}", stacklevel=3)
         return
     # Older caches of the same split describe a folder that no longer exists.
     split = path.name.split("-", 1)[0]
-    for old in path.parent.glob(f"{split}-*.npz"):
-        if old != path:
+    keep = {path, _images_path(path)}
+    for old in path.parent.glob(f"{split}-*.np[yz]"):
+        if old not in keep:
             old.unlink(missing_ok=True)
 
 
