@@ -118,8 +118,6 @@ def parse_preset(data: dict[str, Any], *, source: str = "") -> Preset:
             raise ValueError(f"preset {where}: row {row.key!r} is an ensemble of unknown row")
     train, evaluate = {}, {}
     for scale, settings in data["scale"].items():
-        if scale not in SCALES:
-            raise ValueError(f"preset {where}: unknown scale {scale!r}; accepted: {SCALES}")
         train[scale] = dict(settings.get("train", {}))
         ev = dict(settings.get("evaluate", {}))
         unknown = set(ev) - set(EvalSettings.__dataclass_fields__)
@@ -129,6 +127,8 @@ def parse_preset(data: dict[str, Any], *, source: str = "") -> Preset:
             if k in ev:
                 ev[k] = tuple(ev[k])
         evaluate[scale] = EvalSettings(**ev)
+    if not evaluate:
+        raise ValueError(f"preset {where}: needs at least one [scale.NAME] (e.g. {SCALES})")
     seeds = int(data.get("seeds", 1))
     if seeds < 1:
         raise ValueError(f"preset {where}: seeds must be >= 1; got {seeds}")

@@ -305,13 +305,15 @@ def caption(manifest: dict[str, Any], runs: Sequence[RunRecord], dataset: str) -
             "Noise: mean accuracy over the gaussian, shot, impulse and speckle corruptions "
             f"at severities 1-5 ({source.get('source', 'generated')} CIFAR-C noise)."
         )
+    scale_words = {
+        "quick": " (shorter schedule and shallower networks than the paper: differences are "
+        "expected)",
+        "paper": " (the paper's recipe)",
+    }.get(manifest["scale"], "")
+    train = ", ".join(f"{k} = {v}" for k, v in (manifest.get("train") or {}).items())
     parts.append(
-        f"Ours: mean ± sample std over seeds, in %; scale `{manifest['scale']}`"
-        + (
-            " (shorter schedule and shallower networks than the paper: differences are expected)."
-            if manifest["scale"] == "quick"
-            else " (the paper's recipe)."
-        )
+        f"Ours: mean ± sample std over seeds, in %; scale `{manifest['scale']}`{scale_words}"
+        + (f"; training overrides: {train}." if train else ".")
     )
     if manifest.get("table"):
         table = get_table(manifest["table"])

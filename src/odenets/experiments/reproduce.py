@@ -27,7 +27,7 @@ from typing import Any
 
 from odenets.checkpoint import read_json, write_json_atomic
 from odenets.errors import OdenetsError
-from odenets.experiments.presets import SCALES, Preset, load_preset
+from odenets.experiments.presets import Preset, load_preset
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,11 @@ class Grid:
     preset_ref: str = ""  # what the user typed (a name or a .toml path), for job commands
 
     def __post_init__(self):
-        if self.scale not in SCALES:
-            raise ValueError(f"scale must be one of {SCALES}; got {self.scale!r}")
+        if self.scale not in self.preset.evaluate:
+            scales = ", ".join(self.preset.evaluate)
+            raise ValueError(
+                f"preset {self.preset.name!r} has no scale {self.scale!r}; it has {scales}"
+            )
         for d in self.datasets:
             if d not in DATASETS:
                 raise ValueError(f"unknown data set {d!r}; choose one of {', '.join(DATASETS)}")
