@@ -1,0 +1,225 @@
+"""The training configuration and the named recipes (TOML presets shipped in the package).
+
+A field left at None takes its value from the recipe; `resolve_config` returns the concrete
+configuration that is stored in `config.json` and compared on resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+DATASETS = ("cifar10", "cifar100", "folder", "digits")
+SELECT = ("final", "best-val", "best-test")
+# Recipe used when `recipe` is None: the paper recipe of the data set.
+DEFAULT_RECIPE = {
+    "cifar10": "paper-cifar10",
+    "cifar100": "paper-cifar100",
+    "folder": "paper-cifar10",
+    "digits": "digits",
+}
+# The fields a recipe may set (each None in TrainConfig until resolved).
+RECIPE_FIELDS = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "momentum",
+    "nesterov",
+    "weight_decay",
+    "milestones",
+    "gamma",
+    "augment",
+    "pad",
+)
+
+
+@dataclass
+class TrainConfig:
+    """Everything `fit` needs. CLI flags of `odenets train` map 1:1 to these fields."""
+
+    # --- what to train -------------------------------------------------------------------
+    model: str = "resnet20"  # registry name, see odenets.list_models()
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # create_model overrides
+    dataset: str = "cifar10"  # cifar10 | cifar100 | folder | digits
+    data_root: str | None = None  # archive folder or image-folder root (digits: unused)
+    download: bool = False  # fetch the official CIFAR archive if it is missing
+    train_limit: int | None = None  # train on a fixed seeded subset of this many images
+    test_limit: int | None = None  # evaluate on a fixed seeded subset of this many images
+    out: str = "runs/run"  # run folder (config.json, metrics.jsonl, checkpoints, summary)
+    resume: bool = False  # continue from out/last.* instead of refusing a non-empty folder
+
+    # --- recipe: None below means "the recipe's value" ------------------------------------
+    recipe: str | None = None  # see list_recipes(); None: the data set's paper recipe
+    epochs: int | None = None  # total epochs; fractional milestones scale with it
+    batch_size: int | None = None  # global batch (split across DDP ranks), paper: 128
+    lr: float | None = None  # initial learning rate, paper: 0.1
+    momentum: float | None = None  # SGD momentum, paper: 0.9
+    nesterov: bool | None = None  # Nesterov momentum, paper: no
+    weight_decay: float | None = None  # L2 on every parameter, paper: 1e-4
+    milestones: list[float] | None = None  # lr drops: fractions in (0, 1) of epochs, or epochs
+    gamma: float | None = None  # lr factor at each milestone, paper: 0.1
+    augment: bool | None = None  # reflect-pad, random crop, random flip (paper: on)
+    pad: int | None = None  # padding of the random crop in pixels, paper: 2
+    coefficient_weight_decay: float | None = None  # None: decayed like all weights (authors)
+
+    # --- model selection ---------------------------------------------------------------
+    val_fraction: float = 0.0  # held-out share of the training set (stratified, seeded)
+    select: str = "final"  # final | best-val (needs val_fraction) | best-test
+    allow_test_selection: bool = False  # best-test selects on the test set: opt in explicitly
+
+    # --- reproducibility -----------------------------------------------------------------
+    seed: int = 0  # model init, data order and augmentation
+    deterministic: bool | None = None  # deterministic kernels; None: on for CPU, off for CUDA
+
+    # --- speed (None: on for CUDA where safe, off for CPU) --------------------------------
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool | None = None  # bf16 autocast for forward passes
+    channels_last: bool | None = None  # NHWC memory format for convolutions
+    compile: bool | None = None  # torch.compile the training forward
+    eval_batch_size: int = 1000  # batch of the per-epoch test evaluation (no gradients)
+
+    # --- output ----------------------------------------------------------------------------
+    progress: bool | None = None  # a tqdm bar per epoch; None: when stderr is a terminal
+
+
+def _load_toml(text: str, name: str) -> dict:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - depends on the interpreter
+        try:
+            import tomli as tomllib
+        except ImportError as err:
+            raise ImportError(
+                f"reading the recipe {name!r} needs Python >= 3.11 (tomllib) or the 'tomli' "
+                "package on Python 3.10: pip install tomli"
+            ) from err
+    return tomllib.loads(text)
+
+
+def _recipe_dir():
+    return resources.files("odenets.experiments").joinpath("recipes")
+
+
+def list_recipes() -> list[str]:
+    """Names of the recipes shipped with the package, e.g. ``"paper-cifar10"``."""
+    return sorted(
+        p.name[: -len(".toml")] for p in _recipe_dir().iterdir() if p.name.endswith(".toml")
+    )
+
+
+def load_recipe(name: str) -> dict[str, Any]:
+    """The recipe `name` as a dict of TrainConfig fields (plus its ``description``)."""
+    names = list_recipes()
+    if name not in names:
+        raise ValueError(f"unknown recipe {name!r}; available: {', '.join(names)}")
+    values = _load_toml(_recipe_dir().joinpath(f"{name}.toml").read_text(encoding="utf-8"), name)
+    unknown = set(values) - set(RECIPE_FIELDS) - {"description"}
+    if unknown:
+        raise ValueError(f"recipe {name!r} has unknown keys {sorted(unknown)}")
+    return values
+
+
+def resolve_milestones(milestones: list[float], epochs: int) -> list[int]:
+    """Milestones as epoch numbers: a fraction f in (0, 1) becomes round(f * epochs).
+
+    An epoch number must be a whole number >= 1. The learning rate drops after each
+    milestone epoch (paper: lr 0.1 for epochs 1-80, 0.01 from epoch 81).
+    """
+    out = []
+    for m in milestones:
+        m = float(m)
+        if 0.0 < m < 1.0:
+            out.append(max(1, math.floor(m * epochs + 0.5)))
+        elif m >= 1.0 and m == int(m):
+            out.append(int(m))
+        else:
+            raise ValueError(
+                f"a milestone must be a fraction in (0, 1) of the epochs or a whole epoch "
+                f"number >= 1; got {m}"
+            )
+    return sorted(out)
+
+
+def lr_at(config: TrainConfig, epoch: int) -> float:
+    """Learning rate of the 1-based `epoch` under a resolved config (step schedule)."""
+    drops = sum(1 for m in config.milestones if m < epoch)
+    return config.lr * config.gamma**drops
+
+
+def resolve_config(config: TrainConfig, *, device_type: str) -> TrainConfig:
+    """A copy of `config` with the recipe applied and every automatic switch decided.
+
+    Args:
+        config: as given by the user.
+        device_type: "cpu" or "cuda", which decides the speed switches left at None.
+
+    Raises:
+        ValueError: a value is out of range; the message names it and what is accepted.
+    """
+    if config.dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {', '.join(DATASETS)}; got {config.dataset!r}")
+    recipe_name = config.recipe or DEFAULT_RECIPE[config.dataset]
+    recipe = load_recipe(recipe_name)
+    values = dataclasses.asdict(config)
+    values["recipe"] = recipe_name
+    for key in RECIPE_FIELDS:
+        if values[key] is None:
+            values[key] = recipe[key]
+    on_cuda = device_type == "cuda"
+    for key in ("amp", "channels_last", "compile"):
+        if values[key] is None:
+            values[key] = on_cuda
+    if values["deterministic"] is None:
+        values["deterministic"] = not on_cuda
+    values["milestones"] = resolve_milestones(values["milestones"], values["epochs"])
+    values["model_kwargs"] = dict(values["model_kwargs"] or {})
+    resolved = TrainConfig(**values)
+    _check(resolved)
+    return resolved
+
+
+def _check(c: TrainConfig) -> None:
+    checks = [
+        (c.epochs >= 1, f"epochs must be >= 1; got {c.epochs}"),
+        (c.batch_size >= 1, f"batch_size must be >= 1; got {c.batch_size}"),
+        (c.eval_batch_size >= 1, f"eval_batch_size must be >= 1; got {c.eval_batch_size}"),
+        (c.lr > 0, f"lr must be > 0; got {c.lr}"),
+        (0.0 <= c.momentum < 1.0, f"momentum must be in [0, 1); got {c.momentum}"),
+        (c.weight_decay >= 0, f"weight_decay must be >= 0; got {c.weight_decay}"),
+        (c.gamma > 0, f"gamma must be > 0; got {c.gamma}"),
+        (c.pad >= 0, f"pad must be >= 0; got {c.pad}"),
+        (0.0 <= c.val_fraction < 1.0, f"val_fraction must be in [0, 1); got {c.val_fraction}"),
+        (c.select in SELECT, f"select must be one of {', '.join(SELECT)}; got {c.select!r}"),
+        (
+            c.select != "best-val" or c.val_fraction > 0,
+            "select='best-val' needs a validation split: set val_fraction, e.g. 0.1",
+        ),
+        (
+            c.select != "best-test" or c.allow_test_selection,
+            "select='best-test' picks the epoch on the test set, which overstates accuracy; "
+            "pass allow_test_selection=True (--allow-test-selection) to do it anyway",
+        ),
+        (
+            c.coefficient_weight_decay is None or c.coefficient_weight_decay >= 0,
+            f"coefficient_weight_decay must be None or >= 0; got {c.coefficient_weight_decay}",
+        ),
+        (
+            not (c.nesterov and c.momentum == 0),
+            "nesterov=True needs momentum > 0",
+        ),
+        (
+            c.train_limit is None or c.train_limit >= 1,
+            f"train_limit must be None or >= 1; got {c.train_limit}",
+        ),
+        (
+            c.test_limit is None or c.test_limit >= 1,
+            f"test_limit must be None or >= 1; got {c.test_limit}",
+        ),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)

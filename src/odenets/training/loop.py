@@ -1,0 +1,154 @@
+"""One epoch of training and one pass of evaluation.
+
+Losses and counts are accumulated on the device and read once per epoch, so a CUDA step
+never waits for the host. A non-finite loss is caught at the first step on CPU and at the
+end of the epoch (or every `check_every` steps) on CUDA, naming the first bad step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from odenets.errors import DivergenceError
+from odenets.training.distributed import DistContext, all_reduce_sum, cross_entropy_shard
+
+_NO_BAD_STEP = 2**62  # "no non-finite loss yet" in the device-side watch
+
+
+@dataclass
+class StepContext:
+    """What a training step needs besides the batch."""
+
+    model: nn.Module  # the plain model: state_dict, project_(), metrics
+    net: nn.Module  # what runs the forward: the model, DDP-wrapped and/or compiled
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    amp: bool  # bf16 autocast
+    dist: DistContext
+    check_every: int  # steps between non-finite checks (1: every step, no cost on CPU)
+
+
+def autocast(device: torch.device, enabled: bool):
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def train_one_epoch(
+    ctx: StepContext, batches, *, epoch: int, lr: float, num_batches: int, bar: Any = None
+) -> dict[str, float]:
+    """Train for one epoch over `batches` (global batches; this rank takes its shard).
+
+    Returns:
+        {"train_loss": mean cross-entropy, "train_acc": fraction correct, "steps": int}
+        over the global training set seen this epoch (all ranks).
+
+    Raises:
+        DivergenceError: the loss became NaN or infinite; names the epoch and step.
+    """
+    ctx.model.train()
+    for group in ctx.optimizer.param_groups:
+        group["lr"] = lr
+    dev = ctx.device
+    loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+    correct = torch.zeros((), dtype=torch.int64, device=dev)
+    first_bad = torch.full((), _NO_BAD_STEP, dtype=torch.int64, device=dev)
+    seen = 0
+    project = getattr(ctx.model, "project_", None)
+    for step, (images, labels) in enumerate(batches, start=1):
+        global_batch = labels.shape[0]
+        if ctx.dist.enabled:
+            part = ctx.dist.shard(global_batch)
+            images, labels = images[part], labels[part]
+        with autocast(dev, ctx.amp):
+            logits = ctx.net(images)
+        loss, summed = cross_entropy_shard(
+            logits, labels, global_batch=global_batch, world_size=ctx.dist.world_size
+        )
+        ctx.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        ctx.optimizer.step()
+        if project is not None:
+            with torch.no_grad():
+                project()
+        first_bad = torch.where(
+            torch.isfinite(summed) | (first_bad != _NO_BAD_STEP), first_bad, step
+        )
+        loss_sum += summed
+        correct += (logits.detach().argmax(1) == labels).sum()
+        seen += global_batch
+        if step % ctx.check_every == 0 or step == num_batches:
+            _check_finite(first_bad, ctx.dist, epoch=epoch, num_batches=num_batches)
+        if bar is not None:
+            bar.update(global_batch)
+            if step % 20 == 0 or step == num_batches:
+                n = seen / ctx.dist.world_size if ctx.dist.enabled else seen
+                bar.set_postfix(
+                    loss=f"{loss_sum.item() / n:.3f}",
+                    acc=f"{correct.item() / n:.3f}",
+                    refresh=False,
+                )
+    totals = all_reduce_sum(torch.stack([loss_sum, correct.double()]), ctx.dist).tolist()
+    return {"train_loss": totals[0] / seen, "train_acc": totals[1] / seen, "steps": step}
+
+
+def _check_finite(first_bad: torch.Tensor, dist: DistContext, *, epoch: int, num_batches: int):
+    if dist.enabled:
+        first_bad = first_bad.clone()
+        torch.distributed.all_reduce(first_bad, op=torch.distributed.ReduceOp.MIN)
+    bad = int(first_bad.item())
+    if bad != _NO_BAD_STEP:
+        raise DivergenceError(
+            f"non-finite training loss at epoch {epoch}, step {bad} of {num_batches}"
+        )
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    batches,
+    *,
+    device: torch.device,
+    amp: bool,
+    dist: DistContext,
+    total: int,
+) -> dict[str, Any]:
+    """Mean loss and accuracy of `model` (eval mode) over `batches` (this rank's share).
+
+    Returns:
+        {"loss", "acc"} over all ranks' `total` images, plus "depth_mean" and "depth_max"
+        for networks that report unrolled depth (NAIS-Net).
+    """
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    depth_sum, depth_max, depth_n = 0.0, 0.0, 0
+    for images, labels in batches:
+        with autocast(device, amp):
+            logits = model(images)
+        loss_sum += torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
+        correct += (logits.argmax(1) == labels).sum()
+        stats = model.depth_stats() if hasattr(model, "depth_stats") else {}
+        if stats:
+            depth_sum += float(stats["mean"]) * len(labels)
+            depth_max = max(depth_max, float(stats["max"]))
+            depth_n += len(labels)
+    sums = torch.stack([loss_sum, correct.double()]).to(torch.float64)
+    depth = torch.tensor([depth_sum, float(depth_n)], dtype=torch.float64, device=device)
+    all_reduce_sum(sums, dist)
+    all_reduce_sum(depth, dist)
+    peak = torch.tensor([depth_max], dtype=torch.float64, device=device)
+    if dist.enabled:
+        torch.distributed.all_reduce(peak, op=torch.distributed.ReduceOp.MAX)
+    loss, acc = (sums / total).tolist()
+    out: dict[str, Any] = {"loss": loss if math.isfinite(loss) else None, "acc": acc}
+    if depth[1] > 0:
+        out["depth_mean"] = float(depth[0] / depth[1])
+        out["depth_max"] = float(peak)
+    return out

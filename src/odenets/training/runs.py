@@ -1,0 +1,111 @@
+"""Reading run folders back: `read_run` (the JSON files) and `load_run` (the model)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from odenets.checkpoint import PICKLE_SUFFIXES, load_safetensors, read_json, read_jsonl
+from odenets.errors import CheckpointError
+
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+FINAL_WEIGHTS = "final.safetensors"
+BEST_WEIGHTS = "best.safetensors"
+WEIGHTS_FORMAT = "odenets.weights"
+
+
+@dataclass
+class RunInfo:
+    """A run folder's contents: resolved config, summary and per-epoch metrics."""
+
+    path: Path  # the run folder
+    config: dict[str, Any]  # config.json
+    summary: dict[str, Any]  # summary.json ({} while the run has not written one)
+    metrics: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl, one per epoch
+
+
+def read_run(path: str | os.PathLike) -> RunInfo:
+    """Read config.json, summary.json and metrics.jsonl of a run folder.
+
+    Raises:
+        CheckpointError: the folder has no config.json, or a file is corrupt.
+    """
+    path = Path(path)
+    if not (path / CONFIG).is_file():
+        raise CheckpointError(f"{path} is not a run folder: {CONFIG} is missing")
+    config = read_json(path / CONFIG)
+    summary = read_json(path / SUMMARY) if (path / SUMMARY).is_file() else {}
+    return RunInfo(path=path, config=config, summary=summary, metrics=read_jsonl(path / METRICS))
+
+
+def weights_metadata(config: dict[str, Any], **extra: Any) -> dict[str, str]:
+    """Header metadata of a weights file: enough to rebuild the model without config.json."""
+    dataset = config["dataset"]
+    meta = {
+        "format": WEIGHTS_FORMAT,
+        "model": config["model"],
+        "model_kwargs": json.dumps(config["model_kwargs"]),
+        "num_classes": str(dataset["num_classes"]),
+        "in_chans": str(dataset["in_chans"]),
+    }
+    meta.update({k: str(v) for k, v in extra.items()})
+    return meta
+
+
+def load_run(
+    path: str | os.PathLike, *, device: str | torch.device = "cpu", which: str = "auto"
+) -> nn.Module:
+    """The trained model of a run folder, in eval mode.
+
+    Args:
+        path: the run folder (as given to `odenets train --out`).
+        device: where to put the model.
+        which: "auto" (final weights if the run finished, else the last checkpoint),
+            "final" or "last".
+
+    Raises:
+        CheckpointError: missing, corrupt or pickle-only checkpoints, or weights that do
+            not fit the model named in config.json.
+    """
+    from odenets.models import create_model
+
+    path = Path(path)
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise CheckpointError(
+            f"refusing to load {path}: pickle checkpoints run code when loaded; odenets "
+            "loads run folders with safetensors weights"
+        )
+    if which not in ("auto", "final", "last"):
+        raise ValueError(f"which must be 'auto', 'final' or 'last'; got {which!r}")
+    info = read_run(path)
+    final, last = path / FINAL_WEIGHTS, path / "last.safetensors"
+    if which == "final" or (which == "auto" and final.is_file()):
+        tensors, _ = load_safetensors(final)
+        weights = tensors
+    elif last.is_file():
+        tensors, _ = load_safetensors(last)
+        weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+    else:
+        raise CheckpointError(f"{path} holds no weights ({FINAL_WEIGHTS} or last.safetensors)")
+    cfg = info.config
+    model = create_model(
+        cfg["model"],
+        num_classes=cfg["dataset"]["num_classes"],
+        in_chans=cfg["dataset"]["in_chans"],
+        **cfg.get("model_kwargs", {}),
+    )
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"the weights in {path} do not fit model {cfg['model']!r}: {err}"
+        ) from err
+    return model.to(device).eval()

@@ -1,0 +1,163 @@
+"""The resumable training state: `last.safetensors` (tensors) + `last.json` (scalars).
+
+`last.safetensors` holds the model's state_dict under ``model.*``, the optimizer's tensors
+(momentum buffers) under ``optim.<param index>.<name>`` and the random generators' states
+under ``rng.*``. Its header metadata also carries the JSON state, so the file alone is a
+complete checkpoint: `last.json`, written right after it, is the readable copy plus the
+file's SHA-256. A run killed between the two writes leaves last.json one epoch behind; the
+loader notices the epoch mismatch and trusts the (atomically written) safetensors file.
+Nothing here unpickles.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from odenets.checkpoint import (
+    load_safetensors,
+    read_json,
+    save_safetensors_atomic,
+    sha256_file,
+    write_json_atomic,
+)
+from odenets.errors import CheckpointError
+
+FORMAT = "odenets.train-state"
+FORMAT_VERSION = 1
+LAST_WEIGHTS = "last.safetensors"
+LAST_JSON = "last.json"
+
+
+def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    tensors["rng.numpy"] = torch.from_numpy(np.asarray(keys, dtype=np.int64))
+    version, internal, gauss = random.getstate()
+    scalars = {
+        "numpy": {"kind": kind, "pos": int(pos), "has_gauss": int(has_gauss), "cached": cached},
+        "python": {"version": version, "internal": list(internal), "gauss": gauss},
+    }
+    return tensors, scalars
+
+
+def _set_rng_state(tensors: dict[str, torch.Tensor], scalars: dict[str, Any]) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k[9:]))
+    if cuda and torch.cuda.is_available():
+        for i, key in enumerate(cuda[: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(tensors[key], i)
+    n = scalars["numpy"]
+    keys = tensors["rng.numpy"].numpy().astype(np.uint32)
+    np.random.set_state((n["kind"], keys, n["pos"], n["has_gauss"], n["cached"]))
+    p = scalars["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
+
+
+def save_train_state(
+    run_dir: Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    info: dict[str, Any],
+) -> None:
+    """Write last.safetensors then last.json for the state after `epoch` epochs."""
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    opt_scalars: dict[str, dict[str, Any]] = {}
+    for idx, entries in opt["state"].items():
+        for name, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{idx}.{name}"] = value
+            else:
+                opt_scalars.setdefault(str(idx), {})[name] = value
+    rng_tensors, rng_scalars = _rng_state()
+    tensors.update(rng_tensors)
+    state = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "epoch": epoch,
+        **info,
+        "optimizer": {"param_groups": opt["param_groups"], "state": opt_scalars},
+        "rng": rng_scalars,
+    }
+    text = json.dumps(state, allow_nan=False)
+    meta = {"format": FORMAT, "epoch": str(epoch), "state": text}
+    sha = save_safetensors_atomic(run_dir / LAST_WEIGHTS, tensors, metadata=meta)
+    write_json_atomic(run_dir / LAST_JSON, {**state, "weights_sha256": sha})
+
+
+def load_train_state(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read and check last.*; returns (tensors, state). Raises CheckpointError."""
+    path = run_dir / LAST_WEIGHTS
+    tensors, meta = load_safetensors(path)
+    if meta.get("format") != FORMAT or "state" not in meta:
+        raise CheckpointError(
+            f"{path} is not an odenets training checkpoint (format {meta.get('format')!r}, "
+            f"expected {FORMAT!r})"
+        )
+    try:
+        state = json.loads(meta["state"])
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path} has a corrupt state header: {err}") from err
+    json_path = run_dir / LAST_JSON
+    if json_path.exists():
+        mirror = read_json(json_path)
+        if mirror.get("epoch") == state["epoch"]:
+            if mirror.get("weights_sha256") != sha256_file(path):
+                raise CheckpointError(
+                    f"{path} does not match the SHA-256 recorded in {json_path}: the checkpoint "
+                    "is corrupt. Delete the run folder's last.* files to start over."
+                )
+        else:
+            warnings.warn(
+                f"{json_path} records epoch {mirror.get('epoch')} but {path} holds epoch "
+                f"{state['epoch']} (the run stopped between the two writes); using {path}",
+                stacklevel=2,
+            )
+    if state.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has format version {state.get('format_version')}; this odenets reads "
+            f"version {FORMAT_VERSION}"
+        )
+    return tensors, state
+
+
+def restore_train_state(
+    tensors: dict[str, torch.Tensor],
+    state: dict[str, Any],
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+) -> None:
+    """Load model weights, optimizer state and random generators from a loaded checkpoint."""
+    weights = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"the checkpoint's weights do not fit the model: {err}") from err
+    opt_state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            opt_state.setdefault(int(idx), {})[name] = value
+    for idx, entries in state["optimizer"]["state"].items():
+        opt_state.setdefault(int(idx), {}).update(entries)
+    try:
+        optimizer.load_state_dict(
+            {"state": opt_state, "param_groups": state["optimizer"]["param_groups"]}
+        )
+    except (ValueError, KeyError) as err:
+        raise CheckpointError(f"the checkpoint's optimizer state does not fit: {err}") from err
+    _set_rng_state(tensors, state["rng"])
