@@ -1,7 +1,7 @@
-"""Figures of a report, drawn with the analysis plotting functions when they apply.
+"""Figures of a report, drawn by the analysis figure functions (`odenets plot KIND`).
 
-Each figure is optional: a figure whose inputs are missing (no interpolating model, no NAIS
-model, a single ε) is skipped, and a figure that cannot be drawn becomes a note in the report
+Each figure is optional: one whose inputs are absent (no interpolating model, no NAIS
+model, no ensemble) is skipped, and one that cannot be drawn becomes a note in the report
 instead of stopping it.
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,69 +16,67 @@ log = logging.getLogger(__name__)
 
 FIGURES_DIR = "figures"
 
-
-def draw_figures(report: Any) -> tuple[list[tuple[str, str]], list[str]]:
-    """Draw every figure that applies to the report's runs.
-
-    Returns:
-        ([(title, path relative to the report folder)], [notes about skipped figures]).
-    """
-    folder = Path(report.folder)
-    runs = [r for r in report.mine or report.loose if r.status in ("finished", "evaluated")]
-    out_dir = folder / FIGURES_DIR
-    figures, notes = [], []
-    for title, stem, draw in _FIGURES:
-        try:
-            path = draw(runs, out_dir / f"{stem}.png")
-        except Exception as err:  # a figure must never cost the tables
-            warnings.warn(f"figure {stem!r} not drawn: {err}", stacklevel=2)
-            notes.append(f"Figure '{title}' was not drawn: {err}")
-            continue
-        if path is not None:
-            figures.append((title, str(Path(path).relative_to(folder))))
-    return figures, notes
+# (kind of `odenets plot`, title in the report)
+TITLES = {
+    "coefficients": "Learned coefficients λ_n per block, mean and spread over seeds",
+    "robustness-curves": "Robustness curves: accuracy against ε per attack, against severity "
+    "per noise",
+    "ensemble-gain": "Ensemble minus single-model accuracy per metric",
+    "depth": "NAIS-Net: processing depth per image",
+}
 
 
-def _coefficients(runs, path: Path):
-    from odenets.analysis import plots
-
-    paths = [r.path for r in runs if r.job.get("model") and _has_coefficients(r)]
-    if not paths:
-        return None
-    return plots.plot_coefficients(paths, path)
-
-
-def _robustness_curves(runs, path: Path):
-    from odenets.analysis import plots
-
-    evals = [r.evaluation for r in runs if r.evaluation and r.evaluation.get("attacks")]
-    if not evals:
-        return None
-    return plots.plot_robustness_curves(evals, path)
-
-
-def _depth(runs, path: Path):
-    from odenets.analysis import plots
-
-    paths = [r.path for r in runs if str(r.job.get("model", "")).startswith("naisnet")]
-    if not paths:
-        return None
-    return plots.plot_depth(paths, path)
+def _inputs(kind: str, runs: list, report: Any) -> list[str]:
+    """The run folders or eval.json files one figure kind needs ([] = not applicable)."""
+    if kind == "coefficients":
+        return [str(r.path) for r in runs if r.job.get("seed") is not None and _has_coeffs(r)]
+    if kind == "robustness-curves":
+        evals = [r for r in runs if r.evaluation and r.evaluation.get("attacks")]
+        return [str(r.path / "eval.json") for r in evals]
+    if kind == "ensemble-gain":
+        evals = [r for r in runs if r.evaluation and r.evaluation.get("attacks")]
+        if not any(r.evaluation.get("ensemble") for r in evals):
+            return []
+        return [str(r.path / "eval.json") for r in evals]
+    if kind == "depth":
+        return [str(r.path) for r in runs if str(r.job.get("model", "")).startswith("naisnet")]
+    raise KeyError(kind)
 
 
-def _has_coefficients(run) -> bool:
+def _has_coeffs(run) -> bool:
     from odenets.checkpoint import read_jsonl
 
     metrics = read_jsonl(run.path / "metrics.jsonl")
     return bool(metrics and metrics[-1].get("coefficients"))
 
 
-_FIGURES: list[tuple[str, str, Callable]] = [
-    ("Learned coefficients λ_n per block (mean over seeds)", "coefficients", _coefficients),
-    (
-        "Robustness curves: accuracy against ε and noise severity",
-        "robustness_curves",
-        _robustness_curves,
-    ),
-    ("NAIS-Net: processing depth per image", "depth", _depth),
-]
+def draw_figures(report: Any) -> tuple[list[tuple[str, str]], list[str]]:
+    """Draw every figure that applies to the report's runs.
+
+    Returns:
+        ([(title, PNG path relative to the report folder)], [notes on figures not drawn]).
+    """
+    from odenets.analysis.figures import FIGURE_KINDS
+
+    folder = Path(report.folder)
+    runs = [r for r in (report.mine or report.loose) if r.status in ("finished", "evaluated")]
+    ev = (report.manifest or {}).get("evaluate", {})
+    eps = (ev.get("eps") or [8])[0]
+    figures, notes = [], []
+    for kind, title in TITLES.items():
+        inputs = _inputs(kind, runs, report)
+        if not inputs:
+            continue
+        out_dir = folder / FIGURES_DIR
+        try:
+            paths = FIGURE_KINDS[kind].draw(
+                inputs, out_dir, eps_255=float(eps), threat_model=ev.get("threat_model", "pixel")
+            )
+        except Exception as err:  # a figure must never cost the tables
+            warnings.warn(f"figure {kind!r} not drawn: {err}", stacklevel=2)
+            notes.append(f"Figure '{kind}' was not drawn: {err}")
+            continue
+        for path in paths:
+            if Path(path).suffix == ".png":
+                figures.append((title, str(Path(path).resolve().relative_to(folder.resolve()))))
+    return figures, notes

@@ -229,31 +229,46 @@ def job_command(grid: Grid, out: str | Path, job: Job, *, python: str = "") -> s
 
 
 # --- running --------------------------------------------------------------------------------
-# A command runner takes the argv of one `odenets` subcommand and returns its exit code.
-CommandRunner = Callable[[list[str]], int]
+def train_config(grid: Grid, job: Job, folder: Path):
+    """The `TrainConfig` of a job: the preset's scale overrides on the data set's recipe.
+
+    `resume` is always on: a fresh folder starts from scratch, an interrupted one continues
+    from its last checkpoint (exactly, see `odenets.training.fit`).
+    """
+    from odenets.training import TrainConfig
+
+    fields = set(TrainConfig.__dataclass_fields__)
+    overrides = grid.train_overrides
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(
+            f"preset {grid.preset.name!r}: unknown training settings {unknown}; "
+            "accepted: the fields of odenets.training.TrainConfig"
+        )
+    root = None if job.dataset == "digits" else grid.data_root
+    return TrainConfig(
+        **{
+            **overrides,
+            "model": job.model,
+            "model_kwargs": dict(job.model_kwargs),
+            "dataset": job.dataset,
+            "data_root": root,
+            "seed": int(job.seed),
+            "out": str(folder),
+            "resume": True,
+        }
+    )
 
 
-def _cli_runner(argv: list[str]) -> int:
-    from odenets.cli import main
+def train_job(grid: Grid, job: Job, folder: Path) -> None:
+    """Train (or resume) one job; a diverged run is recorded by `fit`, not raised here."""
+    from odenets.errors import DivergenceError
+    from odenets.training import fit
 
-    return main(argv)
-
-
-def train_argv(grid: Grid, job: Job, folder: Path, *, resume: bool) -> list[str]:
-    """The `odenets train` command line of a job (preset overrides map 1:1 to flags)."""
-    import json
-
-    argv = ["train", "--model", job.model, "--dataset", job.dataset, "--out", str(folder)]
-    argv += ["--seed", str(job.seed)]
-    if grid.data_root is not None and job.dataset != "digits":
-        argv += ["--data-root", str(grid.data_root)]
-    if job.model_kwargs:
-        argv += ["--model-kwargs", json.dumps(job.model_kwargs)]
-    for key, value in grid.train_overrides.items():
-        argv += [f"--{key.replace('_', '-')}", _flag_value(value)]
-    if resume:
-        argv.append("--resume")
-    return argv
+    try:
+        fit(train_config(grid, job, folder))
+    except DivergenceError as err:
+        log.warning("run %s diverged: %s", job.name, err)
 
 
 def evaluate_argv(grid: Grid, job: Job, out: Path) -> list[str]:
@@ -261,7 +276,7 @@ def evaluate_argv(grid: Grid, job: Job, out: Path) -> list[str]:
     ev = grid.eval_settings
     folder = out / RUNS / job.name
     runs = [str(out / RUNS / m) for m in job.members] if job.is_ensemble else [str(folder)]
-    argv = ["evaluate", *runs, "--out", str(folder / "eval.json")]
+    argv = ["evaluate", *runs, "--out", str(folder / "eval.json"), "--seed", "0"]
     if ev.attacks:
         argv += ["--attacks", ",".join(ev.attacks), "--eps", ",".join(_fmt(e) for e in ev.eps)]
         argv += ["--threat-model", ev.threat_model]
@@ -280,13 +295,16 @@ def _fmt(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
 
 
-def _flag_value(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        return ",".join(str(v) for v in value)
-    return str(value)
+def evaluate_job(grid: Grid, job: Job, out: Path) -> None:
+    """Evaluate one run (or an ensemble) into its eval.json through `odenets evaluate`."""
+    from odenets.cli import main
+
+    code = main(evaluate_argv(grid, job, out))
+    if code != 0 or not (out / RUNS / job.name / "eval.json").exists():
+        raise OdenetsError(f"evaluation of job {job.index} ({job.name}) failed (exit {code})")
 
 
-def run_job(grid: Grid, out: str | Path, job: Job, *, runner: CommandRunner = _cli_runner) -> str:
+def run_job(grid: Grid, out: str | Path, job: Job) -> str:
     """Bring one job to its end state; returns the state reached (see `job_state`)."""
     out = Path(out)
     folder = out / RUNS / job.name
@@ -299,23 +317,16 @@ def run_job(grid: Grid, out: str | Path, job: Job, *, runner: CommandRunner = _c
             log.warning("ensemble %s waits for runs %s", job.name, ", ".join(missing))
             return "waiting"
     folder.mkdir(parents=True, exist_ok=True)
-    job_record = {
-        "preset": grid.preset.name,
-        "scale": grid.scale,
-        "table": grid.preset.table,
-        **asdict(job),
-    }
-    write_json_atomic(folder / JOB_FILE, job_record)
+    record = {"preset": grid.preset.name, "scale": grid.scale, "table": grid.preset.table}
+    write_json_atomic(folder / JOB_FILE, {**record, **asdict(job)})
     if not job.is_ensemble and state in ("pending", "running"):
-        code = runner(train_argv(grid, job, folder, resume=(folder / "last.json").exists()))
+        train_job(grid, job, folder)
         state = job_state(out, job)
         if state in ("diverged", "failed"):
             return state
-        if code != 0 or state != "trained":
-            raise OdenetsError(f"training of job {job.index} ({job.name}) failed (exit {code})")
-    code = runner(evaluate_argv(grid, job, out))
-    if code != 0 or not (folder / "eval.json").exists():
-        raise OdenetsError(f"evaluation of job {job.index} ({job.name}) failed (exit {code})")
+        if state != "trained":
+            raise OdenetsError(f"training of job {job.index} ({job.name}) did not finish")
+    evaluate_job(grid, job, out)
     return "finished"
 
 
@@ -351,7 +362,6 @@ def run_grid(
     *,
     shard: tuple[int, int] | None = None,
     only: int | None = None,
-    runner: CommandRunner = _cli_runner,
     on_event: Callable[[Job, str, float], None] | None = None,
 ) -> dict[str, str]:
     """Run every selected job not yet finished; returns job name -> state reached."""
@@ -365,7 +375,7 @@ def run_grid(
             if on_event:
                 on_event(job, f"skipped ({before})", 0.0)
             continue
-        states[job.name] = run_job(grid, out, job, runner=runner)
+        states[job.name] = run_job(grid, out, job)
         if on_event:
             on_event(job, states[job.name], time.perf_counter() - start)
     return states
