@@ -37,6 +37,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="data set to run on (repeatable; default: the preset's)",
     )
     p.add_argument(
+        "--noise-root",
+        default=None,
+        help="folder of the official CIFAR-10-C / CIFAR-100-C .npy files (default: generated)",
+    )
+    p.add_argument(
+        "--train-limit",
+        type=int,
+        default=0,
+        help="train on a seeded subset of N images (a quick look; 0 = all)",
+    )
+    p.add_argument(
         "--list-jobs",
         action="store_true",
         help="print one self-contained shell command per job and exit",
@@ -57,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         datasets=args.dataset or (),
         data_root=args.data_root,
+        noise_root=args.noise_root,
+        train_limit=args.train_limit,
     )
     out = args.out or f"runs/{grid.preset.name}-{grid.scale}"
     if args.list_jobs:
@@ -72,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
             print(job_command(grid, out, job, python=python))
         print(f"{python} -m odenets report {out}")
         return 0
+    _show_training_log()
     shard = parse_shard(args.shard) if args.shard else None
     start = time.perf_counter()
 
@@ -108,3 +122,16 @@ def _list() -> int:
             f"paper ~{preset.gpu_hours['paper']:g} h (estimates)"
         )
     return 0
+
+
+def _show_training_log() -> None:
+    """One line per epoch from the trainer on stderr (the library only logs)."""
+    import logging
+    import sys
+
+    log = logging.getLogger("odenets")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("    %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)

@@ -65,6 +65,8 @@ class Grid:
     seeds: int = 0  # 0 = the preset's number
     datasets: tuple[str, ...] = ()  # () = the preset's data sets
     data_root: str | None = None
+    noise_root: str | None = None  # official CIFAR-C files; None = generated noise
+    train_limit: int = 0  # train on a seeded subset of this many images; 0 = all
     preset_ref: str = ""  # what the user typed (a name or a .toml path), for job commands
 
     def __post_init__(self):
@@ -91,7 +93,10 @@ class Grid:
 
     @property
     def train_overrides(self) -> dict[str, Any]:
-        return dict(self.preset.train.get(self.scale, {}))
+        overrides = dict(self.preset.train.get(self.scale, {}))
+        if self.train_limit:
+            overrides["train_limit"] = self.train_limit
+        return overrides
 
     @property
     def eval_settings(self):
@@ -162,6 +167,7 @@ def manifest_dict(grid: Grid, jobs: Sequence[Job]) -> dict[str, Any]:
         "seeds": grid.n_seeds,
         "datasets": list(grid.resolved_datasets),
         "data_root": grid.data_root,
+        "noise_root": grid.noise_root,
         "train": grid.train_overrides,
         "evaluate": asdict(grid.eval_settings),
         "odenets_version": __version__,
@@ -222,6 +228,10 @@ def job_command(grid: Grid, out: str | Path, job: Job, *, python: str = "") -> s
     argv += ["--out", str(out), "--scale", grid.scale, "--seeds", str(grid.n_seeds)]
     if grid.data_root is not None:
         argv += ["--data-root", str(grid.data_root)]
+    if grid.noise_root is not None:
+        argv += ["--noise-root", str(grid.noise_root)]
+    if grid.train_limit:
+        argv += ["--train-limit", str(grid.train_limit)]
     for d in grid.resolved_datasets:
         argv += ["--dataset", d]
     argv += ["--job", str(job.index)]
@@ -286,6 +296,8 @@ def evaluate_argv(grid: Grid, job: Job, out: Path) -> list[str]:
         argv += ["--attacks", "none"]
     if ev.noise:
         argv.append("--noise")
+        if grid.noise_root is not None:
+            argv += ["--noise-root", str(grid.noise_root)]
     if ev.limit:
         argv += ["--limit", str(ev.limit)]
     return argv
@@ -388,6 +400,8 @@ def load_grid(
     seeds: int = 0,
     datasets: Sequence[str] = (),
     data_root: str | Path | None = None,
+    noise_root: str | Path | None = None,
+    train_limit: int = 0,
 ) -> Grid:
     """A `Grid` from a preset name or .toml path and the command-line options."""
     return Grid(
@@ -396,6 +410,8 @@ def load_grid(
         seeds=seeds,
         datasets=tuple(datasets),
         data_root=None if data_root is None else str(data_root),
+        noise_root=None if noise_root is None else str(noise_root),
+        train_limit=int(train_limit),
         preset_ref=str(preset),
     )
 
