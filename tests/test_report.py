@@ -1,0 +1,195 @@
+"""The report writer on hand-made run folders: known means, the paper column beside ours,
+runs of another preset kept apart, and a clear refusal for a folder with no results."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from odenets.checkpoint import write_json_atomic
+from odenets.errors import OdenetsError
+from odenets.experiments.paper import get_table, list_tables
+from odenets.experiments.report import build_report, render_markdown, write_report
+from odenets.experiments.reproduce import JOB_FILE, RUNS, load_grid, prepare_folder
+
+
+def fake_eval(clean, noise, fgsm, ifgsm, pgd) -> dict:
+    attacks = [
+        {
+            "name": n,
+            "threat_model": "pixel",
+            "eps": 8 / 255,
+            "eps_255": 8.0,
+            "steps": 20,
+            "alpha": 1 / 255,
+            "restarts": 1,
+            "accuracy": a,
+            "correct": int(a * 100),
+            "n": 100,
+        }
+        for n, a in (("fgsm", fgsm), ("ifgsm", ifgsm), ("pgd", pgd))
+    ]
+    # A second radius that the table must ignore.
+    attacks.append({**attacks[0], "eps": 4 / 255, "eps_255": 4.0, "accuracy": 0.99})
+    return {
+        "runs": [],
+        "models": ["resnet20"],
+        "ensemble": False,
+        "dataset": "cifar10",
+        "split": "test",
+        "n": 100,
+        "seed": 0,
+        "clean": clean,
+        "noise": {"source": "generated", "per_corruption": {}, "mean": noise},
+        "attacks": attacks,
+        "worst_case": [],
+        "checks": [],
+    }
+
+
+def fill(out: Path, grid, values: dict[str, tuple]) -> None:
+    """Write job.json, summary.json and eval.json for each job name in `values`."""
+    jobs = {j.name: j for j in prepare_folder(grid, out)}
+    for name, metrics in values.items():
+        job = jobs[name]
+        folder = out / RUNS / name
+        record = {
+            "preset": grid.preset.name,
+            "scale": grid.scale,
+            "table": grid.preset.table,
+            **{
+                k: getattr(job, k)
+                for k in ("index", "name", "row", "dataset", "paper_dataset", "seed", "model")
+            },
+        }
+        write_json_atomic(folder / JOB_FILE, record)
+        write_json_atomic(
+            folder / "summary.json",
+            {
+                "status": "finished",
+                "epochs_done": 1,
+                "epochs": 1,
+                "final_train_acc": 0.5,
+                "final_test_acc": metrics[0],
+                "wall_time_s": 1.0,
+                "error": None,
+            },
+        )
+        write_json_atomic(folder / "eval.json", fake_eval(*metrics))
+
+
+@pytest.fixture
+def variants_folder(tmp_path) -> Path:
+    grid = load_grid("inresnet-variants", seeds=2, data_root="data")
+    fill(
+        tmp_path,
+        grid,
+        {
+            "cifar10-resnet110-seed0": (0.90, 0.50, 0.40, 0.05, 0.04),
+            "cifar10-resnet110-seed1": (0.92, 0.52, 0.42, 0.07, 0.06),
+            "cifar10-in_resnet110-seed0": (0.88, 0.70, 0.50, 0.30, 0.30),
+        },
+    )
+    return tmp_path
+
+
+def test_paper_tables_hold_spec_numbers():
+    assert list_tables() == sorted(
+        [
+            "inresnet-table1",
+            "inresnet-variants",
+            "inresnet-init",
+            "inresnet-ensemble",
+            "naisnet-cifar",
+        ]
+    )
+    t1 = get_table("inresnet-table1")
+    assert len(t1.rows) == 12
+    assert t1.value("cifar100", "lambda_in_resnet164", "noise").mean == 34.58
+    assert get_table("inresnet-variants").value("cifar10", "resnet110", "fgsm").mean == 41.48
+    init = get_table("inresnet-init")
+    assert init.value("cifar10", "lambda_in_resnet110@0.30-0.40", "clean").mean == 90.17
+    ens = get_table("inresnet-ensemble")
+    assert ens.value("cifar10", "in_resnet110+ensemble", "pgd").mean == 34.03
+    nais = get_table("naisnet-cifar").value("cifar100", "naisnet1", "train")
+    assert (nais.mean, nais.std, str(nais)) == (86.90, 1.47, "86.90 ± 1.47")
+
+
+def test_report_means_paper_column_and_difference(variants_folder):
+    report = build_report(variants_folder)
+    rows = {r.key: r for r in report.rows}
+    assert len(rows) == 5  # every row of the table, run or not
+    resnet = rows["resnet110"].cells
+    assert resnet["clean"].mean == pytest.approx(91.0)
+    assert resnet["clean"].std == pytest.approx(2**0.5)  # sample std of 90 and 92
+    assert resnet["fgsm"].mean == pytest.approx(41.0)  # the ε = 4/255 entry is ignored
+    assert resnet["fgsm"].paper.mean == 41.48
+    assert resnet["fgsm"].diff == pytest.approx(41.0 - 41.48)
+    assert rows["in_resnet110"].cells["pgd"].values == [pytest.approx(30.0)]
+    assert rows["in_resnet_sig110"].cells["clean"].mean is None
+    text = render_markdown(report)
+    assert "| In-ResNet-110 | in_resnet20 | 1/1 | 88.00 | 92.28 | -4.28 |" in text
+    assert "91.00 ± 1.41 | 93.58 | -2.58" in text
+    assert "Acc. ours | Acc. paper | Acc. Δ" in text  # never one mixed column
+    assert "ε = 8/255" in text and "pixel threat model" in text
+
+
+def test_report_files(variants_folder):
+    write_report(variants_folder, figures=False)
+    rows = list(csv.DictReader(open(variants_folder / "report.csv", encoding="utf-8")))
+    assert len(rows) == 5 * 5  # rows x metrics
+    pgd = next(r for r in rows if r["row"] == "in_resnet110" and r["metric"] == "pgd")
+    assert float(pgd["ours_mean"]) == pytest.approx(30.0)
+    assert float(pgd["paper_mean"]) == 31.74
+    data = json.loads((variants_folder / "report.json").read_text(encoding="utf-8"))
+    assert data["preset"] == "inresnet-variants" and data["units"] == "percent"
+    assert {r["path"] for r in data["runs"]} == {
+        f"runs/{n}"
+        for n in (
+            "cifar10-resnet110-seed0",
+            "cifar10-resnet110-seed1",
+            "cifar10-in_resnet110-seed0",
+        )
+    }
+
+
+def test_runs_of_another_preset_are_listed_apart(variants_folder, tmp_path_factory):
+    other = tmp_path_factory.mktemp("other")
+    grid = load_grid("inresnet-table1", seeds=1, data_root="data")
+    fill(other, grid, {"cifar10-resnet110-seed0": (0.10, 0.10, 0.10, 0.10, 0.10)})
+    src = other / RUNS / "cifar10-resnet110-seed0"
+    dst = variants_folder / RUNS / "cifar10-resnet110-seed2"  # looks like a third seed
+    dst.mkdir()
+    for f in src.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    report = build_report(variants_folder)
+    assert [r.name for r in report.foreign] == ["cifar10-resnet110-seed2"]
+    resnet = next(r for r in report.rows if r.key == "resnet110")
+    assert resnet.cells["clean"].mean == pytest.approx(91.0)  # not merged
+    text = render_markdown(report)
+    assert "## Results from other presets (not merged)" in text
+    assert "| cifar10-resnet110-seed2 | inresnet-table1 | quick |" in text
+
+
+def test_reproduce_refuses_folder_of_another_preset(variants_folder):
+    grid = load_grid("inresnet-table1", data_root="data")
+    with pytest.raises(OdenetsError, match="holds results of preset 'inresnet-variants'"):
+        prepare_folder(grid, variants_folder)
+
+
+def test_report_refuses_folder_without_results(tmp_path):
+    (tmp_path / "runs" / "empty").mkdir(parents=True)
+    with pytest.raises(OdenetsError, match="no results in"):
+        write_report(tmp_path)
+    assert not (tmp_path / "report.md").exists()
+
+
+def test_report_command_refuses_empty_folder(tmp_path, capsys):
+    from odenets.cli import main
+
+    assert main(["report", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "no results in" in err and "odenets reproduce" in err
