@@ -6,11 +6,8 @@ processing depth is the total number of unrolled steps over all NAIS blocks.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import torch
-from torch import nn
 
 
 def depth_summary(
@@ -67,33 +64,3 @@ def depth_summary(
         "lowest": order[:e],
         "highest": np.argsort(-depth, kind="stable")[:e],
     }
-
-
-def measure_depth_batched(
-    model: nn.Module,
-    images: torch.Tensor,
-    *,
-    tol: float = 1e-3,
-    max_steps: int = 50,
-    batch_size: int = 256,
-) -> np.ndarray:
-    """`measure_depth` over a large set of images in batches.
-
-    Returns:
-        (N, number of NAIS blocks) int64 array of steps used.
-    """
-    from odenets.analysis.depth import measure_depth
-
-    if not model.nais_blocks():
-        raise ValueError(
-            f"{getattr(model, 'model_name', 'this model')} has no NAIS blocks; depth plots "
-            "need a NAIS-Net run (e.g. naisnet10)"
-        )
-    device = next(model.parameters()).device
-    parts: Sequence[torch.Tensor] = [
-        measure_depth(
-            model, images[i : i + batch_size].to(device), tol=tol, max_steps=max_steps
-        ).cpu()
-        for i in range(0, len(images), batch_size)
-    ]
-    return torch.cat(list(parts)).numpy().astype(np.int64)

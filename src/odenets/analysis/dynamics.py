@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from odenets.analysis._common import block_inputs, eval_mode
+
 # The poster's unstable example (SPEC §5).
 UNSTABLE_1D = {"a": -10.0, "b": 1.0, "c": 0.0, "h": 1.0}
 
@@ -104,21 +106,25 @@ def nais_state_differences(
     """‖x(k+1) - x(k)‖ over `steps` unrolled steps of one trained NAIS block, per image.
 
     The block's input u is captured from a forward pass of `images`; the block is then
-    unrolled from its own x(0) for `steps` steps with tied weights (beyond its trained K).
+    unrolled from its own x(0) with its own update (beyond its trained K when its weights
+    are tied; an untied block has weights for K steps only).
 
     Returns:
         (N, steps) float64 array of Euclidean norms per image.
     """
-    from odenets.analysis._common import block_inputs, eval_mode
-
     nais = model.nais_blocks()
     if not nais:
-        raise ValueError(f"{getattr(model, 'model_name', 'model')} has no NAIS blocks")
+        raise ValueError(f"{getattr(model, 'model_name', 'this model')} has no NAIS blocks")
     if not 0 <= block_index < len(nais):
         raise ValueError(f"block_index must be in [0, {len(nais) - 1}]; got {block_index}")
-    with eval_mode(model):
-        (u,) = block_inputs(model, images, [nais[block_index]])
-        with torch.no_grad():
-            states = nais[block_index].trajectory(u, steps=steps)  # (steps + 1, N, ...)
-    diffs = (states[1:] - states[:-1]).flatten(2).norm(dim=2)  # (steps, N)
-    return diffs.T.double().cpu().numpy()
+    block = nais[block_index]
+    with eval_mode(model), torch.no_grad():
+        (u,) = block_inputs(model, images, [block])
+        bu = block.input_term(u)  # (S, N, *state)
+        x = block.initial_state(u, bu)
+        diffs = []
+        for k in range(steps):
+            new = block.step(x, bu[block.weight_index(k)], k)
+            diffs.append((new - x).flatten(1).norm(dim=1))  # (N,)
+            x = new
+    return torch.stack(diffs, dim=1).double().cpu().numpy()

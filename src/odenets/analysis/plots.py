@@ -1,0 +1,280 @@
+"""Drawing the In-ResNet figures from the arrays of the analysis functions.
+
+Every function takes the plain data (dicts of numpy arrays) and returns a matplotlib
+`Figure` built without pyplot (no global state, Agg canvas); `save_figure` writes it as
+PNG and PDF atomically. Accuracies arrive as fractions and are shown in percent.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from odenets.analysis.coefficients import STABLE_RANGE
+
+
+def save_figure(
+    fig: Figure, out_dir: str | Path, stem: str, *, formats: Sequence[str] = ("png", "pdf")
+) -> list[Path]:
+    """Write `fig` as ``out_dir/stem.<format>`` for each format, atomically.
+
+    Returns:
+        The written paths, in `formats` order.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fmt in formats:
+        path = out_dir / f"{stem}.{fmt}"
+        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{stem}.", suffix=f".{fmt}")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                fig.savefig(f, format=fmt, dpi=150, bbox_inches="tight")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        paths.append(path)
+    return paths
+
+
+def _grid(n: int, *, ncols: int = 3, size=(4.6, 3.6), title: str | None = None):
+    ncols = max(1, min(ncols, n))
+    nrows = -(-n // ncols)
+    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows + (0.5 if title else 0)))
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title)
+    fig.set_layout_engine("constrained")
+    return fig, axes[:n]
+
+
+def draw_coefficients(groups: Mapping[str, Mapping]) -> Figure:
+    """Final λ_n per interpolating block (mean ± std over seeds, min-max bars), and λ_n over
+    epochs for each model; the stable range [0, 2] of forward Euler is shaded.
+
+    Args:
+        groups: the output of `odenets.analysis.coefficients.run_coefficients`.
+    """
+    fig, axes = _grid(
+        1 + len(groups),
+        ncols=min(3, 1 + len(groups)),
+        title="Learned interpolation coefficients λ_n (shaded: stable range 0 ≤ λ ≤ 2)",
+    )
+    ax = axes[0]
+    _shade_stable(ax)
+    offsets = np.linspace(-0.2, 0.2, len(groups)) if len(groups) > 1 else [0.0]
+    for (name, g), dx in zip(groups.items(), offsets, strict=True):
+        n = np.arange(1, len(g["mean"]) + 1)
+        runs = len(g["values"])
+        ax.errorbar(
+            n + dx, g["mean"], yerr=g["std"], fmt="o", ms=4, capsize=3,
+            label=f"{name} (mean ± std, {runs} run{'s' * (runs > 1)})",
+        )  # fmt: skip
+        if runs > 1:
+            ax.vlines(n + dx, g["min"], g["max"], alpha=0.3, lw=4)
+    ax.set_xlabel("interpolating block n (input → output)")
+    ax.set_ylabel("λ_n (dimensionless)")
+    ax.set_title("final λ_n per block")
+    ax.legend(fontsize="small")
+    for ax, (name, g) in zip(axes[1:], groups.items(), strict=True):
+        _draw_history(ax, name, g["history"])
+    return fig
+
+
+def _shade_stable(ax) -> None:
+    lo, hi = STABLE_RANGE
+    ax.axhspan(lo, hi, color="tab:green", alpha=0.08, lw=0)
+    for y in (lo, hi):
+        ax.axhline(y, color="tab:green", lw=0.8, ls="--")
+
+
+def _draw_history(ax, name: str, histories: Sequence[Mapping]) -> None:
+    import matplotlib as mpl
+
+    _shade_stable(ax)
+    n_blocks = max((h["lambda"].shape[1] for h in histories if h["lambda"].size), default=0)
+    cmap = mpl.colormaps["viridis"]
+    for h in histories:
+        for j in range(h["lambda"].shape[1] if h["lambda"].size else 0):
+            color = cmap(j / max(1, n_blocks - 1))
+            ax.plot(h["epoch"], h["lambda"][:, j], color=color, lw=1, alpha=0.8)
+    if n_blocks:
+        norm = mpl.colors.Normalize(1, max(n_blocks, 2))
+        sm = mpl.cm.ScalarMappable(norm=norm, cmap=cmap)
+        ax.figure.colorbar(sm, ax=ax, label="block n")
+    else:
+        ax.text(0.5, 0.5, "no per-epoch coefficients", ha="center", transform=ax.transAxes)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("λ_n (dimensionless)")
+    ax.set_title(f"{name}: λ_n during training ({len(histories)} run(s))")
+
+
+def draw_input_landscape(results: Mapping[str, Mapping], *, noise: str) -> Figure:
+    """Mean loss along the attack direction and a shared random sign direction, per model.
+
+    Args:
+        results: label -> output of `odenets.analysis.input_landscape.input_landscape`.
+        noise: what the inputs are (e.g. "gaussian noise, severity 3"), for the title.
+    """
+    fig, axes = _grid(2, ncols=2, title=f"Loss in input space around {noise} images")
+    for key, ax, what in (
+        ("attack", axes[0], "attack direction sign(∇ₓ loss) (per model)"),
+        ("random", axes[1], "random sign direction (same for all models)"),
+    ):
+        for label, r in results.items():
+            ax.plot(r["t"] * 255, r[key], marker=".", label=label)
+        ax.axvline(0, color="grey", lw=0.6)
+        ax.set_xlabel("t (L∞ distance from the image, /255 pixel units)")
+        ax.set_ylabel("mean cross-entropy (nats)")
+        ax.set_title(what)
+        ax.legend(fontsize="small")
+    return fig
+
+
+def draw_surfaces(
+    surfaces: Mapping[str, Mapping],
+    *,
+    x: str,
+    y: str,
+    z: str,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    scale: float = 1.0,
+) -> Figure:
+    """Filled contour plots of 2-D loss surfaces, one panel per model, shared colour scale.
+
+    Args:
+        surfaces: label -> dict holding the axes `x` (A,), `y` (B,) and values `z` (A, B).
+        scale: multiplies the axis values (255 shows pixel steps in /255 units).
+    """
+    fig, axes = _grid(len(surfaces), ncols=3, title=title)
+    finite = [np.asarray(s[z])[np.isfinite(s[z])] for s in surfaces.values()]
+    lo = min(f.min() for f in finite)
+    hi = max(f.max() for f in finite)
+    levels = np.linspace(lo, hi if hi > lo else lo + 1e-6, 15)
+    for ax, (label, s) in zip(axes, surfaces.items(), strict=True):
+        xx, yy = np.meshgrid(s[x] * scale, s[y] * scale, indexing="ij")
+        cs = ax.contourf(xx, yy, s[z], levels=levels, cmap="viridis", extend="both")
+        ax.contour(xx, yy, s[z], levels=levels, colors="k", linewidths=0.3)
+        ax.plot([0], [0], "r+", ms=10)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(label)
+    fig.colorbar(cs, ax=list(axes), label="mean cross-entropy (nats)")
+    return fig
+
+
+def draw_weight_landscape(results: Mapping[str, Mapping], *, title_extra: str = "") -> Figure:
+    """Loss and accuracy along a filter-normalised random weight direction, per model."""
+    fig, axes = _grid(
+        2,
+        ncols=2,
+        title="Loss in weight space along a filter-normalised random direction "
+        f"(Li et al. 2018){title_extra}",
+    )
+    for label, r in results.items():
+        axes[0].plot(r["alpha"], r["loss"], marker=".", label=label)
+        axes[1].plot(r["alpha"], 100 * r["accuracy"], marker=".", label=label)
+    for ax, ylabel in zip(axes, ("mean cross-entropy (nats)", "accuracy (%)"), strict=True):
+        ax.axvline(0, color="grey", lw=0.6)
+        ax.set_xlabel("α (step in units of each filter's norm)")
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize="small")
+    axes[0].set_title("loss, eval mode")
+    axes[1].set_title("accuracy, eval mode")
+    return fig
+
+
+METRIC_LABELS = {"clean": "clean", "noise": "noise (mean)", "fgsm": "FGSM", "ifgsm": "IFGSM"}
+
+
+def draw_ensemble_gain(gains: Mapping[str, Mapping], *, setting: str) -> Figure:
+    """Grouped bars: ensemble minus mean single-model accuracy (percentage points).
+
+    Args:
+        gains: the output of `odenets.analysis.robustness_results.ensemble_gain`.
+        setting: attack radius and threat model, for the title.
+    """
+    fig, (ax,) = _grid(1, size=(7.5, 4.2))
+    metrics = next(iter(gains.values()))["metrics"]
+    width = 0.8 / len(gains)
+    x = np.arange(len(metrics))
+    for i, (name, g) in enumerate(gains.items()):
+        pos = x - 0.4 + width * (i + 0.5)
+        bars = ax.bar(pos, 100 * g["gain"], width, label=f"{name} ({g['n_single']} single runs)")
+        ax.bar_label(bars, fmt="%+.1f", fontsize="x-small", padding=2)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xticks(x, [METRIC_LABELS.get(m, m.upper()) for m in metrics])
+    ax.set_ylabel("ensemble − single accuracy (percentage points)")
+    ax.set_title(f"Robustness gain of the ensemble over single models ({setting})")
+    ax.legend(fontsize="small")
+    return fig
+
+
+def draw_robustness_curves(curves: Mapping[str, Mapping]) -> Figure:
+    """Accuracy against ε per attack and against severity per noise; one line per model."""
+    attacks = sorted({a for c in curves.values() for a in c["attacks"]})
+    noises = sorted({n for c in curves.values() for n in c["noise"]})
+    panels = [("attack", a) for a in attacks] + [("noise", n) for n in noises]
+    if not panels:
+        raise ValueError("the evaluations hold no attack or noise results to plot")
+    fig, axes = _grid(len(panels), ncols=4, title="Accuracy under attack and noise, per model")
+    for ax, (kind, name) in zip(axes, panels, strict=True):
+        for label, c in curves.items():
+            if kind == "attack" and name in c["attacks"]:
+                d = c["attacks"][name]
+                ax.plot(d["eps_255"], 100 * d["accuracy"], marker="o", ms=3, label=label)
+            elif kind == "noise" and name in c["noise"]:
+                d = c["noise"][name]
+                ax.plot(d["severity"], 100 * d["accuracy"], marker="o", ms=3, label=label)
+        if kind == "attack":
+            ax.set_xlabel("ε (L∞ radius, /255)")
+            ax.set_title(f"{name}: accuracy vs ε")
+        else:
+            ax.set_xlabel("severity (CIFAR-C level)")
+            ax.set_xticks(range(1, 6))
+            ax.set_title(f"{name} noise: accuracy vs severity")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(-2, 102)
+        ax.legend(fontsize="x-small")
+    return fig
+
+
+# --- one-call helpers (compute, draw, save) for the report ---------------------------------
+def plot_coefficients(run_dirs: Sequence[str | Path], path: str | Path) -> Path:
+    """Draw the coefficient figure of run folders to `path` (PNG; a PDF beside it)."""
+    from odenets.analysis.coefficients import run_coefficients
+
+    return _save_as(draw_coefficients(run_coefficients(run_dirs)), path)
+
+
+def plot_robustness_curves(evals: Sequence[Mapping], path: str | Path) -> Path:
+    """Draw the robustness curves of eval.json dictionaries to `path` (PNG; a PDF beside it)."""
+    from odenets.analysis.robustness_results import robustness_curves
+
+    return _save_as(draw_robustness_curves(robustness_curves(evals)), path)
+
+
+def plot_depth(run_dirs: Sequence[str | Path], path: str | Path, **options) -> Path:
+    """Draw the depth figures of NAIS run folders next to `path`; returns the first PNG."""
+    from odenets.analysis.figures import depth_figure
+
+    path = Path(path)
+    written = depth_figure(run_dirs, path.parent, **options)
+    return next(p for p in written if p.suffix == ".png")
+
+
+def _save_as(fig: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    return save_figure(fig, path.parent, path.stem)[0]

@@ -1,0 +1,66 @@
+"""`odenets plot KIND INPUT... --out DIR`: the analysis figures of both papers (PNG + PDF)."""
+
+from __future__ import annotations
+
+import argparse
+
+from odenets.analysis.figures import FIGURE_KINDS
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    kinds = "; ".join(f"{name}: {k.help} ({k.inputs})" for name, k in FIGURE_KINDS.items())
+    p.add_argument("kind", choices=sorted(FIGURE_KINDS), metavar="KIND", help=kinds)
+    p.add_argument(
+        "inputs",
+        nargs="*",
+        metavar="RUN",
+        help="run folders (eval.json files or folders holding one for ensemble-gain and "
+        "robustness-curves; none needed for dynamics)",
+    )
+    p.add_argument("--out", default="figures", help="output folder (default: figures)")
+    p.add_argument("--data-root", default=None, help="override the runs' data folder")
+    p.add_argument("--limit", type=int, default=None, help="test images used (seeded subset)")
+    p.add_argument("--seed", type=int, default=0, help="image subset, noise and directions")
+    p.add_argument("--noise", default="gaussian", help="input-landscape noise, or 'none'")
+    p.add_argument("--severity", type=int, default=3, help="input-landscape noise severity 1-5")
+    p.add_argument("--radius", type=float, default=16.0, help="input-landscape T, in /255 units")
+    p.add_argument("--alpha", type=float, default=1.0, help="weight-landscape range ±α")
+    p.add_argument("--points", type=int, default=21, help="samples along each 1-D curve")
+    p.add_argument("--points-2d", type=int, default=11, help="samples per axis (0: no surface)")
+    p.add_argument("--eps", type=float, default=8.0, help="ensemble-gain attack radius (/255)")
+    p.add_argument("--threat-model", default="pixel", help="ensemble-gain threat model")
+    p.add_argument("--tol", type=float, default=1e-3, help="depth: relative-change tolerance")
+    p.add_argument("--max-steps", type=int, default=50, help="depth: steps per block at most")
+    p.add_argument("--steps", type=int, default=30, help="dynamics: unrolled steps")
+    p.add_argument("--block", type=int, default=1, help="dynamics: NAIS block number (from 1)")
+    p.add_argument("--iters", type=int, default=30, help="stability: power iterations")
+
+
+def run(args: argparse.Namespace) -> int:
+    kind = FIGURE_KINDS[args.kind]
+    if kind.inputs != "optional-runs" and not args.inputs:
+        what = "eval.json files" if kind.inputs == "evals" else "run folders"
+        raise ValueError(f"plot {args.kind} needs one or more {what}")
+    options = {
+        "data_root": args.data_root,
+        "seed": args.seed,
+        "noise": None if args.noise.lower() == "none" else args.noise,
+        "severity": args.severity,
+        "radius_255": args.radius,
+        "alpha": args.alpha,
+        "points": args.points,
+        "points_2d": args.points_2d,
+        "eps_255": args.eps,
+        "threat_model": args.threat_model,
+        "tol": args.tol,
+        "max_steps": args.max_steps,
+        "steps": args.steps,
+        "block": args.block - 1,
+        "iters": args.iters,
+    }
+    if args.limit is not None:
+        options["limit"] = args.limit
+    paths = kind.draw(args.inputs, args.out, **options)
+    for path in paths:
+        print(path)
+    return 0

@@ -1,0 +1,195 @@
+"""Every `odenets plot` kind on the runs of a tiny digits training, and the figures' data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from odenets.cli import main
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny tensors: thread start-up costs more than it saves on a shared, loaded machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory):
+    """Two seeds of resnet20 and in_resnet20 and one naisnet10, 2 epochs on digits."""
+    from odenets.training import TrainConfig, fit
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("runs")
+    runs = {}
+    for model, seeds in (("resnet20", (0, 1)), ("in_resnet20", (0, 1)), ("naisnet10", (0,))):
+        for seed in seeds:
+            out = root / f"{model}_s{seed}"
+            config = TrainConfig(
+                model=model,
+                dataset="digits",
+                epochs=2,
+                batch_size=64,
+                train_limit=256,
+                test_limit=64,
+                seed=seed,
+                out=str(out),
+                progress=False,
+            )
+            assert fit(config).summary["status"] == "finished"
+            runs.setdefault(model, []).append(out)
+    torch.set_num_threads(threads)
+    return runs
+
+
+@pytest.fixture(scope="session")
+def eval_files(tiny_runs, tmp_path_factory):
+    """eval.json of every single run and of each model's 2-seed ensemble (64 test images)."""
+    from odenets.data import load_dataset
+    from odenets.robustness import evaluate
+    from odenets.training import load_run
+
+    data = load_dataset("digits", split="test")
+    images = torch.from_numpy(data.images[:64]).permute(0, 3, 1, 2).float() / 255
+    labels = torch.from_numpy(data.labels[:64])
+    root = tmp_path_factory.mktemp("evals")
+    paths = []
+    for model in ("resnet20", "in_resnet20"):
+        members = [load_run(r) for r in tiny_runs[model]]
+        for i, m in enumerate([*members, members]):
+            result = evaluate(
+                m,
+                images,
+                labels,
+                attacks=("fgsm", "ifgsm", "pgd"),
+                eps_list=(2 / 255, 8 / 255),
+                noise="generated",
+                attack_options={"ifgsm": {"steps": 3}, "pgd": {"steps": 3}},
+                checks=False,
+            )
+            path = root / f"{model}_{i}.json"
+            path.write_text(json.dumps(result))
+            paths.append(path)
+    return paths
+
+
+def _check_pngs(out_dir, stems):
+    for stem in stems:
+        png = out_dir / f"{stem}.png"
+        assert png.read_bytes()[:8] == PNG_MAGIC
+        with Image.open(png) as img:
+            assert img.width > 300 and img.height > 200
+            # A drawn figure, not a blank page: many distinct colours.
+            assert len(img.convert("RGB").getcolors(maxcolors=1 << 20)) > 50
+        assert (out_dir / f"{stem}.pdf").stat().st_size > 1000
+
+
+def test_plot_coefficients(tiny_runs, tmp_path, capsys):
+    runs = [str(p) for p in tiny_runs["in_resnet20"]]
+    assert main(["plot", "coefficients", *runs, "--out", str(tmp_path)]) == 0
+    _check_pngs(tmp_path, ["coefficients"])
+    assert "coefficients.png" in capsys.readouterr().out
+
+
+def test_plot_coefficients_refuses_a_plain_resnet(tiny_runs, tmp_path, capsys):
+    run = str(tiny_runs["resnet20"][0])
+    assert main(["plot", "coefficients", run, "--out", str(tmp_path)]) == 1
+    assert "no interpolation coefficients" in capsys.readouterr().err
+
+
+def test_plot_input_landscape(tiny_runs, tmp_path):
+    runs = [str(tiny_runs["resnet20"][0]), str(tiny_runs["in_resnet20"][0])]
+    argv = ["plot", "input-landscape", *runs, "--out", str(tmp_path), "--limit", "32"]
+    assert main([*argv, "--points", "7", "--points-2d", "5", "--radius", "32"]) == 0
+    _check_pngs(tmp_path, ["input_landscape", "input_landscape_2d"])
+
+
+def test_plot_weight_landscape(tiny_runs, tmp_path):
+    runs = [str(tiny_runs["resnet20"][0]), str(tiny_runs["in_resnet20"][0])]
+    argv = ["plot", "weight-landscape", *runs, "--out", str(tmp_path), "--limit", "32"]
+    assert main([*argv, "--points", "7", "--points-2d", "5"]) == 0
+    _check_pngs(tmp_path, ["weight_landscape", "weight_landscape_2d"])
+
+
+def test_plot_ensemble_gain_and_curves(eval_files, tmp_path):
+    files = [str(p) for p in eval_files]
+    assert main(["plot", "ensemble-gain", *files, "--out", str(tmp_path)]) == 0
+    assert main(["plot", "robustness-curves", *files, "--out", str(tmp_path)]) == 0
+    _check_pngs(tmp_path, ["ensemble_gain", "robustness_curves"])
+
+
+def test_ensemble_gain_of_real_evaluations(eval_files):
+    from odenets.analysis.robustness_results import ensemble_gain, load_eval
+
+    evals = [load_eval(p) for p in eval_files]
+    gains = ensemble_gain(evals)
+    assert set(gains) == {"resnet20", "in_resnet20"}
+    for name, g in gains.items():
+        singles = [e for e in evals if e["models"] == [name]]
+        ensemble = next(e for e in evals if e["ensemble"] and e["models"][0] == name)
+        expected = ensemble["clean"] - np.mean([e["clean"] for e in singles])
+        assert g["gain"][0] == pytest.approx(expected)
+        assert g["n_single"] == 2
+
+
+def test_plot_depth(tiny_runs, tmp_path):
+    run = str(tiny_runs["naisnet10"][0])
+    argv = ["plot", "depth", run, "--out", str(tmp_path), "--limit", "40", "--max-steps", "20"]
+    assert main(argv) == 0
+    _check_pngs(tmp_path, ["depth", "depth_images"])
+
+
+def test_depth_counts_equal_the_number_of_images(tiny_runs):
+    from odenets.analysis.depth import measure_depth
+    from odenets.analysis.depth_stats import depth_summary
+    from odenets.analysis.figures import load_test_images
+    from odenets.training import load_run
+
+    run = tiny_runs["naisnet10"][0]
+    data = load_test_images([run], limit=40)
+    model = load_run(run)
+    steps = measure_depth(model, data.images, tol=1e-3, max_steps=20)
+    summary = depth_summary(steps, data.labels, num_classes=10)
+    assert summary["counts"].sum() == 40
+    assert summary["depth"].min() >= len(model.nais_blocks())
+    assert summary["depth"].max() <= 20 * len(model.nais_blocks())
+
+
+def test_plot_dynamics_with_and_without_a_run(tiny_runs, tmp_path):
+    assert main(["plot", "dynamics", "--out", str(tmp_path / "alone")]) == 0
+    _check_pngs(tmp_path / "alone", ["dynamics"])
+    run = str(tiny_runs["naisnet10"][0])
+    assert main(["plot", "dynamics", run, "--out", str(tmp_path), "--limit", "4"]) == 0
+    _check_pngs(tmp_path, ["dynamics"])
+
+
+def test_plot_stability(tiny_runs, tmp_path):
+    runs = [str(tiny_runs["in_resnet20"][0]), str(tiny_runs["naisnet10"][0])]
+    argv = ["plot", "stability", *runs, "--out", str(tmp_path), "--limit", "4"]
+    assert main([*argv, "--iters", "10"]) == 0
+    _check_pngs(tmp_path, ["stability"])
+
+
+def test_projected_nais_blocks_have_radius_below_one(tiny_runs):
+    from odenets.analysis.figures import load_test_images
+    from odenets.analysis.jacobian import stability_per_block
+    from odenets.training import load_run
+
+    run = tiny_runs["naisnet10"][0]
+    data = load_test_images([run], limit=4)
+    out = stability_per_block(load_run(run), data.images)
+    assert out["quantity"] == "spectral_radius"
+    assert out["values"].shape == (4, 9)
+    # ReLU blocks: inactive units give eigenvalue 1 exactly; the projection keeps ρ ≤ 1.
+    assert np.all(out["values"] <= 1.0 + 1e-5)
+    assert np.all(out["values"] > 0.0)
