@@ -197,18 +197,22 @@ def shift_crop_flip(
     Returns:
         uint8 (B, H, W, C).
     """
-    _, h, w, _ = images.shape
+    _, h, w, c = images.shape
     rows = torch.arange(h, device=images.device) + (dy - pad)[:, None]  # (B, H)
     cols = torch.arange(w, device=images.device) + (dx - pad)[:, None]  # (B, W)
     cols = torch.where(flip[:, None], cols.flip(1), cols)
     if mode == "reflect":
         rows, cols = _reflect(rows, h), _reflect(cols, w)
-        return images[idx[:, None, None], rows[:, :, None], cols[:, None, :]]
-    inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
-    out = images[
-        idx[:, None, None], rows.clamp(0, h - 1)[:, :, None], cols.clamp(0, w - 1)[:, None, :]
-    ]
-    return out * inside[..., None].to(out.dtype)
+    else:
+        inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
+        rows, cols = rows.clamp(0, h - 1), cols.clamp(0, w - 1)
+    # One gather of whole pixels (C bytes each) by flat pixel number: several times faster
+    # on CPU than advanced indexing with three index tensors.
+    pixel = (idx[:, None, None] * h + rows[:, :, None]) * w + cols[:, None, :]  # (B, H, W)
+    out = images.reshape(-1, c).index_select(0, pixel.reshape(-1)).view(len(idx), h, w, c)
+    if mode != "reflect":
+        out = out * inside[..., None].to(out.dtype)
+    return out
 
 
 def _reflect(k: torch.Tensor, n: int) -> torch.Tensor:
