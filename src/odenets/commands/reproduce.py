@@ -115,11 +115,13 @@ def _list() -> int:
     for name in list_presets():
         preset = load_preset(name)
         n_models = sum(1 for r in preset.rows if not r.ensemble_of)
+        seeds = {s: preset.scale_seeds.get(s, preset.seeds) for s in SCALES}
+        hours = preset.gpu_hours
         print(f"{name:20s} {preset.description}")
         print(
-            f"{'':20s} data: {', '.join(preset.datasets)}; {n_models} models x "
-            f"{preset.seeds} seeds; rough GPU time: quick ~{preset.gpu_hours['quick']:g} h, "
-            f"paper ~{preset.gpu_hours['paper']:g} h (estimates)"
+            f"{'':20s} data: {', '.join(preset.datasets)}; {n_models} models; seeds: quick "
+            f"{seeds['quick']}, paper {seeds['paper']}; rough GPU time: quick ~{hours['quick']:g} "
+            f"h, paper ~{hours['paper']:g} h (estimates)"
         )
     return 0
 

@@ -220,9 +220,9 @@ register_table(
         metrics=ROBUSTNESS_METRICS,
         labels={
             **{k: f"{v} (single)" for k, v in _INRESNET_LABELS.items()},
-            "resnet110+ensemble": "ResNet-110 (ensemble of 5)",
-            "in_resnet110+ensemble": "In-ResNet-110 (ensemble of 5)",
-            "lambda_in_resnet110+ensemble": "λ-In-ResNet-110 (ensemble of 5)",
+            "resnet110+ensemble": "ResNet-110 (ensemble)",
+            "in_resnet110+ensemble": "In-ResNet-110 (ensemble)",
+            "lambda_in_resnet110+ensemble": "λ-In-ResNet-110 (ensemble)",
         },
         rows={
             **{

@@ -63,6 +63,7 @@ class Preset:
     train: dict[str, dict[str, Any]]  # scale -> training overrides (e.g. epochs)
     evaluate: dict[str, EvalSettings]  # scale -> evaluation settings
     gpu_hours: dict[str, float]  # scale -> rough estimate for the whole grid
+    scale_seeds: dict[str, int] = field(default_factory=dict)  # scale -> seeds, if not `seeds`
     source: str = ""  # the file it was read from
 
     def row(self, key: str) -> Row:
@@ -116,9 +117,11 @@ def parse_preset(data: dict[str, Any], *, source: str = "") -> Preset:
     for row in rows:
         if row.ensemble_of and row.ensemble_of not in keys:
             raise ValueError(f"preset {where}: row {row.key!r} is an ensemble of unknown row")
-    train, evaluate = {}, {}
+    train, evaluate, scale_seeds = {}, {}, {}
     for scale, settings in data["scale"].items():
         train[scale] = dict(settings.get("train", {}))
+        if "seeds" in settings:
+            scale_seeds[scale] = int(settings["seeds"])
         ev = dict(settings.get("evaluate", {}))
         unknown = set(ev) - set(EvalSettings.__dataclass_fields__)
         if unknown:
@@ -142,6 +145,7 @@ def parse_preset(data: dict[str, Any], *, source: str = "") -> Preset:
         train=train,
         evaluate=evaluate,
         gpu_hours={s: float(data.get(f"gpu_hours_{s}", 0.0)) for s in SCALES},
+        scale_seeds=scale_seeds,
         source=source,
     )
 

@@ -85,7 +85,7 @@ class Grid:
 
     @property
     def n_seeds(self) -> int:
-        return self.seeds or self.preset.seeds
+        return self.seeds or self.preset.scale_seeds.get(self.scale) or self.preset.seeds
 
     @property
     def resolved_datasets(self) -> tuple[str, ...]:
