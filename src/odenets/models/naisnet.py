@@ -120,6 +120,28 @@ class UnrolledBlock(nn.Module):
     def _step(self, x: torch.Tensor, bu: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         return x + self.h * self.activation(self.apply_state(x, a) + bu)
 
+    # --- the stage Jacobian J = I + h diag(σ'(z)) A, explicitly (used by odenets.stability)
+    def activation_derivative(self, z: torch.Tensor) -> torch.Tensor:
+        if self.act == "tanh":
+            return 1.0 - torch.tanh(z) ** 2
+        return (z > 0).to(z.dtype)
+
+    def state_jvp(
+        self, x: torch.Tensor, bu: torch.Tensor, v: torch.Tensor, k: int = 0
+    ) -> torch.Tensor:
+        """J v at state x (N, *state) for each sample, with c = B u + b given as `bu`."""
+        a = self.state_weights()[self.weight_index(k)]
+        d = self.activation_derivative(self.apply_state(x, a) + bu)
+        return v + self.h * d * self.apply_state(v, a)
+
+    def state_operator(self, state_shape: tuple[int, ...], k: int = 0) -> torch.Tensor:
+        """A of step k as a dense (n, n) matrix on flattened states of `state_shape` (for a
+        convolution: the Toeplitz matrix with zero padding)."""
+        a = self.state_weights()[self.weight_index(k)]
+        n = math.prod(state_shape)
+        basis = torch.eye(n, dtype=a.dtype, device=a.device).view(n, *state_shape)
+        return self.apply_state(basis, a).reshape(n, n).T  # column j = A e_j
+
     def initial_state(self, u: torch.Tensor, bu: torch.Tensor) -> torch.Tensor:
         if self.x0 == "input":
             return u
