@@ -80,3 +80,18 @@ def test_unknown_override_is_rejected():
         odenets.create_model("resnet20", no_such_option=1)
     with pytest.raises(ValueError, match="lambda_init"):
         odenets.create_model("resnet20", lambda_init=(0.1, 0.2))
+
+
+def test_models_command_prints_the_table(capsys):
+    from odenets.cli import main
+
+    assert main(["models", "--pattern", "*resnet1??"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["name", "family", "depth", "parameters", "interpolating"]
+    rows = {line.split()[0]: line.split()[1:] for line in lines[1:-1]}
+    assert rows["resnet110"] == ["resnet", "110", "1,730,618", "0"]
+    assert rows["in_resnet164"][:2] == ["in_resnet", "164"] and rows["in_resnet164"][3] == "51"
+    assert list(rows).index("resnet110") < list(rows).index("resnet164")
+    assert lines[-1] == f"{len(rows)} models"
+    assert main(["models", "--pattern", "no_such*"]) == 1
+    assert "no registered model matches" in capsys.readouterr().err
