@@ -1,0 +1,244 @@
+"""`odenets reproduce` end to end on a tiny grid (two models, two seeds, one epoch, a slice of
+CIFAR-10 as JPEG folders): killed during its second run and restarted, finished runs are
+not repeated; `--list-jobs` run line by line gives the same results; grid bookkeeping."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from odenets.cli import main
+from odenets.experiments.presets import list_presets
+from odenets.experiments.reproduce import (
+    RUNS,
+    expand_jobs,
+    job_command,
+    load_grid,
+    parse_shard,
+    select_jobs,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY_PRESET = """
+name = "tiny"
+description = "two models, two seeds, one epoch"
+table = "inresnet-table1"
+datasets = ["cifar10"]
+seeds = 2
+
+[scale.quick]
+train = { epochs = 1, batch_size = 50, train_limit = 100, test_limit = 50 }
+evaluate = { attacks = ["fgsm", "pgd"], eps = [8], noise = false, limit = 40, steps = 2 }
+
+[[rows]]
+key = "resnet110"
+model = "resnet110"
+quick_model = "resnet20"
+
+[[rows]]
+key = "in_resnet110"
+model = "in_resnet110"
+quick_model = "in_resnet20"
+"""
+RUN_NAMES = [
+    "folder-resnet110-seed0",
+    "folder-resnet110-seed1",
+    "folder-in_resnet110-seed0",
+    "folder-in_resnet110-seed1",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, cifar10_jpeg_root) -> dict[str, Path]:
+    """A tiny preset file and a 10-class slice of the CIFAR-10 JPEG folders."""
+    base = tmp_path_factory.mktemp("tiny")
+    data = base / "data"
+    for split, per_class in (("train", 10), ("test", 5)):
+        for class_dir in sorted((cifar10_jpeg_root / split).iterdir()):
+            dst = data / split / class_dir.name
+            dst.mkdir(parents=True)
+            for f in sorted(class_dir.glob("*.jpg"))[:per_class]:
+                shutil.copyfile(f, dst / f.name)
+    preset = base / "tiny.toml"
+    preset.write_text(TINY_PRESET, encoding="utf-8")
+    return {"base": base, "data": data, "preset": preset}
+
+
+def _args(tiny, out: Path) -> list[str]:
+    return [
+        str(tiny["preset"]),
+        "--data-root",
+        str(tiny["data"]),
+        "--out",
+        str(out),
+        "--dataset",
+        "folder",
+    ]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module")
+def killed_and_rerun(tiny) -> dict:
+    """Run the grid in a subprocess, SIGKILL it once the second run has started training,
+    note the first run's file times, then rerun the grid to the end in-process."""
+    out = tiny["base"] / "killed"
+    cmd = [sys.executable, "-m", "odenets", "reproduce", *_args(tiny, out)]
+    proc = subprocess.Popen(
+        cmd,
+        env=_env(),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    second = out / RUNS / RUN_NAMES[1] / "config.json"
+    deadline = time.monotonic() + 300
+    while not second.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    first = out / RUNS / RUN_NAMES[0]
+    stamps = {f.name: f.stat().st_mtime_ns for f in first.iterdir()}
+    killed_summary = json.loads((out / RUNS / RUN_NAMES[1] / "summary.json").read_text())
+    return {
+        "out": out,
+        "stamps": stamps,
+        "killed_summary": killed_summary,
+        "killed_report": (out / "report.md").exists(),
+    }
+
+
+def test_kill_then_rerun_skips_finished_runs(tiny, killed_and_rerun, capsys):
+    out = killed_and_rerun["out"]
+    # The kill came during the second run: it had started and not finished.
+    assert killed_and_rerun["killed_summary"]["status"] == "running"
+    assert not killed_and_rerun["killed_report"]
+    assert main(["reproduce", *_args(tiny, out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"[0] {RUN_NAMES[0]}: skipped (finished)" in printed
+    for k, name in enumerate(RUN_NAMES[1:], start=1):
+        assert f"[{k}] {name}: finished" in printed
+    first = out / RUNS / RUN_NAMES[0]
+    assert {f.name: f.stat().st_mtime_ns for f in first.iterdir()} == killed_and_rerun["stamps"]
+    for name in RUN_NAMES:
+        summary = json.loads((out / RUNS / name / "summary.json").read_text())
+        assert summary["status"] == "finished" and summary["epochs_done"] == 1
+        assert (out / RUNS / name / "eval.json").exists()
+    # The report lists every run, and the paper's numbers sit beside ours.
+    report = (out / "report.md").read_text(encoding="utf-8")
+    for name in RUN_NAMES:
+        assert f"| {name} | tiny | quick |" in report
+    assert "| ResNet-110 | resnet20 | 2/2 |" in report
+    assert "| In-ResNet-110 | in_resnet20 | 2/2 |" in report
+    assert "Acc. ours | Acc. paper | Acc. Δ" in report
+    assert "| 93.58 |" in report and "| 92.28 |" in report  # Table 1, CIFAR-10, Acc.
+    # A second rerun does nothing.
+    assert main(["reproduce", *_args(tiny, out), "--no-report"]) == 0
+    assert capsys.readouterr().out.count("skipped (finished)") == 4
+
+
+def test_list_jobs_lines_give_the_same_results(tiny, killed_and_rerun, capsys):
+    out = tiny["base"] / "by-lines"
+    assert main(["reproduce", *_args(tiny, out), "--list-jobs"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    commands = [line for line in lines if line and not line.startswith("#")]
+    assert len(commands) == len(RUN_NAMES) + 1  # one per run, then the report
+    assert all("--job" in c for c in commands[:-1]) and " report " in commands[-1]
+    for command in commands:
+        subprocess.run(
+            ["bash", "-c", command],
+            check=True,
+            env=_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    ref = killed_and_rerun["out"]
+    assert sorted(p.name for p in (out / RUNS).iterdir()) == sorted(RUN_NAMES)
+    for name in RUN_NAMES:
+        files = {p.name for p in (out / RUNS / name).iterdir()}
+        assert files == {p.name for p in (ref / RUNS / name).iterdir()}
+        a = json.loads((out / RUNS / name / "eval.json").read_text())
+        b = json.loads((ref / RUNS / name / "eval.json").read_text())
+        assert (a["clean"], a["attacks"][0]["accuracy"]) == (
+            b["clean"],
+            b["attacks"][0]["accuracy"],
+        )
+    rows = json.loads((out / "report.json").read_text())["rows"]
+    ref_rows = json.loads((ref / "report.json").read_text())["rows"]
+    assert rows == ref_rows
+
+
+def test_presets_expand_to_complete_grids():
+    assert list_presets() == [
+        "inresnet-ensemble",
+        "inresnet-init",
+        "inresnet-table1",
+        "inresnet-variants",
+        "naisnet-cifar",
+    ]
+    table1 = load_grid("inresnet-table1", scale="paper", data_root="d")
+    jobs = expand_jobs(table1)
+    assert len(jobs) == 6 * 2 * 5  # models x data sets x seeds
+    assert len({j.name for j in jobs}) == len(jobs)
+    assert {j.model for j in jobs} == {
+        "resnet110",
+        "in_resnet110",
+        "lambda_in_resnet110",
+        "resnet164",
+        "in_resnet164",
+        "lambda_in_resnet164",
+    }
+    init = expand_jobs(load_grid("inresnet-init", scale="quick", seeds=1, data_root="d"))
+    assert {tuple(j.model_kwargs["lambda_init"]) for j in init} == {
+        (0.0, 0.1),
+        (0.1, 0.2),
+        (0.2, 0.25),
+        (0.25, 0.3),
+        (0.3, 0.4),
+    }
+    ens = expand_jobs(load_grid("inresnet-ensemble", scale="paper", data_root="d"))
+    ensembles = [j for j in ens if j.is_ensemble]
+    assert len(ensembles) == 3 and all(len(j.members) == 5 for j in ensembles)
+    assert ens[-3:] == ensembles  # after every training job
+
+
+@pytest.mark.parametrize("n", [1, 3, 7])
+def test_shards_partition_the_training_jobs(n):
+    jobs = expand_jobs(load_grid("inresnet-variants", scale="paper", data_root="d"))
+    picked = [j.index for i in range(1, n + 1) for j in select_jobs(jobs, shard=(i, n))]
+    assert sorted(picked) == list(range(len(jobs)))
+    assert parse_shard(f"{n}/{n}") == (n, n)
+
+
+@pytest.mark.parametrize("bad", ["0/2", "3/2", "1-2", "a/b"])
+def test_bad_shard_is_refused(bad):
+    with pytest.raises(ValueError, match="--shard"):
+        parse_shard(bad)
+
+
+def test_job_command_is_self_contained():
+    grid = load_grid("inresnet-ensemble", scale="paper", seeds=3, data_root="my data")
+    job = expand_jobs(grid)[4]
+    cmd = job_command(grid, "runs/ens", job, python="python")
+    assert cmd == (
+        "python -m odenets reproduce inresnet-ensemble --out runs/ens --scale paper --seeds 3 "
+        "--data-root 'my data' --dataset cifar10 --job 4"
+    )
+
+
+def test_unknown_preset_and_missing_root_are_clear():
+    with pytest.raises(KeyError, match="unknown preset 'table9'; known: inresnet-ensemble"):
+        load_grid("table9")
+    with pytest.raises(ValueError, match="needs --data-root"):
+        load_grid("inresnet-table1")
