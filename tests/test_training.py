@@ -1,0 +1,340 @@
+"""Trainer: recipes, run folder, load_run, resume checks, model selection, NAIS hooks.
+
+A tiny network (one conv, BatchNorm, a learnable coefficient) on the embedded 8x8 digits
+keeps every run to about a second. The same source is executed in the subprocess tests of
+test_training_resume.py.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import odenets
+from odenets.checkpoint import load_safetensors, read_json, read_jsonl
+from odenets.errors import CheckpointError
+from odenets.training import (
+    TrainConfig,
+    fit,
+    list_recipes,
+    load_run,
+    lr_at,
+    read_run,
+    resolve_config,
+    resolve_milestones,
+)
+
+TINY_SOURCE = '''
+import torch
+from torch import nn
+from torch.nn import functional as F
+from odenets.models.base import OdeNet
+from odenets.models.registry import is_model, register_model
+
+
+class TinyNet(OdeNet):
+    """conv 3x3 -> BN -> ReLU -> 2x2 pool, scaled by a learnable (1 + λ); linear head."""
+
+    family = "tiny"
+    depth = 2
+    project_calls = 0
+
+    def __init__(self, *, num_classes=10, in_chans=1, width=8):
+        super().__init__(in_chans=in_chans, mean=(0.5,), std=(0.25,))
+        self.conv = nn.Conv2d(in_chans, width, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(width)
+        self.lam = nn.Parameter(torch.tensor(0.2))
+        self.fc = nn.Linear(width * 16, num_classes)
+
+    def forward_features(self, x):
+        x = F.adaptive_avg_pool2d(F.relu(self.bn(self.conv(x))), 4)  # (N, width, 4, 4)
+        return x.flatten(1) * (1 + self.lam)
+
+    def head(self, features):
+        return self.fc(features)
+
+    def coefficients(self):
+        return self.lam.detach().reshape(1)
+
+    def coefficient_parameters(self):
+        return [self.lam]
+
+    def project_(self):
+        TinyNet.project_calls += 1
+
+
+if not is_model("tiny_net"):
+    @register_model
+    def tiny_net(**kwargs):
+        return TinyNet(**kwargs)
+'''
+
+exec(TINY_SOURCE)  # registers tiny_net in this process
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny models on a shared, busy CPU: thread hand-offs cost more than they save.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_config(tmp_path, **overrides) -> TrainConfig:
+    values = dict(
+        model="tiny_net",
+        dataset="digits",
+        out=str(tmp_path / "run"),
+        epochs=3,
+        batch_size=64,
+        lr=0.2,
+        progress=False,
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """One 3-epoch run shared by the read-only tests."""
+    tmp = tmp_path_factory.mktemp("finished")
+    info = fit(tiny_config(tmp, epochs=6))
+    return info
+
+
+# --- recipes and schedules ------------------------------------------------------------------
+
+
+def test_paper_recipes():
+    assert {"paper-cifar10", "paper-cifar100", "digits"} <= set(list_recipes())
+    c10 = resolve_config(TrainConfig(dataset="cifar10"), device_type="cpu")
+    assert (c10.epochs, c10.milestones, c10.lr, c10.momentum) == (160, [80, 120], 0.1, 0.9)
+    assert (c10.weight_decay, c10.batch_size, c10.gamma, c10.pad) == (1e-4, 128, 0.1, 2)
+    assert c10.augment and not c10.nesterov and c10.coefficient_weight_decay is None
+    c100 = resolve_config(TrainConfig(dataset="cifar100"), device_type="cpu")
+    assert (c100.epochs, c100.milestones) == (300, [150, 225])
+
+
+def test_schedule_matches_paper_and_scales():
+    c = resolve_config(TrainConfig(recipe="paper-cifar10"), device_type="cpu")
+    assert [lr_at(c, e) for e in (1, 80, 81, 120, 121, 160)] == pytest.approx(
+        [0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
+    )
+    short = resolve_config(TrainConfig(recipe="paper-cifar10", epochs=20), device_type="cpu")
+    assert short.milestones == [10, 15]
+    assert resolve_milestones([0.5, 0.75, 200], 300) == [150, 200, 225]
+
+
+def test_speed_switches_follow_device():
+    cpu = resolve_config(TrainConfig(), device_type="cpu")
+    cuda = resolve_config(TrainConfig(), device_type="cuda")
+    assert not (cpu.amp or cpu.channels_last or cpu.compile) and cpu.deterministic
+    assert cuda.amp and cuda.channels_last and cuda.compile and not cuda.deterministic
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"milestones": [1.5]}, "milestone"),
+        ({"select": "best-test"}, "allow_test_selection"),
+        ({"select": "best-val"}, "val_fraction"),
+        ({"dataset": "mnist"}, "cifar10, cifar100, folder, digits"),
+        ({"recipe": "paper-imagenet"}, "paper-cifar10"),
+        ({"lr": -1.0}, "lr must be > 0"),
+    ],
+)
+def test_bad_config_is_refused(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        resolve_config(TrainConfig(**overrides), device_type="cpu")
+
+
+# --- a finished run ----------------------------------------------------------------------
+
+
+def test_run_folder_contents(finished_run):
+    path = finished_run.path
+    names = {p.name for p in path.iterdir()}
+    assert names == {
+        "config.json",
+        "metrics.jsonl",
+        "last.safetensors",
+        "last.json",
+        "final.safetensors",
+        "summary.json",
+    }
+    config = read_json(path / "config.json")
+    assert config["model"] == "tiny_net" and config["seed"] == 0
+    assert config["dataset"]["name"] == "digits" and config["dataset"]["num_classes"] == 10
+    assert config["dataset"]["in_chans"] == 1 and config["dataset"]["n_train"] == len(
+        odenets.data.load_digits(split="train")[1]
+    )
+    assert config["odenets_version"] == odenets.__version__
+    assert config["torch_version"] == torch.__version__ and config["device"] == "cpu"
+    assert config["train"]["milestones"] == [3, 5] and config["train"]["recipe"] == "digits"
+    metrics = finished_run.metrics
+    assert [m["epoch"] for m in metrics] == [1, 2, 3, 4, 5, 6]
+    assert [m["lr"] for m in metrics] == pytest.approx([0.2, 0.2, 0.2, 0.02, 0.02, 0.002])
+    for m in metrics:
+        assert {"train_loss", "train_acc", "test_loss", "test_acc", "time_s"} <= set(m)
+        assert 0.0 <= m["test_acc"] <= 1.0 and len(m["coefficients"]) == 1
+    s = finished_run.summary
+    assert s["status"] == "finished" and s["error"] is None
+    assert (s["epochs_done"], s["epochs"]) == (6, 6)
+    assert s["final_test_acc"] == metrics[-1]["test_acc"]
+    assert s["final_test_acc"] > 0.9  # chance is 0.1
+
+
+def test_load_run_reproduces_the_recorded_accuracy(finished_run):
+    model = load_run(finished_run.path)
+    assert not model.training
+    images, labels = odenets.data.load_digits(split="test")
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        acc = (model(x).argmax(1) == torch.from_numpy(labels)).float().mean().item()
+    assert acc == pytest.approx(finished_run.summary["final_test_acc"], abs=1e-6)
+    last = load_run(finished_run.path, which="last")
+    for a, b in zip(model.state_dict().values(), last.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_read_run_matches_files(finished_run):
+    info = read_run(finished_run.path)
+    assert info.summary == finished_run.summary and info.metrics == finished_run.metrics
+
+
+def test_last_checkpoint_holds_optimizer_and_rng(finished_run):
+    tensors, meta = load_safetensors(finished_run.path / "last.safetensors")
+    state = read_json(finished_run.path / "last.json")
+    assert meta["epoch"] == "6" and state["epoch"] == 6
+    assert {"rng.torch", "rng.numpy"} <= set(tensors)
+    momentum = [k for k in tensors if k.startswith("optim.")]
+    assert len(momentum) == 6 and all(k.endswith(".momentum_buffer") for k in momentum)
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.002)
+
+
+def test_project_is_called_after_every_step(tmp_path):
+    tiny = odenets.create_model("tiny_net", in_chans=1)
+    cls = type(tiny)
+    cls.project_calls = 0
+    fit(tiny_config(tmp_path, epochs=2))
+    assert cls.project_calls == 2 * 23  # ceil(1437 / 64) steps per epoch
+
+
+# --- refusing the wrong run --------------------------------------------------------------
+
+
+def test_existing_folder_needs_resume(finished_run, tmp_path):
+    with pytest.raises(CheckpointError, match="already holds a run"):
+        fit(tiny_config(tmp_path, out=str(finished_run.path)))
+
+
+def test_resume_of_finished_run_changes_nothing(finished_run):
+    before = (finished_run.path / "final.safetensors").read_bytes()
+    info = fit(tiny_config(finished_run.path, out=str(finished_run.path), epochs=6, resume=True))
+    assert info.summary == finished_run.summary
+    assert (finished_run.path / "final.safetensors").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "overrides, what",
+    [
+        ({"model": "resnet20"}, "model"),
+        ({"model_kwargs": {"width": 4}}, "model_kwargs"),
+        ({"train_limit": 500}, "dataset"),
+    ],
+)
+def test_resume_refuses_another_model_or_dataset(tmp_path, overrides, what):
+    fit(tiny_config(tmp_path, epochs=1))
+    config = tiny_config(tmp_path, epochs=2, resume=True, **overrides)
+    with pytest.raises(CheckpointError, match=f"trained with {what}"):
+        fit(config)
+
+
+def test_corrupt_checkpoint_is_refused_on_resume(tmp_path):
+    fit(tiny_config(tmp_path, epochs=1))
+    path = tmp_path / "run" / "last.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0xFF  # one flipped byte inside the tensor data
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        fit(tiny_config(tmp_path, epochs=2, resume=True))
+    path.write_bytes(bytes(data[:-1000]))
+    with pytest.raises(CheckpointError, match="truncated"):
+        fit(tiny_config(tmp_path, epochs=2, resume=True))
+
+
+def test_stop_between_the_two_checkpoint_writes(tmp_path):
+    """last.json one epoch behind last.safetensors: the safetensors file wins."""
+    fit(tiny_config(tmp_path, epochs=1, milestones=[5]))
+    run = tmp_path / "run"
+    old_json = (run / "last.json").read_text()
+    fit(tiny_config(tmp_path, epochs=2, milestones=[5], resume=True))
+    reference = load_safetensors(run / "final.safetensors")[0]
+    # Rewind: epoch-2 weights but the epoch-1 last.json, and no final weights yet.
+    (run / "last.json").write_text(old_json)
+    (run / "final.safetensors").unlink()
+    with pytest.warns(UserWarning, match="stopped between the two writes"):
+        info = fit(tiny_config(tmp_path, epochs=2, milestones=[5], resume=True))
+    assert info.summary["status"] == "finished"
+    again = load_safetensors(run / "final.safetensors")[0]
+    assert all(torch.equal(reference[k], again[k]) for k in reference)
+
+
+def test_pickle_in_run_folder_is_ignored(finished_run, tmp_path):
+    from test_checkpoint import _Marker
+
+    marker = tmp_path / "pwned"
+    (tmp_path / "model.pt").write_bytes(__import__("pickle").dumps(_Marker(str(marker))))
+    with pytest.raises(CheckpointError, match="pickle"):
+        load_run(tmp_path / "model.pt")
+    assert not marker.exists()
+
+
+# --- model selection ---------------------------------------------------------------------
+
+
+def test_best_val_selection(tmp_path):
+    info = fit(tiny_config(tmp_path, epochs=4, val_fraction=0.2, select="best-val"))
+    val = [m["val_acc"] for m in info.metrics]
+    best = int(np.argmax(val)) + 1
+    assert info.summary["selected_epoch"] == best
+    assert info.summary["final_val_acc"] == max(val)
+    n_full = len(odenets.data.load_digits(split="train")[1])
+    n_val = info.config["dataset"]["n_val"]
+    assert abs(n_val - 0.2 * n_full) <= 5  # rounded per class (stratified)
+    assert info.config["dataset"]["n_train"] == n_full - n_val
+    final = load_safetensors(info.path / "final.safetensors")[0]
+    chosen = load_safetensors(info.path / "best.safetensors")[0]
+    assert all(torch.equal(final[k], chosen[k]) for k in final)
+
+
+def test_coefficient_weight_decay_exemption(tmp_path):
+    """wd pulls λ toward 0 only when it applies to the coefficient (lr=0 for the rest)."""
+    common = dict(epochs=1, lr=0.5, weight_decay=0.5, momentum=0.0)
+    a = fit(tiny_config(tmp_path / "a", **common))
+    b = fit(tiny_config(tmp_path / "b", coefficient_weight_decay=0.0, **common))
+    assert a.metrics[0]["coefficients"] != b.metrics[0]["coefficients"]
+
+
+def test_nais_model_metrics(tmp_path):
+    info = fit(tiny_config(tmp_path, model="naisnet1", epochs=1, train_limit=128, test_limit=64))
+    m = info.metrics[0]
+    assert "coefficients" not in m
+    assert m["depth_mean"] >= 1.0 and m["depth_max"] >= m["depth_mean"]
+
+
+def test_config_json_is_valid_utf8_json(finished_run):
+    text = (finished_run.path / "config.json").read_bytes().decode("utf-8")
+    assert json.loads(text)["train"]["select"] == "final"
+
+
+def test_no_warnings_on_a_clean_run(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        fit(tiny_config(tmp_path, epochs=1, train_limit=256))
+    assert len(read_jsonl(tmp_path / "run" / "metrics.jsonl")) == 1
