@@ -27,6 +27,7 @@ from odenets.analysis.jacobian import (
     block_jacobian_norms,
     jacobian_spectral_norm,
     power_iteration,
+    spectral_radius,
 )
 from odenets.analysis.robustness_results import (
     attack_accuracy,
@@ -196,6 +197,19 @@ def test_power_iteration_recovers_known_spectral_norms():
     v0 = torch.randn(2, 4, generator=g, dtype=torch.float64)
     sigma = power_iteration(matvec, rmatvec, v0, iters=50)
     torch.testing.assert_close(sigma, singular[:, 0], rtol=1e-8, atol=0)
+
+
+def test_spectral_radius_of_a_non_normal_map_with_a_complex_dominant_pair():
+    # Rotation by 1 rad scaled by 0.9 (eigenvalues 0.9·e^{±i}) beside 0.5, conjugated by a
+    # non-orthogonal basis: ρ = 0.9 while the spectral norm is larger.
+    c, s = np.cos(1.0), np.sin(1.0)
+    core = torch.tensor([[0.9 * c, -0.9 * s, 0], [0.9 * s, 0.9 * c, 0], [0, 0, 0.5]]).double()
+    basis = torch.tensor([[1.0, 2.0, 0.0], [0.0, 1.0, 3.0], [0.0, 0.0, 1.0]]).double()
+    m = basis @ core @ torch.linalg.inv(basis)
+    assert torch.linalg.matrix_norm(m, ord=2) > 1.5
+    v0 = torch.randn(2, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    rho = spectral_radius(lambda v: v @ m.T, v0, iters=2000)
+    torch.testing.assert_close(rho, torch.full((2,), 0.9, dtype=torch.float64), rtol=2e-3, atol=0)
 
 
 def test_jacobian_spectral_norm_of_a_linear_layer():

@@ -193,3 +193,6 @@ def test_projected_nais_blocks_have_radius_below_one(tiny_runs):
     # ReLU blocks: inactive units give eigenvalue 1 exactly; the projection keeps ρ ≤ 1.
     assert np.all(out["values"] <= 1.0 + 1e-5)
     assert np.all(out["values"] > 0.0)
+    # Where every unit is active, the projected stage Jacobian I + hA contracts.
+    assert out["active_radius"].shape == (9,)
+    assert np.all(out["active_radius"] < 1.0)

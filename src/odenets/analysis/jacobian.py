@@ -53,6 +53,36 @@ def power_iteration(
     return matvec(v).flatten(1).norm(dim=1)
 
 
+def spectral_radius(
+    matvec: Callable[[torch.Tensor], torch.Tensor], v0: torch.Tensor, *, iters: int = 200
+) -> torch.Tensor:
+    """Spectral radius of a batch of square linear maps by Gelfand's formula.
+
+    ρ(J) = lim ‖Jᵏ v‖^(1/k): iterate v <- J v / ‖J v‖ and take the geometric mean of the
+    growth factors over the second half of the iterations, which also converges when the
+    dominant eigenvalues are a complex pair (single ratios then oscillate).
+
+    Args:
+        matvec: v (N, *shape) -> J v (N, *shape), per sample.
+        v0: (N, *shape) random start vectors.
+
+    Returns:
+        (N,) estimates of ρ(J).
+    """
+    if iters < 2:
+        raise ValueError(f"iters must be >= 2; got {iters}")
+    tiny = torch.finfo(v0.dtype).tiny
+    v = v0 / _per_sample_norm(v0).clamp_min(tiny)
+    log_growth = torch.zeros(len(v0), dtype=v0.dtype, device=v0.device)
+    for i in range(iters):
+        w = matvec(v)
+        norm = _per_sample_norm(w).clamp_min(tiny)
+        if i >= iters // 2:
+            log_growth += norm.flatten().log()
+        v = w / norm
+    return (log_growth / (iters - iters // 2)).exp()
+
+
 def jacobian_spectral_norm(
     fn: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
@@ -126,15 +156,50 @@ def nais_spectral_radii(model: nn.Module, images: torch.Tensor) -> np.ndarray:
     return torch.stack(columns, dim=1).numpy()
 
 
+def nais_active_radii(
+    model: nn.Module, images: torch.Tensor, *, iters: int = 200, seed: int = 0
+) -> np.ndarray:
+    """ρ(I + h·A) of each NAIS block: the stage Jacobian where every unit is active (σ' = 1).
+
+    For ReLU blocks the Jacobian at a state has eigenvalue 1 for every inactive unit, so its
+    spectral radius is 1 whenever a unit is off; this radius is what the stability
+    projection controls. Untied blocks use the weights of step 0. `images` only sets the
+    state shape.
+
+    Returns:
+        (len(model.nais_blocks()),) float64 array.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    nais = model.nais_blocks()
+    radii = []
+    with eval_mode(model), torch.no_grad():
+        inputs = block_inputs(model, images[:1], nais)
+        for block, u in zip(nais, inputs, strict=True):
+            a = block.state_weights()[0]
+            state = block.input_term(u)[0]  # (1, *state), only its shape is used
+            v0 = torch.randn(state.shape, generator=generator, dtype=state.dtype)
+
+            def matvec(v, block=block, a=a):
+                return v + block.h * block.apply_state(v, a)
+
+            radii.append(float(spectral_radius(matvec, v0.to(state.device), iters=iters)[0]))
+    return np.array(radii)
+
+
 def stability_per_block(
     model: nn.Module, images: torch.Tensor, *, iters: int = 30, seed: int = 0
 ) -> dict:
     """NAIS models: stage-Jacobian spectral radii; others: block-Jacobian spectral norms.
 
     Returns:
-        ``{"quantity": "spectral_radius" | "jacobian_norm", "values": (N, blocks)}``.
+        ``{"quantity": "spectral_radius" | "jacobian_norm", "values": (N, blocks)}``; NAIS
+        models also ``"active_radius"`` (blocks,), see `nais_active_radii`.
     """
     if model.nais_blocks():
-        return {"quantity": "spectral_radius", "values": nais_spectral_radii(model, images)}
+        return {
+            "quantity": "spectral_radius",
+            "values": nais_spectral_radii(model, images),
+            "active_radius": nais_active_radii(model, images, seed=seed),
+        }
     values = block_jacobian_norms(model, images, iters=iters, seed=seed)
     return {"quantity": "jacobian_norm", "values": values}

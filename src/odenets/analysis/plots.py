@@ -114,6 +114,7 @@ def _draw_history(ax, name: str, histories: Sequence[Mapping]) -> None:
         ax.figure.colorbar(sm, ax=ax, label="block n")
     else:
         ax.text(0.5, 0.5, "no per-epoch coefficients", ha="center", transform=ax.transAxes)
+    ax.xaxis.set_major_locator(mpl.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("λ_n (dimensionless)")
     ax.set_title(f"{name}: λ_n during training ({len(histories)} run(s))")
@@ -158,20 +159,28 @@ def draw_surfaces(
         surfaces: label -> dict holding the axes `x` (A,), `y` (B,) and values `z` (A, B).
         scale: multiplies the axis values (255 shows pixel steps in /255 units).
     """
+    import matplotlib as mpl
+
     fig, axes = _grid(len(surfaces), ncols=3, title=title)
     finite = [np.asarray(s[z])[np.isfinite(s[z])] for s in surfaces.values()]
     lo = min(f.min() for f in finite)
     hi = max(f.max() for f in finite)
-    levels = np.linspace(lo, hi if hi > lo else lo + 1e-6, 15)
+    hi = hi if hi > lo else lo + 1e-6
+    # Loss surfaces span decades away from a minimum: log-spaced levels keep the basin visible.
+    log = lo > 0 and hi / lo > 20
+    levels = np.geomspace(lo, hi, 15) if log else np.linspace(lo, hi, 15)
+    norm = mpl.colors.LogNorm(lo, hi) if log else None
     for ax, (label, s) in zip(axes, surfaces.items(), strict=True):
         xx, yy = np.meshgrid(s[x] * scale, s[y] * scale, indexing="ij")
-        cs = ax.contourf(xx, yy, s[z], levels=levels, cmap="viridis", extend="both")
-        ax.contour(xx, yy, s[z], levels=levels, colors="k", linewidths=0.3)
+        values = np.clip(s[z], lo, hi)
+        cs = ax.contourf(xx, yy, values, levels=levels, cmap="viridis", norm=norm)
+        ax.contour(xx, yy, values, levels=levels, colors="k", linewidths=0.3)
         ax.plot([0], [0], "r+", ms=10)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.set_title(label)
-    fig.colorbar(cs, ax=list(axes), label="mean cross-entropy (nats)")
+    bar = fig.colorbar(cs, ax=list(axes), format="%.3g")
+    bar.set_label("mean cross-entropy (nats" + (", log scale)" if log else ")"))
     return fig
 
 
@@ -230,14 +239,13 @@ def draw_robustness_curves(curves: Mapping[str, Mapping]) -> Figure:
     if not panels:
         raise ValueError("the evaluations hold no attack or noise results to plot")
     fig, axes = _grid(len(panels), ncols=4, title="Accuracy under attack and noise, per model")
+    styles = _curve_styles(curves)
     for ax, (kind, name) in zip(axes, panels, strict=True):
         for label, c in curves.items():
-            if kind == "attack" and name in c["attacks"]:
-                d = c["attacks"][name]
-                ax.plot(d["eps_255"], 100 * d["accuracy"], marker="o", ms=3, label=label)
-            elif kind == "noise" and name in c["noise"]:
-                d = c["noise"][name]
-                ax.plot(d["severity"], 100 * d["accuracy"], marker="o", ms=3, label=label)
+            d = c["attacks" if kind == "attack" else "noise"].get(name)
+            if d is not None:
+                x = d["eps_255"] if kind == "attack" else d["severity"]
+                ax.plot(x, 100 * d["accuracy"], marker="o", ms=3, label=label, **styles[label])
         if kind == "attack":
             ax.set_xlabel("ε (L∞ radius, /255)")
             ax.set_title(f"{name}: accuracy vs ε")
@@ -247,8 +255,24 @@ def draw_robustness_curves(curves: Mapping[str, Mapping]) -> Figure:
             ax.set_title(f"{name} noise: accuracy vs severity")
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(-2, 102)
-        ax.legend(fontsize="x-small")
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside lower center", ncols=min(4, len(names)))
     return fig
+
+
+def _curve_styles(curves: Mapping[str, Mapping]) -> dict[str, dict]:
+    """One colour per model name; ensembles solid and thick, single runs dashed and thin."""
+    families = list(dict.fromkeys(label.split(" ")[0] for label in curves))
+    colours = {f: f"C{i % 10}" for i, f in enumerate(families)}
+    styles = {}
+    for label in curves:
+        ensemble = " ensemble" in label
+        styles[label] = {
+            "color": colours[label.split(" ")[0]],
+            "ls": "-" if ensemble else "--",
+            "lw": 2.0 if ensemble else 1.0,
+        }
+    return styles
 
 
 # --- one-call helpers (compute, draw, save) for the report ---------------------------------

@@ -17,14 +17,19 @@ def draw_depth(summary: Mapping[str, np.ndarray], class_names: Sequence[str], *,
         summary: the output of `odenets.analysis.depth_stats.depth_summary`.
     """
     fig, axes = _grid(2, ncols=2, title=f"{label}: pattern-dependent depth per test image")
+    from matplotlib.ticker import MaxNLocator
+
     n = int(summary["counts"].sum())
     axes[0].bar(summary["values"], summary["counts"], width=0.9, color="tab:blue")
+    axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].set_xlabel("depth (unrolled steps summed over NAIS blocks)")
     axes[0].set_ylabel("images")
     axes[0].set_title(f"histogram over {n} images (mean {summary['depth'].mean():.1f})")
     k = len(summary["class_mean"])
     names = list(class_names)[:k] if len(class_names) >= k else [str(i) for i in range(k)]
-    axes[1].bar(range(k), summary["class_mean"], yerr=summary["class_std"], capsize=3)
+    axes[1].errorbar(range(k), summary["class_mean"], yerr=summary["class_std"], fmt="o", capsize=3)
+    axes[1].axhline(summary["depth"].mean(), color="grey", ls="--", lw=0.8, label="all images")
+    axes[1].legend(fontsize="small")
     axes[1].set_xticks(range(k), names, rotation=45, ha="right")
     axes[1].set_xlabel("class")
     axes[1].set_ylabel("mean depth (steps) ± std")
@@ -93,14 +98,14 @@ def draw_dynamics(one_d: Mapping[str, Mapping], trained: Mapping[str, np.ndarray
             lines[0].set_label(label)
         ax.set_xlabel("step k")
         ax.set_ylabel("‖x(k) − x(k−1)‖ (L2, log scale)")
-        ax.set_title("trained NAIS block: state change per step, one line per image")
+        ax.set_title("trained block: state change per step (one line per image)")
         ax.legend(fontsize="x-small")
     return fig
 
 
 QUANTITY_LABELS = {
-    "spectral_radius": "spectral radius ρ of the stage Jacobian",
-    "jacobian_norm": "spectral norm ‖∂x_{n+1}/∂x_n‖₂ of the block Jacobian",
+    "spectral_radius": "spectral radius ρ of the stage Jacobian\n∂x(k+1)/∂x(k) at the final state",
+    "jacobian_norm": "spectral norm of the block Jacobian\n‖∂x_{n+1}/∂x_n‖₂ at the block input",
 }
 
 
@@ -123,9 +128,20 @@ def draw_stability(results: Mapping[str, Mapping]) -> Figure:
             lo, med, hi = np.percentile(v, [10, 50, 90], axis=0)
             (line,) = ax.plot(n, med, marker="o", ms=3, label=f"{label} ({len(v)} images)")
             ax.fill_between(n, lo, hi, color=line.get_color(), alpha=0.2)
+            if "active_radius" in r:
+                ax.plot(
+                    n, r["active_radius"], ls=":", marker="x", color=line.get_color(),
+                    label=f"{label}: ρ(I + hA), all units active",
+                )  # fmt: skip
         ax.axhline(1.0, color="k", ls="--", lw=0.8, label="1 (contraction bound)")
         ax.set_xlabel("block (input → output)")
         ax.set_ylabel(QUANTITY_LABELS[q])
-        ax.set_title(f"{QUANTITY_LABELS[q]}: median, 10-90% band")
+        if q == "spectral_radius":
+            ax.text(
+                0.02, 0.02, "ReLU: an inactive unit (σ' = 0) gives ρ = 1 exactly",
+                transform=ax.transAxes, fontsize="x-small", color="grey",
+            )  # fmt: skip
+        what = "NAIS blocks" if q == "spectral_radius" else "residual blocks"
+        ax.set_title(f"{what}: median over images, 10-90% band")
         ax.legend(fontsize="x-small")
     return fig

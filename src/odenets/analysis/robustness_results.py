@@ -32,12 +32,13 @@ def load_eval(path: str | Path) -> dict:
 
 
 def eval_label(ev: Mapping) -> str:
-    """'in_resnet110' for a single model, 'in_resnet110 ensemble (5)' for an ensemble."""
-    names = sorted(set(ev["models"]))
-    label = "+".join(names)
+    """'in_resnet110 (run folder)' for a single model (the folder when recorded),
+    'in_resnet110 ensemble (5)' for an ensemble."""
+    label = "+".join(sorted(set(ev["models"])))
     if ev.get("ensemble"):
-        label += f" ensemble ({len(ev['models'])})"
-    return label
+        return f"{label} ensemble ({len(ev['models'])})"
+    runs = ev.get("runs") or []
+    return f"{label} ({Path(runs[0]).name})" if len(runs) == 1 else label
 
 
 def attack_accuracy(
