@@ -1,1 +1,53 @@
-"""odenets.robustness."""
+"""odenets.robustness: attacks and noise behind one interface, accuracy, ensembles, and the
+evaluation that writes eval.json.
+
+Example:
+    >>> from odenets.robustness import create_attack, list_attacks
+    >>> "apgd_ce" in list_attacks()
+    True
+    >>> create_attack("pgd", eps=8 / 255).steps
+    20
+"""
+
+from odenets.robustness import apgd, attacks, noise  # noqa: F401  (registration)
+from odenets.robustness.apgd import APGD, APGDCE, APGDDLR, dlr_loss
+from odenets.robustness.attacks import FGSM, IFGSM, PGD, PGDStartCentred
+from odenets.robustness.base import (
+    THREAT_MODELS,
+    Attack,
+    check_eps,
+    create_attack,
+    list_attacks,
+    register_attack,
+)
+from odenets.robustness.ensemble import Ensemble
+from odenets.robustness.evaluate import evaluate, format_table, merge_shards, shard_slice
+from odenets.robustness.metrics import accuracy, correct_mask
+from odenets.robustness.noise import Corruption, Gaussian, Noise
+
+__all__ = [
+    "APGD",
+    "APGDCE",
+    "APGDDLR",
+    "FGSM",
+    "IFGSM",
+    "PGD",
+    "THREAT_MODELS",
+    "Attack",
+    "Corruption",
+    "Ensemble",
+    "Gaussian",
+    "Noise",
+    "PGDStartCentred",
+    "accuracy",
+    "check_eps",
+    "correct_mask",
+    "create_attack",
+    "dlr_loss",
+    "evaluate",
+    "format_table",
+    "list_attacks",
+    "merge_shards",
+    "register_attack",
+    "shard_slice",
+]

@@ -1,0 +1,310 @@
+"""What every perturbation shares: the threat-model geometry (projection and clamping), the
+model-mode handling, per-sample seeding, and the registry of attacks by name.
+
+An attack is a small object with its hyperparameters fixed in `__init__` and
+`__call__(model, images, labels) -> images`: images float (N, C, H, W) in [0, 1] in, images
+in [0, 1] out. The base class puts the model in eval mode for the attack and restores its
+mode afterwards; gradients are taken with `torch.autograd.grad` with respect to the input
+only, so parameters keep their `requires_grad` and no `.grad` is left on them.
+
+Random draws are keyed on (seed, stream, index of the sample in the whole evaluation set),
+not on the batch, so a result does not depend on the batch size or on how the set is split
+into shards.
+"""
+
+from __future__ import annotations
+
+import difflib
+import zlib
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+THREAT_MODELS = ("pixel", "normalized")
+
+_ATTACKS: dict[str, type[Attack]] = {}
+
+
+def register_attack(name: str) -> Callable[[type[Attack]], type[Attack]]:
+    """Class decorator: make an attack available to `create_attack(name, ...)`."""
+
+    def wrap(cls: type[Attack]) -> type[Attack]:
+        if name in _ATTACKS:
+            raise ValueError(f"attack {name!r} is already registered")
+        _ATTACKS[name] = cls
+        cls.name = name
+        return cls
+
+    return wrap
+
+
+def list_attacks() -> list[str]:
+    """Sorted names of the registered attacks and noise perturbations."""
+    return sorted(_ATTACKS)
+
+
+def attack_class(name: str) -> type[Attack]:
+    """The class registered under `name`; the error suggests close names."""
+    if name not in _ATTACKS:
+        close = difflib.get_close_matches(name, _ATTACKS, n=3, cutoff=0.6)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise KeyError(f"unknown attack {name!r}.{hint} Available: {', '.join(list_attacks())}")
+    return _ATTACKS[name]
+
+
+def create_attack(
+    name: str,
+    *,
+    eps: float | None = None,
+    alpha: float | None = None,
+    steps: int | None = None,
+    random_start: bool | None = None,
+    threat_model: str = "pixel",
+    seed: int = 0,
+    **kwargs,
+) -> Attack:
+    """Build a registered attack or noise perturbation.
+
+    Args:
+        name: one of `list_attacks()`, e.g. ``"pgd"`` or ``"gaussian_noise"``.
+        eps: radius of the L∞ ball, a float in [0, 1]: pixel units in the ``pixel`` threat
+            model, normalised units in ``normalized`` (``8/255``, not ``8``).
+        alpha: step size (same units as eps); None takes the attack's default.
+        steps: number of iterations; None takes the attack's default.
+        random_start: for attacks that have one; None takes the attack's default.
+        threat_model: ``"pixel"`` (standard) or ``"normalized"`` (the In-ResNet authors'
+            first release).
+        seed: seed of every random draw of the attack.
+        **kwargs: attack-specific options (``restarts``, ``severity``, ``sigma``, ...).
+
+    Returns:
+        A callable ``attack(model, images, labels) -> images`` in [0, 1].
+    """
+    cls = attack_class(name)
+    options = {"alpha": alpha, "steps": steps, "random_start": random_start}
+    kwargs.update({k: v for k, v in options.items() if v is not None})
+    if cls.needs_eps:
+        if eps is None:
+            raise ValueError(f"attack {name!r} needs eps (a float in [0, 1], e.g. 8/255)")
+        return cls(eps=eps, threat_model=threat_model, seed=seed, **kwargs)
+    return cls(seed=seed, **kwargs)
+
+
+def check_eps(eps: float, what: str = "eps") -> float:
+    """Return eps as a float, refusing values outside [0, 1] with a hint about /255."""
+    eps = float(eps)
+    if not 0.0 <= eps <= 1.0:
+        hint = f" Did you mean {eps:g}/255?" if eps > 1 else ""
+        raise ValueError(f"{what} must be in [0, 1] (pixel units); got {eps:g}.{hint}")
+    return eps
+
+
+def sample_seed(seed: int, stream: str, index: int) -> int:
+    """A 63-bit seed for one sample of one random stream (splitmix64 of the three keys)."""
+    x = seed * 0x9E3779B97F4A7C15 + zlib.crc32(stream.encode()) * 0xBF58476D1CE4E5B9 + index
+    x &= 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (x ^ (x >> 31)) & 0x7FFFFFFFFFFFFFFF
+
+
+def per_sample_uniform(
+    shape: Sequence[int], indices: torch.Tensor, *, seed: int, stream: str, low: float, high: float
+) -> torch.Tensor:
+    """U(low, high) of shape (len(indices), *shape), each row drawn from its own seed.
+
+    Drawn on the CPU (one generator per sample), so the values are the same on every device.
+    """
+    out = torch.empty((len(indices), *shape), dtype=torch.float32)
+    gen = torch.Generator()
+    for row, index in enumerate(indices.tolist()):
+        gen.manual_seed(sample_seed(seed, stream, index))
+        out[row].uniform_(low, high, generator=gen)
+    return out
+
+
+class Space:
+    """The coordinates an attack works in, fixed by the threat model.
+
+    ``pixel``: z = x, the network is `model(z)`, z is clamped to [0, 1].
+    ``normalized`` (the authors' first release): z = (x - mean) / std is the tensor the
+    network's first layer sees (`model.forward_normalized(z)`), ε and the step act on z,
+    and z is clamped to [0, 1] *in normalised space*, as their code did; the attacked z is
+    mapped back to pixels, x' = z' · std + mean, which lies in [mean, mean + std] ⊂ [0, 1].
+    Evaluating `model(x')` re-normalises x', which gives z' back up to float rounding
+    (about 1e-7). Note the clamp also moves clean pixels whose normalised value is outside
+    [0, 1], so ε = 0 is not the identity in this threat model.
+    """
+
+    def __init__(self, model: nn.Module, threat_model: str):
+        if threat_model not in THREAT_MODELS:
+            raise ValueError(f"threat_model must be one of {THREAT_MODELS}; got {threat_model!r}")
+        self.model = model
+        self.threat_model = threat_model
+        if threat_model == "normalized":
+            norm = getattr(model, "normalize", None)
+            if norm is None or not hasattr(model, "forward_normalized"):
+                raise ValueError(
+                    "the normalized threat model needs a model with `normalize` (mean/std "
+                    f"buffers) and `forward_normalized`; got {type(model).__name__}"
+                )
+            self.mean, self.std = norm.mean, norm.std
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        if self.threat_model == "pixel":
+            return images
+        return (images - self.mean) / self.std
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        if self.threat_model == "pixel":
+            return z.clamp(0.0, 1.0)
+        return (z * self.std + self.mean).clamp(0.0, 1.0)
+
+    def logits(self, z: torch.Tensor) -> torch.Tensor:
+        if self.threat_model == "pixel":
+            return self.model(z)
+        return self.model.forward_normalized(z)
+
+    @staticmethod
+    def clamp(z: torch.Tensor) -> torch.Tensor:
+        """The valid range: [0, 1] in both threat models (normalised space for the second)."""
+        return z.clamp(0.0, 1.0)
+
+    def project(self, z: torch.Tensor, centre: torch.Tensor, eps: float) -> torch.Tensor:
+        """Nearest point of the ε-ball around `centre`, then clamped to the valid range."""
+        return self.clamp(torch.min(torch.max(z, centre - eps), centre + eps))
+
+
+def cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-sample cross-entropy (N,)."""
+    return F.cross_entropy(logits, labels, reduction="none")
+
+
+class Attack:
+    """Base class: eval mode, threat-model geometry, input checks and gradient bookkeeping.
+
+    Subclasses implement `perturb(space, z, labels, indices) -> z_adv` in the coordinates of
+    the threat model. `nonfinite_grads` counts samples whose input gradient was NaN or
+    infinite (NaN entries are replaced by 0 so the attack goes on).
+    """
+
+    name: str = "attack"
+    needs_eps: bool = True
+
+    def __init__(
+        self,
+        *,
+        eps: float,
+        threat_model: str = "pixel",
+        seed: int = 0,
+        dtype: torch.dtype = torch.float32,
+    ):
+        if threat_model not in THREAT_MODELS:
+            raise ValueError(f"threat_model must be one of {THREAT_MODELS}; got {threat_model!r}")
+        self.eps = check_eps(eps)
+        self.threat_model = threat_model
+        self.seed = int(seed)
+        self.dtype = dtype
+        self.nonfinite_grads = 0
+
+    # Settings recorded in eval.json; subclasses add theirs.
+    def settings(self) -> dict:
+        return {"eps": self.eps, "steps": 1, "alpha": self.eps, "restarts": 1}
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v}" for k, v in self.settings().items())
+        return f"{type(self).__name__}({opts}, threat_model={self.threat_model!r})"
+
+    def __call__(
+        self,
+        model: nn.Module,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        indices: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Perturb a batch.
+
+        Args:
+            model: takes images (N, C, H, W) in [0, 1], returns logits (N, K).
+            images: float (N, C, H, W) in [0, 1].
+            labels: int64 (N,) true classes.
+            indices: int64 (N,) positions of the samples in the whole evaluation set, which
+                key the random draws; defaults to 0..N-1.
+
+        Returns:
+            Perturbed images (N, C, H, W) in [0, 1], detached, in `self.dtype`.
+        """
+        _check_batch(images, labels)
+        if indices is None:
+            indices = torch.arange(len(images))
+        images = images.detach().to(self.dtype)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.enable_grad():
+                space = Space(model, self.threat_model)
+                z_adv = self.perturb(space, space.encode(images), labels, indices.cpu())
+                return space.decode(z_adv.detach())
+        finally:
+            model.train(was_training)
+
+    def perturb(
+        self, space: Space, z: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    # --- helpers for subclasses ---------------------------------------------------------
+    def loss_and_grad(
+        self,
+        space: Space,
+        z: torch.Tensor,
+        labels: torch.Tensor,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = cross_entropy_loss,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-sample loss (N,), its gradient with respect to z (N, C, H, W), and logits.
+
+        The loss is summed over the batch before differentiating, so each sample's gradient
+        is its own (no 1/N factor) and does not depend on the batch.
+        """
+        z = z.detach().requires_grad_(True)
+        logits = space.logits(z)
+        loss = loss_fn(logits, labels)
+        (grad,) = torch.autograd.grad(loss.sum(), z)
+        bad = ~torch.isfinite(grad).flatten(1).all(dim=1)
+        self.nonfinite_grads += int(bad.sum())
+        grad = torch.nan_to_num(grad, nan=0.0)
+        return loss.detach(), grad.detach(), logits.detach()
+
+    def random_uniform(
+        self, like: torch.Tensor, indices: torch.Tensor, stream: str, low: float, high: float
+    ) -> torch.Tensor:
+        """Seeded U(low, high) noise shaped like `like`, keyed on sample indices."""
+        noise = per_sample_uniform(
+            like.shape[1:], indices, seed=self.seed, stream=stream, low=low, high=high
+        )
+        return noise.to(device=like.device, dtype=like.dtype)
+
+
+def _check_batch(images: torch.Tensor, labels: torch.Tensor) -> None:
+    if not isinstance(images, torch.Tensor) or not torch.is_floating_point(images):
+        raise TypeError("images must be a float tensor (N, C, H, W) in [0, 1]")
+    if images.dim() != 4:
+        raise ValueError(f"images must have shape (N, C, H, W); got {tuple(images.shape)}")
+    if labels.shape != (images.shape[0],):
+        raise ValueError(
+            f"labels must have shape ({images.shape[0]},) to match images; got "
+            f"{tuple(labels.shape)}"
+        )
+
+
+def worse(
+    loss_new: torch.Tensor,
+    wrong_new: torch.Tensor,
+    loss_old: torch.Tensor,
+    wrong_old: torch.Tensor,
+) -> torch.Tensor:
+    """Which samples the new candidate attacks better: misclassified first, then higher loss."""
+    return (wrong_new & ~wrong_old) | ((wrong_new == wrong_old) & (loss_new > loss_old))

@@ -1,0 +1,70 @@
+"""Ensembles: the averaged softmax of several networks as one `nn.Module`.
+
+`forward` returns log(mean_m softmax(model_m(x))), a valid log-probability, so the
+cross-entropy of the ensemble is the cross-entropy of its averaged prediction and an attack
+differentiates through every member at once. An ensemble of N copies of one network gives
+the same predictions (and the same gradients, up to rounding) as the network itself.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+class Ensemble(nn.Module):
+    """Averaged-softmax ensemble with the surface attacks use (`normalize`,
+    `forward_normalized`) when all members share one normalisation.
+
+    Args:
+        models: the members; each takes images (N, C, H, W) in [0, 1] and returns logits.
+    """
+
+    family = "ensemble"
+
+    def __init__(self, models: Sequence[nn.Module]):
+        super().__init__()
+        if len(models) == 0:
+            raise ValueError("an ensemble needs at least one model")
+        self.members = nn.ModuleList(models)
+        names = sorted({getattr(m, "model_name", type(m).__name__) for m in models})
+        self.model_name = "ensemble(" + "+".join(names) + ")"
+        self.in_chans = getattr(models[0], "in_chans", None)
+        self.normalize = _shared_normalize(models)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Log of the mean softmax (N, num_classes) for images (N, C, H, W) in [0, 1]."""
+        return self._average([m(images) for m in self.members])
+
+    def forward_normalized(self, x: torch.Tensor) -> torch.Tensor:
+        """Log of the mean softmax for standardised input (needs a shared normalisation)."""
+        if self.normalize is None:
+            raise ValueError(
+                "the members of this ensemble normalise their input differently, so there is "
+                "no single normalised space; use the pixel threat model"
+            )
+        return self._average([m.forward_normalized(x) for m in self.members])
+
+    def _average(self, logits: list[torch.Tensor]) -> torch.Tensor:
+        log_probs = torch.stack([torch.log_softmax(z, dim=1) for z in logits])  # (M, N, K)
+        return torch.logsumexp(log_probs, dim=0) - math.log(len(logits))
+
+
+def _shared_normalize(models: Sequence[nn.Module]) -> nn.Module | None:
+    """The first member's `normalize` if every member has equal mean and std, else None."""
+    norms = [getattr(m, "normalize", None) for m in models]
+    if any(n is None or not hasattr(n, "mean") for n in norms) or not all(
+        hasattr(m, "forward_normalized") for m in models
+    ):
+        return None
+    first = norms[0]
+    for n in norms[1:]:
+        if not (
+            torch.equal(n.mean.cpu(), first.mean.cpu())
+            and torch.equal(n.std.cpu(), first.std.cpu())
+        ):
+            return None
+    return first

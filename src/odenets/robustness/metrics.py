@@ -1,0 +1,95 @@
+"""Accuracy of a model on clean or perturbed images, in batches on the model's device."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+DEFAULT_BATCH_SIZE = 500
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Device of the model's first parameter or buffer (CPU for a model without either)."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def correct_mask(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    attack: Callable | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    indices: torch.Tensor | None = None,
+    progress: bool = False,
+    desc: str | None = None,
+) -> torch.Tensor:
+    """Which samples the model classifies correctly, after `attack` if one is given.
+
+    Args:
+        model: images (N, C, H, W) in [0, 1] -> logits; put in eval mode for the call.
+        images: float (N, C, H, W) in [0, 1], on any device (moved batch by batch).
+        labels: int64 (N,).
+        attack: `attack(model, images, labels, indices=...) -> images`, or None for clean.
+        batch_size: samples per forward pass (and per attack call).
+        indices: int64 (N,) positions in the whole evaluation set (keys of the attacks'
+            random draws); defaults to 0..N-1.
+
+    Returns:
+        Bool tensor (N,) on the CPU.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    if len(images) != len(labels):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    if indices is None:
+        indices = torch.arange(len(images))
+    device = model_device(model)
+    was_training = model.training
+    model.eval()
+    out = torch.zeros(len(images), dtype=torch.bool)
+    starts = range(0, len(images), batch_size)
+    try:
+        for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
+            stop = start + batch_size
+            x = images[start:stop].to(device=device, dtype=torch.float32)
+            y = labels[start:stop].to(device)
+            if attack is not None:
+                x = attack(model, x, y, indices=indices[start:stop])
+            with torch.no_grad():
+                out[start:stop] = (model(x).argmax(dim=1) == y).cpu()
+    finally:
+        model.train(was_training)
+    return out
+
+
+def accuracy(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    attack: Callable | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: bool = False,
+) -> float:
+    """Fraction in [0, 1] of images classified correctly (after `attack`, if given).
+
+    Example:
+        >>> import torch
+        >>> from odenets.robustness import accuracy, create_attack
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 2))
+        >>> x, y = torch.rand(8, 3, 4, 4), torch.zeros(8, dtype=torch.long)
+        >>> 0.0 <= accuracy(model, x, y, attack=create_attack("fgsm", eps=8 / 255)) <= 1.0
+        True
+    """
+    if len(images) == 0:
+        raise ValueError("accuracy of an empty set is undefined; got 0 images")
+    mask = correct_mask(
+        model, images, labels, attack=attack, batch_size=batch_size, progress=progress
+    )
+    return mask.float().mean().item()

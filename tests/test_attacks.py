@@ -1,0 +1,241 @@
+"""Attacks and noise behind one interface: ε-balls, identity at ε = 0, seeding, model state,
+the normalized threat model on a hand-computed case, and a cross-check with torchattacks."""
+
+from __future__ import annotations
+
+import functools
+import re
+
+import pytest
+import torch
+from _robustness_models import digits, train_tiny
+from torch import nn
+
+from odenets.models.base import OdeNet
+from odenets.robustness import accuracy, create_attack, list_attacks
+
+GRADIENT_ATTACKS = ["fgsm", "ifgsm", "pgd", "pgd_start_centred", "apgd_ce", "apgd_dlr"]
+BALL_ATTACKS = [a for a in GRADIENT_ATTACKS if a != "pgd_start_centred"]
+NOISES = ["gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "gaussian"]
+FAST = {"apgd_ce": {"steps": 20}, "apgd_dlr": {"steps": 20}}  # fewer APGD steps in tests
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny models gain nothing from threads; on a shared machine they only add contention.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@functools.lru_cache(maxsize=1)
+def _trained():
+    return train_tiny()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _trained()
+
+
+@pytest.fixture(scope="module")
+def data():
+    x, y = digits("test")
+    return x[:96], y[:96]
+
+
+def test_registry_has_every_attack_and_noise():
+    assert set(list_attacks()) == set(GRADIENT_ATTACKS) | set(NOISES)
+
+
+@pytest.mark.parametrize("eps", [8, 1.5, -0.1])
+def test_eps_outside_unit_interval_is_refused(eps):
+    with pytest.raises(
+        ValueError, match=re.escape(f"eps must be in [0, 1] (pixel units); got {eps:g}.")
+    ):
+        create_attack("pgd", eps=eps)
+
+
+def test_eps_hint_suggests_dividing_by_255():
+    expected = "eps must be in [0, 1] (pixel units); got 8. Did you mean 8/255?"
+    with pytest.raises(ValueError) as err:
+        create_attack("fgsm", eps=8)
+    assert str(err.value) == expected
+
+
+def test_unknown_attack_suggests_close_name():
+    with pytest.raises(KeyError, match="Did you mean 'pgd'"):
+        create_attack("pgdd", eps=0.1)
+
+
+@pytest.mark.parametrize("name", BALL_ATTACKS)
+def test_attack_stays_in_eps_ball_and_pixel_range(model, data, name):
+    x, y = data
+    eps = 0.1
+    adv = create_attack(name, eps=eps, **FAST.get(name, {}))(model, x, y)
+    assert adv.shape == x.shape and adv.dtype == torch.float32
+    assert (adv - x).abs().max() <= eps + 1e-6
+    assert adv.min() >= 0.0 and adv.max() <= 1.0
+    assert (adv - x).abs().max() > eps / 2  # it did move
+
+
+@pytest.mark.parametrize("name", GRADIENT_ATTACKS)
+def test_eps_zero_is_identity(model, data, name):
+    x, y = data
+    adv = create_attack(name, eps=0.0, **FAST.get(name, {}))(model, x, y)
+    assert torch.equal(adv, x)
+
+
+def test_robust_accuracy_decreases_with_eps(model):
+    x, y = digits("test")
+    radii = (0.03, 0.06, 0.1, 0.15, 0.25)
+    accs = [accuracy(model, x, y)]
+    accs += [accuracy(model, x, y, attack=create_attack("pgd", eps=e, alpha=e / 8)) for e in radii]
+    assert accs[0] > 0.9
+    assert all(a1 < a0 for a0, a1 in zip(accs, accs[1:], strict=False))
+    assert accs[-1] < 0.02
+
+
+def test_pgd_start_centred_can_leave_the_eps_ball_but_not_twice(model, data):
+    x, y = data
+    eps = 0.1
+    adv = create_attack("pgd_start_centred", eps=eps, alpha=eps / 4)(model, x, y)
+    dist = (adv - x).abs().max()
+    assert eps + 1e-3 < dist <= 2 * eps + 1e-6
+    assert adv.min() >= 0.0 and adv.max() <= 1.0
+
+
+def test_attack_restores_mode_and_leaves_parameters_alone(model, data):
+    x, y = data
+    model.train()
+    flags = [p.requires_grad for p in model.parameters()]
+    create_attack("pgd", eps=0.1, steps=2)(model, x, y)
+    assert model.training
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert all(p.grad is None for p in model.parameters())
+    model.eval()
+    create_attack("fgsm", eps=0.1)(model, x, y)
+    assert not model.training
+
+
+def test_random_draws_are_seeded_and_keyed_on_sample_index(model, data):
+    x, y = data
+    pgd = create_attack("pgd", eps=0.1, steps=3, seed=1)
+    whole = pgd(model, x, y)
+    assert torch.equal(whole, create_attack("pgd", eps=0.1, steps=3, seed=1)(model, x, y))
+    assert not torch.equal(whole, create_attack("pgd", eps=0.1, steps=3, seed=2)(model, x, y))
+    # Splitting the batch changes nothing: draws depend on (seed, index), not on the batch.
+    k = 40
+    parts = torch.cat(
+        [
+            pgd(model, x[:k], y[:k], indices=torch.arange(k)),
+            pgd(model, x[k:], y[k:], indices=torch.arange(k, len(x))),
+        ]
+    )
+    assert torch.allclose(parts, whole, atol=1e-6)
+
+
+def test_pgd_restarts_never_weaken_the_attack(model):
+    x, y = digits("test")
+    one = accuracy(model, x, y, attack=create_attack("pgd", eps=0.08, alpha=0.01, steps=5))
+    three = accuracy(
+        model, x, y, attack=create_attack("pgd", eps=0.08, alpha=0.01, steps=5, restarts=3)
+    )
+    assert three <= one
+
+
+@pytest.mark.parametrize("name", NOISES)
+def test_noise_is_in_range_seeded_and_batch_independent(data, name):
+    x, y = data
+    kw = {"sigma": 0.1} if name == "gaussian" else {"severity": 5}
+    noise = create_attack(name, seed=3, **kw)
+    out = noise(None, x, y)
+    assert out.min() >= 0.0 and out.max() <= 1.0
+    assert (out - x).abs().max() > 0.01
+    assert torch.equal(out, create_attack(name, seed=3, **kw)(None, x, y))
+    assert not torch.equal(out, create_attack(name, seed=4, **kw)(None, x, y))
+    tail = noise(None, x[50:], y[50:], indices=torch.arange(50, len(x)))
+    assert torch.equal(tail, out[50:])
+
+
+def test_gaussian_sigma_zero_is_identity(data):
+    x, y = data
+    assert torch.equal(create_attack("gaussian", sigma=0.0)(None, x, y), x)
+
+
+# --- the normalized threat model on a hand-computed case ----------------------------------
+class _Linear(OdeNet):
+    """logits = (w · z, 0) on 1x1x2 images with mean 0.5, std 0.25; w = (1, -1)."""
+
+    def __init__(self):
+        super().__init__(in_chans=1, mean=(0.5,), std=(0.25,))
+        self.register_buffer("w", torch.tensor([1.0, -1.0]))
+
+    def forward_features(self, x):
+        return x.flatten(1)
+
+    def head(self, f):
+        return torch.stack([f @ self.w, torch.zeros(len(f))], dim=1)
+
+
+def test_normalized_fgsm_matches_hand_computation():
+    # Label 1: the loss grows with logit 0 = z0 - z1, so sign ∇z = (+1, -1).
+    x = torch.tensor([[[[0.55, 0.60]]], [[[0.20, 0.90]]]])  # (2, 1, 1, 2)
+    y = torch.tensor([1, 1])
+    eps = 8 / 255
+    adv = create_attack("fgsm", eps=eps, threat_model="normalized")(_Linear(), x, y)
+    # Sample 0: z = (0.2, 0.4) -> z' = (0.2 + ε, 0.4 - ε) -> x' = x ± ε · std: 4x weaker.
+    expected0 = torch.tensor([0.55 + eps * 0.25, 0.60 - eps * 0.25])
+    # Sample 1: z = (-1.2, 1.6) -> clamp to [0, 1] in normalised space -> z' = (0, 1)
+    # -> x' = (0.5, 0.75): the clamp moves clean pixels by 0.3 and 0.15, far beyond ε.
+    expected1 = torch.tensor([0.5, 0.75])
+    assert torch.allclose(adv[0].flatten(), expected0, atol=1e-6)
+    assert torch.allclose(adv[1].flatten(), expected1, atol=1e-6)
+    pixel = create_attack("fgsm", eps=eps)(_Linear(), x, y)
+    assert torch.allclose(pixel[0].flatten(), torch.tensor([0.55 + eps, 0.60 - eps]), atol=1e-6)
+
+
+def test_normalized_ifgsm_default_step_is_2_over_255():
+    x, y = torch.tensor([[[[0.55, 0.60]]]]), torch.tensor([1])
+    eps = 8 / 255
+    one_step = create_attack("ifgsm", eps=eps, steps=1, threat_model="normalized")
+    adv = one_step(_Linear(), x, y)
+    assert one_step.alpha == 2 / 255
+    expected = torch.tensor([0.55 + 2 / 255 * 0.25, 0.60 - 2 / 255 * 0.25])
+    assert torch.allclose(adv.flatten(), expected, atol=1e-6)
+    twenty = create_attack("ifgsm", eps=eps, threat_model="normalized")(_Linear(), x, y)
+    assert torch.allclose(
+        twenty.flatten(), x.flatten() + torch.tensor([1, -1]) * eps * 0.25, atol=1e-6
+    )
+
+
+def test_normalized_needs_a_model_with_normalize():
+    net = nn.Sequential(nn.Flatten(), nn.Linear(2, 2))
+    x, y = torch.rand(1, 1, 1, 2), torch.tensor([0])
+    with pytest.raises(ValueError, match="forward_normalized"):
+        create_attack("fgsm", eps=0.1, threat_model="normalized")(net, x, y)
+
+
+# --- independent implementation -----------------------------------------------------------
+@pytest.mark.parametrize("name", ["fgsm", "ifgsm", "pgd"])
+def test_matches_torchattacks(model, name):
+    torchattacks = pytest.importorskip("torchattacks")
+    x, y = digits("test")
+    eps, alpha, steps = 0.1, 0.01, 20
+    ours = {
+        "fgsm": create_attack("fgsm", eps=eps),
+        "ifgsm": create_attack("ifgsm", eps=eps, alpha=alpha, steps=steps),
+        "pgd": create_attack("pgd", eps=eps, alpha=alpha, steps=steps, random_start=False),
+    }[name]
+    theirs = {
+        "fgsm": lambda: torchattacks.FGSM(model, eps=eps),
+        "ifgsm": lambda: torchattacks.BIM(model, eps=eps, alpha=alpha, steps=steps),
+        "pgd": lambda: torchattacks.PGD(
+            model, eps=eps, alpha=alpha, steps=steps, random_start=False
+        ),
+    }[name]()
+    adv_ours, adv_theirs = ours(model, x, y), theirs(x, y)
+    assert (adv_ours - adv_theirs).abs().max() <= 1e-6
+    assert accuracy(model, adv_ours, y) == accuracy(model, adv_theirs, y)
+    assert accuracy(model, adv_ours, y) < accuracy(model, x, y) - 0.3
