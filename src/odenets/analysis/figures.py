@@ -61,6 +61,19 @@ def load_test_images(
     return ImageSubset(images, labels, raw, list(data.class_names), ds["name"])
 
 
+def resolve_device(device: str = "auto") -> torch.device:
+    """ "auto": the first CUDA device when there is one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _load(run: str | Path, device: str) -> torch.nn.Module:
+    from odenets.training import load_run
+
+    return load_run(run, device=resolve_device(device))
+
+
 def run_labels(run_dirs: Sequence[str | Path]) -> list[str]:
     """Model names, with the seed or folder name added where a model name repeats."""
     from odenets.training import read_run
@@ -96,18 +109,18 @@ def input_landscape_figure(
     radius_255: float = 16.0,
     points: int = 21,
     points_2d: int = 11,
+    device: str = "auto",
     **_,
 ) -> list[Path]:
     """Input-space loss curves (and surfaces) of several models on the same noisy images."""
     from odenets.analysis.input_landscape import input_landscape, noisy_images
-    from odenets.training import load_run
 
     data = load_test_images(run_dirs, data_root=data_root, limit=limit, seed=seed)
     images = noisy_images(data.images, noise, severity, seed=seed)
     results = {}
     for label, run in zip(run_labels(run_dirs), run_dirs, strict=True):
         results[label] = input_landscape(
-            load_run(run),
+            _load(run, device),
             images,
             data.labels,
             radius=radius_255 / 255,
@@ -145,17 +158,17 @@ def weight_landscape_figure(
     alpha: float = 1.0,
     points: int = 21,
     points_2d: int = 11,
+    device: str = "auto",
     **_,
 ) -> list[Path]:
     """Weight-space loss along filter-normalised directions, 1-D and 2-D, per model."""
     from odenets.analysis.weight_landscape import weight_landscape
-    from odenets.training import load_run
 
     data = load_test_images(run_dirs, data_root=data_root, limit=limit, seed=seed)
     labels = run_labels(run_dirs)
     curves, surfaces = {}, {}
     for label, run in zip(labels, run_dirs, strict=True):
-        model = load_run(run)
+        model = _load(run, device)
         grid = np.linspace(-alpha, alpha, points)
         curves[label] = weight_landscape(model, data.images, data.labels, alphas=grid, seed=seed)
         if points_2d:
@@ -219,18 +232,20 @@ def depth_figure(
     tol: float = 1e-3,
     max_steps: int = 50,
     extremes: int = 8,
+    device: str = "auto",
     **_,
 ) -> list[Path]:
     """Per-image depth of each NAIS run: histogram, per class, extreme images."""
     from odenets.analysis.depth import measure_depth
     from odenets.analysis.depth_stats import depth_summary
-    from odenets.training import load_run
 
     data = load_test_images(run_dirs, data_root=data_root, limit=limit, seed=seed)
     paths = []
     labels = run_labels(run_dirs)
     for label, run in zip(labels, run_dirs, strict=True):
-        steps = measure_depth(load_run(run), data.images, tol=tol, max_steps=max_steps)
+        model = _load(run, device)
+        images = data.images.to(next(model.parameters()).device)
+        steps = measure_depth(model, images, tol=tol, max_steps=max_steps)
         summary = depth_summary(
             steps, data.labels, num_classes=len(data.class_names), extremes=extremes
         )
@@ -255,18 +270,18 @@ def dynamics_figure(
     seed: int = 0,
     steps: int = 30,
     block: int = 0,
+    device: str = "auto",
     **_,
 ) -> list[Path]:
     """The poster's 1-D tanh block, and (given NAIS runs) a trained block's state changes."""
     from odenets.analysis.dynamics import nais_state_differences, one_d_dynamics
-    from odenets.training import load_run
 
     trained = None
     if run_dirs:
         data = load_test_images(run_dirs, data_root=data_root, limit=limit, seed=seed)
         trained = {
             f"{label}, block {block + 1}": nais_state_differences(
-                load_run(run), data.images, block_index=block, steps=steps
+                _load(run, device), data.images, block_index=block, steps=steps
             )
             for label, run in zip(run_labels(run_dirs), run_dirs, strict=True)
         }
@@ -282,15 +297,15 @@ def stability_figure(
     limit: int | None = 32,
     seed: int = 0,
     iters: int = 30,
+    device: str = "auto",
     **_,
 ) -> list[Path]:
     """Per-block stage-Jacobian spectral radius (NAIS) or block-Jacobian norm (ResNets)."""
     from odenets.analysis.jacobian import stability_per_block
-    from odenets.training import load_run
 
     data = load_test_images(run_dirs, data_root=data_root, limit=limit, seed=seed)
     results = {
-        label: stability_per_block(load_run(run), data.images, iters=iters, seed=seed)
+        label: stability_per_block(_load(run, device), data.images, iters=iters, seed=seed)
         for label, run in zip(run_labels(run_dirs), run_dirs, strict=True)
     }
     return plots.save_figure(plots_nais.draw_stability(results), out_dir, "stability")

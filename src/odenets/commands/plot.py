@@ -33,6 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=int, default=50, help="depth: steps per block at most")
     p.add_argument("--steps", type=int, default=30, help="dynamics: unrolled steps")
     p.add_argument("--block", type=int, default=1, help="dynamics: NAIS block number (from 1)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:N")
     p.add_argument("--iters", type=int, default=30, help="stability: power iterations")
 
 
@@ -57,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         "steps": args.steps,
         "block": args.block - 1,
         "iters": args.iters,
+        "device": args.device,
     }
     if args.limit is not None:
         options["limit"] = args.limit
