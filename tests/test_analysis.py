@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import odenets
+from odenets.analysis._common import block_inputs
 from odenets.analysis.coefficients import (
     STABLE_RANGE,
     coefficient_history,
@@ -17,7 +18,12 @@ from odenets.analysis.coefficients import (
     summarize_over_seeds,
 )
 from odenets.analysis.depth_stats import depth_summary
-from odenets.analysis.dynamics import has_converged, one_d_dynamics, project_scalar_a
+from odenets.analysis.dynamics import (
+    has_converged,
+    nais_state_differences,
+    one_d_dynamics,
+    project_scalar_a,
+)
 from odenets.analysis.input_landscape import (
     attack_direction,
     input_landscape,
@@ -300,3 +306,18 @@ def test_ensemble_gain_and_curves():
     np.testing.assert_array_equal(pgd["eps_255"], [0, 4, 8])
     np.testing.assert_array_equal(pgd["accuracy"], [0.9, 0.2, 0.1])
     np.testing.assert_array_equal(curves["resnet20"]["noise"]["gaussian"]["severity"], [1, 2, 3])
+
+
+def test_trained_style_nais_block_state_changes_decay_and_match_the_forward():
+    model = odenets.create_model("naisnet10", num_classes=4, in_chans=1, act="tanh").eval()
+    images, _ = _batch(n=3)
+    diffs = nais_state_differences(model, images, block_index=1, steps=60)
+    assert diffs.shape == (3, 60)
+    # A projected tanh block converges: the state stops changing.
+    assert np.all(diffs[:, -1] < 1e-3 * diffs[:, 0])
+    # The first K = 10 steps are the block's own forward: their sum bounds ‖x(K) - x(0)‖.
+    block = model.nais_blocks()[1]
+    (u,) = block_inputs(model, images, [block])
+    with torch.no_grad():
+        moved = block(u).flatten(1).norm(dim=1).numpy()  # x(0) = 0 for naisnet10
+    assert np.all(moved <= diffs[:, :10].sum(axis=1) * (1 + 1e-5))
