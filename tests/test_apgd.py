@@ -1,0 +1,111 @@
+"""Auto-PGD: the paper's checkpoints, the DLR loss, a known optimum, and strength."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+from _robustness_models import digits, train_tiny
+
+from odenets.models.base import OdeNet
+from odenets.robustness import accuracy, create_attack, dlr_loss
+from odenets.robustness.apgd import checkpoints
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@functools.lru_cache(maxsize=1)
+def _trained():
+    return train_tiny()
+
+
+def test_checkpoints_follow_the_paper():
+    # p = 0, 0.22, 0.41, 0.57, 0.70, 0.80, 0.87, 0.93, 0.99; w_j = ceil(p_j N).
+    assert checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+    assert checkpoints(10) == [3, 5, 6, 7, 8, 9]
+    assert checkpoints(1) == []
+
+
+def test_dlr_loss_known_values_and_invariance():
+    logits = torch.tensor([[3.0, 1.0, 2.0, 0.0], [3.0, 1.0, 2.0, 0.0]])
+    labels = torch.tensor([0, 2])
+    # label 0: -(3 - 2) / (3 - 1); label 2: -(2 - 3) / (3 - 1).
+    assert torch.allclose(dlr_loss(logits, labels), torch.tensor([-0.5, 0.5]))
+    assert torch.allclose(dlr_loss(7 * logits - 4, labels), dlr_loss(logits, labels))
+
+
+def test_dlr_needs_three_classes():
+    with pytest.raises(ValueError, match="at least 3 classes"):
+        dlr_loss(torch.zeros(2, 2), torch.tensor([0, 1]))
+
+
+class _TwoClassLinear(OdeNet):
+    """logits = (w · x, 0) on (N, 1, 2, 2) images: the CE of label 1 is maximised in the
+    L∞ ball at the vertex x + ε sign(w) (clamped)."""
+
+    def __init__(self):
+        super().__init__(in_chans=1, mean=(0.0,), std=(1.0,))
+        self.register_buffer("w", torch.tensor([2.0, -1.0, 0.5, -3.0]))
+
+    def forward_features(self, x):
+        return x.flatten(1)
+
+    def head(self, f):
+        return torch.stack([f @ self.w, torch.zeros(len(f))], dim=1)
+
+
+def test_apgd_ce_reaches_the_known_optimum_of_a_linear_model():
+    gen = torch.Generator().manual_seed(0)
+    # w · x <= -2 everywhere in the ball: no point is misclassified, so APGD returns x_max.
+    x = torch.tensor([0.2, 0.8, 0.2, 0.8]).view(1, 1, 2, 2) + 0.1 * torch.rand(
+        16, 1, 2, 2, generator=gen
+    )
+    y = torch.ones(16, dtype=torch.long)
+    eps = 0.05
+    adv = create_attack("apgd_ce", eps=eps, steps=10)(_TwoClassLinear(), x, y)
+    optimum = x + eps * torch.tensor([1.0, -1.0, 1.0, -1.0]).view(1, 1, 2, 2)
+    assert torch.allclose(adv, optimum, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["apgd_ce", "apgd_dlr"])
+def test_apgd_stays_in_ball_and_is_deterministic(name):
+    model = _trained()
+    x, y = digits("test")
+    x, y = x[:64], y[:64]
+    attack = create_attack(name, eps=0.08, steps=20, seed=5)
+    adv = attack(model, x, y)
+    assert (adv - x).abs().max() <= 0.08 + 1e-6
+    assert adv.min() >= 0 and adv.max() <= 1
+    assert torch.equal(adv, create_attack(name, eps=0.08, steps=20, seed=5)(model, x, y))
+    assert attack.nonfinite_grads == 0
+
+
+def test_apgd_at_least_as_strong_as_pgd20():
+    model = _trained()
+    x, y = digits("test")
+    for eps in (0.05, 0.1):
+        pgd = accuracy(model, x, y, attack=create_attack("pgd", eps=eps, alpha=eps / 8))
+        apgd = accuracy(model, x, y, attack=create_attack("apgd_ce", eps=eps))
+        assert apgd <= pgd
+        assert apgd < accuracy(model, x, y) - 0.1
+
+
+def test_apgd_restarts_never_weaken_the_attack():
+    model = _trained()
+    x, y = digits("test")
+    one = accuracy(model, x, y, attack=create_attack("apgd_ce", eps=0.06, steps=10))
+    two = accuracy(model, x, y, attack=create_attack("apgd_ce", eps=0.06, steps=10, restarts=2))
+    assert two <= one
+
+
+def test_apgd_defaults():
+    attack = create_attack("apgd_ce", eps=8 / 255)
+    assert attack.steps == 100 and attack.restarts == 1
+    assert attack.settings()["alpha"] == 2 * 8 / 255
