@@ -27,6 +27,13 @@ projection where the shape changes; a BN-ReLU-average-pool-linear head. Only blo
 identity shortcut interpolate, and not the first block of the network (51 of 54 blocks at
 depth 110 and 164). Coefficients are kept in the authors' raw form, so SGD with weight decay
 moves them as in their runs (`param_groups(..., coefficient_weight_decay=0.0)` exempts them).
+
+[decision]s for the variants without published code (details in `odenets.models.layers`):
+the sigmoid variants keep d = logit(λ); the gates are 1x1 convolutions with bias (C -> C,
+element-wise, or one gate per sample and channel with `gate="pooled"`), zero weights and
+bias act⁻¹(λ₀) at initialisation, which adds C² + C parameters per interpolating block
+(3.17 M in all at depth 164); ETD keeps k = λ with λ = ReLU(k). `lambda_init` is in λ units
+for every variant; default U(0.20, 0.25) up to depth 110, U(0.10, 0.20) at 164.
 """
 
 from __future__ import annotations
