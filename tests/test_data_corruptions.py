@@ -183,3 +183,13 @@ def test_cli_corrupt_writes_the_official_layout(tmp_path, capsys):
 
 def _gen(seed):
     return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", NOISE_CORRUPTIONS)
+def test_cpu_generator_gives_the_same_noise_on_cuda(name):
+    x = torch.rand(4, 3, 8, 8, generator=_gen(0), dtype=torch.float64)
+    cpu = apply_noise(x, name, 3, generator=_gen(5))
+    gpu = apply_noise(x.cuda(), name, 3, generator=_gen(5))
+    assert gpu.device.type == "cuda"
+    torch.testing.assert_close(gpu.cpu(), cpu)

@@ -188,6 +188,9 @@ def test_load_dataset_records(tmp_path):
         load_dataset("mnist", split="train")
     with pytest.raises(ValueError, match="needs a root"):
         load_dataset("folder", split="train")
+    with pytest.raises(ValueError, match="download applies to cifar10 and cifar100 only"):
+        load_dataset("folder", root=tmp_path, split="train", download=True)
+    assert len(load_dataset("folder", root=tmp_path, split="test", download=False)) == 3
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert load_dataset("digits", split="test").images.shape == (359, 8, 8, 1)

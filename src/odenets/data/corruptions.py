@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from odenets.data._io import atomic_write
 from odenets.errors import DataError
@@ -43,7 +44,7 @@ def _gaussian(x: torch.Tensor, c: float, gen: torch.Generator) -> torch.Tensor:
 
 
 def _shot(x: torch.Tensor, c: float, gen: torch.Generator) -> torch.Tensor:
-    return torch.poisson(x * c, generator=gen) / c
+    return torch.poisson((x * c).to(gen.device), generator=gen).to(x.device) / c
 
 
 def _impulse(x: torch.Tensor, c: float, gen: torch.Generator) -> torch.Tensor:
@@ -64,12 +65,14 @@ _NOISES: dict[str, Callable[[torch.Tensor, float, torch.Generator], torch.Tensor
 }
 
 
+# Draws happen on the generator's device and move to x's: a CPU generator gives the same
+# noise whether the images are on the CPU or a GPU.
 def _randn(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    return torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+    return torch.randn(x.shape, generator=gen, device=gen.device, dtype=x.dtype).to(x.device)
 
 
 def _rand(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    return torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+    return torch.rand(x.shape, generator=gen, device=gen.device, dtype=x.dtype).to(x.device)
 
 
 def severity_param(name: str, severity: int) -> float:
@@ -90,7 +93,8 @@ def apply_noise(
         x: float (N, C, H, W) (any shape works) in [0, 1].
         name: "gaussian", "shot", "impulse" or "speckle".
         severity: 1..5.
-        generator: torch.Generator on x's device; the noise depends only on its state.
+        generator: the noise depends only on its state; it is drawn on the generator's
+            device (a CPU generator gives the same noise for CPU and GPU images).
 
     Returns:
         float tensor shaped like x, clipped to [0, 1].
@@ -157,13 +161,18 @@ def write_cifar_c(
     written = []
     for name in names:
         severity_param(name, 1)
-        stack = np.concatenate(
-            [corrupt(images, name, s, seed=corruption_seed(seed, name, s)) for s in SEVERITIES]
-        )  # (5 N, H, W, C), severity 1 first
+    bar = tqdm(total=len(names) * len(SEVERITIES), desc="corrupting", unit="set", leave=False)
+    for name in names:
+        parts = []
+        for s in SEVERITIES:
+            parts.append(corrupt(images, name, s, seed=corruption_seed(seed, name, s)))
+            bar.update()
+        stack = np.concatenate(parts)  # (5 N, H, W, C), severity 1 first
         path = out / f"{name}.npy"
         with atomic_write(path) as f:
             np.save(f, stack)
         written.append(path)
+    bar.close()
     with atomic_write(out / "labels.npy") as f:
         np.save(f, np.tile(labels, len(SEVERITIES)))
     return [*written, out / "labels.npy"]

@@ -59,6 +59,8 @@ def load_dataset(
         raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
     if name != "digits" and root is None:
         raise ValueError(f"data set {name!r} needs a root folder (root=...)")
+    if name in ("folder", "digits") and kwargs.pop("download", False):
+        raise ValueError(f"download applies to cifar10 and cifar100 only; got data set {name!r}")
     return loader(name, root, split, **kwargs)
 
 
