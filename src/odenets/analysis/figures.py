@@ -279,12 +279,12 @@ def dynamics_figure(
     trained = None
     if run_dirs:
         data = load_test_images(run_dirs, data_root=data_root, limit=limit, seed=seed)
-        trained = {
-            f"{label}, block {block + 1}": nais_state_differences(
-                _load(run, device), data.images, block_index=block, steps=steps
-            )
-            for label, run in zip(run_labels(run_dirs), run_dirs, strict=True)
-        }
+        trained = {}
+        for label, run in zip(run_labels(run_dirs), run_dirs, strict=True):
+            model = _load(run, device)
+            diffs = nais_state_differences(model, data.images, block_index=block, steps=steps)
+            act = model.nais_blocks()[block].act
+            trained[f"{label}, block {block + 1} ({act}), {len(data.images)} images"] = diffs
     fig = plots_nais.draw_dynamics(one_d_dynamics(steps=steps), trained)
     return plots.save_figure(fig, out_dir, "dynamics")
 

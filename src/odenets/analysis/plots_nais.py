@@ -92,12 +92,13 @@ def draw_dynamics(one_d: Mapping[str, Mapping], trained: Mapping[str, np.ndarray
         ax.legend(fontsize="x-small", ncol=2)
     if trained is not None:
         ax = axes[2]
-        for label, diffs in trained.items():
+        for i, (label, diffs) in enumerate(trained.items()):
             k = np.arange(1, diffs.shape[1] + 1)
-            lines = ax.semilogy(k, np.maximum(diffs.T, 1e-12), lw=0.8, alpha=0.6)
+            # Exact zeros (a converged float state) are drawn at the 1e-12 floor.
+            lines = ax.semilogy(k, np.maximum(diffs.T, 1e-12), lw=0.8, alpha=0.7, color=f"C{i}")
             lines[0].set_label(label)
         ax.set_xlabel("step k")
-        ax.set_ylabel("‖x(k) − x(k−1)‖ (L2, log scale)")
+        ax.set_ylabel("‖x(k) − x(k−1)‖ (L2, log scale; floor 1e-12)")
         ax.set_title("trained block: state change per step (one line per image)")
         ax.legend(fontsize="x-small")
     return fig
