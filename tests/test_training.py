@@ -16,6 +16,7 @@ import torch
 
 import odenets
 from odenets.checkpoint import load_safetensors, read_json, read_jsonl
+from odenets.data import load_digits
 from odenets.errors import CheckpointError
 from odenets.training import (
     TrainConfig,
@@ -171,7 +172,7 @@ def test_run_folder_contents(finished_run):
     assert config["model"] == "tiny_net" and config["seed"] == 0
     assert config["dataset"]["name"] == "digits" and config["dataset"]["num_classes"] == 10
     assert config["dataset"]["in_chans"] == 1 and config["dataset"]["n_train"] == len(
-        odenets.data.load_digits(split="train")[1]
+        load_digits(split="train")[1]
     )
     assert config["odenets_version"] == odenets.__version__
     assert config["torch_version"] == torch.__version__ and config["device"] == "cpu"
@@ -192,7 +193,7 @@ def test_run_folder_contents(finished_run):
 def test_load_run_reproduces_the_recorded_accuracy(finished_run):
     model = load_run(finished_run.path)
     assert not model.training
-    images, labels = odenets.data.load_digits(split="test")
+    images, labels = load_digits(split="test")
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
     with torch.no_grad():
         acc = (model(x).argmax(1) == torch.from_numpy(labels)).float().mean().item()
@@ -304,7 +305,7 @@ def test_best_val_selection(tmp_path):
     best = int(np.argmax(val)) + 1
     assert info.summary["selected_epoch"] == best
     assert info.summary["final_val_acc"] == max(val)
-    n_full = len(odenets.data.load_digits(split="train")[1])
+    n_full = len(load_digits(split="train")[1])
     n_val = info.config["dataset"]["n_val"]
     assert abs(n_val - 0.2 * n_full) <= 5  # rounded per class (stratified)
     assert info.config["dataset"]["n_train"] == n_full - n_val
