@@ -35,6 +35,9 @@ class Server:
             def do_GET(self):
                 header = self.headers.get("Range")
                 server.requests.append(header)
+                if self.path.endswith("/missing"):
+                    self.send_error(404)
+                    return
                 start = 0
                 match = re.fullmatch(r"bytes=(\d+)-", header or "")
                 if match and server.ranges:
@@ -166,3 +169,9 @@ def test_cli_download_reports_the_error_without_traceback(tmp_path, capsys):
     assert rc == 1
     assert "odenets data: error: the file downloaded from" in err
     assert "expected eb9058c3a382ffc7106e4002c42a8d85" in err and "Traceback" not in err
+
+
+def test_http_error_is_named_and_leaves_nothing(tmp_path):
+    with Server() as server, pytest.raises(DataError, match=r"/missing failed: HTTP 404"):
+        download_file(server.url.rsplit("/", 1)[0] + "/missing", tmp_path / "f", md5=MD5)
+    assert list(tmp_path.iterdir()) == []

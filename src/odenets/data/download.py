@@ -102,10 +102,10 @@ def download_file(
             _fetch(url, part, timeout=timeout, progress=progress)
             break
         except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
-            if isinstance(err, urllib.error.HTTPError) and err.code != 416:
+            if isinstance(err, urllib.error.HTTPError):
+                if err.code == 416 and part.exists():  # nothing left to fetch: verify it
+                    break
                 raise DataError(f"downloading {url} failed: HTTP {err.code} {err.reason}") from err
-            if isinstance(err, urllib.error.HTTPError):  # 416: the .part is already whole
-                break
             done = part.stat().st_size if part.exists() else 0
             if attempt == retries:
                 raise DataError(

@@ -85,7 +85,10 @@ def _class_names(root: Path) -> list[str]:
     names = set()
     for split in SPLITS:
         if (root / split).is_dir():
-            names.update(e.name for e in os.scandir(root / split) if e.is_dir())
+            # Hidden folders (.ipynb_checkpoints, ...) are not classes.
+            names.update(
+                e.name for e in os.scandir(root / split) if e.is_dir() and e.name[0] != "."
+            )
     if not names:
         raise DataError(f"no class folders under {root}/train or {root}/test")
     return sorted(names)
