@@ -194,3 +194,11 @@ def test_load_dataset_records(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert load_dataset("digits", split="test").images.shape == (359, 8, 8, 1)
+
+
+def test_digits_without_scikit_learn_says_how_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # import fails
+    with pytest.raises(ImportError, match=r"pip install 'odenets\[demo\]'"):
+        load_digits(split="train")
