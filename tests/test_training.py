@@ -327,6 +327,7 @@ def test_nais_model_metrics(tmp_path):
     m = info.metrics[0]
     assert "coefficients" not in m
     assert m["depth_mean"] >= 1.0 and m["depth_max"] >= m["depth_mean"]
+    assert 0.0 < m["spectral_radius"] <= 1.0 + 1e-4  # projected blocks stay stable
 
 
 def test_config_json_is_valid_utf8_json(finished_run):
@@ -339,3 +340,35 @@ def test_no_warnings_on_a_clean_run(tmp_path):
         warnings.simplefilter("error", UserWarning)
         fit(tiny_config(tmp_path, epochs=1, train_limit=256))
     assert len(read_jsonl(tmp_path / "run" / "metrics.jsonl")) == 1
+
+
+# --- real data --------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_cifar10_slice_accuracy_rises_well_above_chance(cifar10_jpeg_root, tmp_path):
+    """2,000 CIFAR-10 training images (200 per class), 6 epochs: test accuracy > 35%."""
+    root = tmp_path / "cifar_slice"
+    for split, per_class in (("train", 200), ("test", 100)):
+        for class_dir in sorted((cifar10_jpeg_root / split).iterdir()):
+            (root / split / class_dir.name).mkdir(parents=True)
+            for image in sorted(class_dir.iterdir())[:per_class]:
+                (root / split / class_dir.name / image.name).symlink_to(image)
+    info = fit(
+        TrainConfig(
+            model="tiny_net",
+            model_kwargs={"width": 16},
+            dataset="folder",
+            data_root=str(root),
+            recipe="short-cifar",
+            epochs=6,
+            lr=0.05,
+            batch_size=64,
+            out=str(tmp_path / "run"),
+            progress=False,
+        )
+    )
+    assert info.config["dataset"]["n_train"] == 2000 and info.config["dataset"]["n_test"] == 1000
+    assert info.config["dataset"]["in_chans"] == 3
+    assert info.summary["final_test_acc"] > 0.35  # chance: 0.10
+    assert info.metrics[-1]["train_loss"] < info.metrics[0]["train_loss"]

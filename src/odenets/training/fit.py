@@ -60,6 +60,7 @@ from odenets.training.state import (
 
 logger = logging.getLogger("odenets.training")
 
+PROBE_IMAGES = 16  # test images at which NAIS stage Jacobians are measured each epoch
 _SUBSET_SEED = 0  # train/test subsets and the validation split are the same for every seed
 
 
@@ -199,11 +200,13 @@ def _epoch_record(cfg, ctx, loaders, data, epoch, lr, stats) -> dict[str, Any]:
             )
             record[f"{split}_loss"] = evals[split]["loss"]
             record[f"{split}_acc"] = evals[split]["acc"]
-    record.update(_model_metrics(ctx.model, evals.get("test", {})))
+    probe = data["test"][0][:PROBE_IMAGES]  # uint8 (P, H, W, C)
+    probe = torch.from_numpy(probe).to(ctx.device).permute(0, 3, 1, 2).float() / 255.0
+    record.update(_model_metrics(ctx.model, evals.get("test", {}), probe))
     return record
 
 
-def _model_metrics(model, test_eval: dict[str, Any]) -> dict[str, Any]:
+def _model_metrics(model, test_eval: dict[str, Any], probe: torch.Tensor) -> dict[str, Any]:
     """Coefficients of interpolating models; depth and spectral radius of NAIS models."""
     out: dict[str, Any] = {}
     coeff = model.coefficients() if hasattr(model, "coefficients") else torch.zeros(0)
@@ -212,26 +215,44 @@ def _model_metrics(model, test_eval: dict[str, Any]) -> dict[str, Any]:
     for key in ("depth_mean", "depth_max"):
         if key in test_eval:
             out[key] = test_eval[key]
-    radius = _spectral_radius(model)
+    radius = _spectral_radius(model, probe)
     if radius is not None:
         out["spectral_radius"] = radius
     return out
 
 
-def _spectral_radius(model) -> float | None:
-    """Largest stage-Jacobian spectral-radius bound over NAIS blocks, when available."""
+def _spectral_radius(model, probe: torch.Tensor) -> float | None:
+    """Largest stage-Jacobian spectral radius over the NAIS blocks at a few test images.
+
+    Each block's Jacobian is taken at its input u and its output state x(K) (close to the
+    equilibrium when the block has converged); power iteration for large states.
+    """
     blocks = model.nais_blocks() if hasattr(model, "nais_blocks") else []
     if not blocks:
         return None
+    from odenets import stability
+
+    radius_fn = getattr(stability, "state_jacobian_spectral_radius", None)
+    if radius_fn is None:
+        return None
+    seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    hooks = [
+        b.register_forward_hook(lambda m, args, out: seen.__setitem__(id(m), (args[0], out)))
+        for b in blocks
+    ]
     try:
-        from odenets import stability
-    except ImportError:
-        return None
-    estimate = getattr(stability, "spectral_radius_bound", None)
-    if estimate is None:
-        return None
-    with torch.no_grad():
-        return finite_or_none(max(float(estimate(b)) for b in blocks))
+        model.eval()
+        with torch.no_grad():
+            model(probe)
+    finally:
+        for h in hooks:
+            h.remove()
+    radii = [
+        float(radius_fn(b, seen[id(b)][1].float(), seen[id(b)][0].float(), iters=100).max())
+        for b in blocks
+        if id(b) in seen
+    ]
+    return finite_or_none(max(radii)) if radii else None
 
 
 def _after_epoch(cfg, run_dir, ctx, progress, record, header, wall0) -> None:
@@ -331,6 +352,8 @@ def _start(cfg, run_dir, header, model, optimizer, dist) -> dict[str, Any]:
             f"{run_dir} already holds a run; pass --resume (resume=True) to continue it, or "
             "choose another --out folder"
         )
+    if cfg.resume and dist.is_main:
+        _remove_stale_temporaries(run_dir)
     if cfg.resume and (run_dir / LAST_WEIGHTS).exists():
         tensors, state = load_train_state(run_dir)
         _check_same_run(state, header, run_dir)
@@ -360,6 +383,13 @@ def _start(cfg, run_dir, header, model, optimizer, dist) -> dict[str, Any]:
         _write_summary(run_dir, cfg, progress, "running", 0.0, None)
     barrier(dist)
     return progress
+
+
+def _remove_stale_temporaries(run_dir: Path) -> None:
+    """Temporary files of writes that a killed run left unfinished (never renamed)."""
+    if run_dir.is_dir():
+        for path in run_dir.glob(".*.tmp"):
+            path.unlink(missing_ok=True)
 
 
 def _identity(run: dict[str, Any]) -> dict[str, Any]:
