@@ -1,0 +1,62 @@
+"""Per-epoch model metrics beyond loss and accuracy: the learned coefficients of
+interpolating networks, and the unrolled depth and stage-Jacobian spectral radius of NAIS
+networks. Everything goes through the common network surface (no isinstance)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from odenets.checkpoint import finite_or_none
+
+PROBE_IMAGES = 16  # test images at which NAIS stage Jacobians are measured each epoch
+
+
+def model_metrics(model, test_eval: dict[str, Any], probe: torch.Tensor) -> dict[str, Any]:
+    """Coefficients of interpolating models; depth and spectral radius of NAIS models."""
+    out: dict[str, Any] = {}
+    coeff = model.coefficients() if hasattr(model, "coefficients") else torch.zeros(0)
+    if coeff.numel():
+        out["coefficients"] = [round(float(c), 6) for c in coeff.detach().cpu()]
+    for key in ("depth_mean", "depth_max"):
+        if key in test_eval:
+            out[key] = test_eval[key]
+    radius = spectral_radius(model, probe)
+    if radius is not None:
+        out["spectral_radius"] = radius
+    return out
+
+
+def spectral_radius(model, probe: torch.Tensor) -> float | None:
+    """Largest stage-Jacobian spectral radius over the NAIS blocks at a few test images.
+
+    Each block's Jacobian is taken at its input u and its output state x(K) (close to the
+    equilibrium when the block has converged); power iteration for large states.
+    """
+    blocks = model.nais_blocks() if hasattr(model, "nais_blocks") else []
+    if not blocks:
+        return None
+    from odenets import stability
+
+    radius_fn = getattr(stability, "state_jacobian_spectral_radius", None)
+    if radius_fn is None:
+        return None
+    seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    hooks = [
+        b.register_forward_hook(lambda m, args, out: seen.__setitem__(id(m), (args[0], out)))
+        for b in blocks
+    ]
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(probe)
+    finally:
+        for h in hooks:
+            h.remove()
+    radii = [
+        float(radius_fn(b, seen[id(b)][1].float(), seen[id(b)][0].float(), iters=100).max())
+        for b in blocks
+        if id(b) in seen
+    ]
+    return finite_or_none(max(radii)) if radii else None

@@ -1,0 +1,178 @@
+"""The run folder: config.json header, summary.json, and starting or resuming a run
+(the epoch-0 checkpoint, the same-run checks, metrics lines of an unfinished epoch)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import odenets
+from odenets.checkpoint import (
+    finite_or_none,
+    read_jsonl,
+    write_json_atomic,
+    write_jsonl_atomic,
+)
+from odenets.errors import CheckpointError
+from odenets.training.distributed import barrier
+from odenets.training.runs import CONFIG, METRICS, SUMMARY
+from odenets.training.state import (
+    LAST_WEIGHTS,
+    load_train_state,
+    restore_train_state,
+    save_train_state,
+)
+
+
+def state_info(header, progress, record) -> dict[str, Any]:
+    return {
+        "model": header["model"],
+        "model_kwargs": header["model_kwargs"],
+        "dataset": header["dataset"],
+        "train": header["train"],
+        "seed": header["seed"],
+        "odenets_version": header["odenets_version"],
+        "torch_version": header["torch_version"],
+        "global_step": progress["global_step"],
+        "best_epoch": progress["best_epoch"],
+        "best_score": finite_or_none(progress["best_score"]),
+        "wall_time_s": progress["wall_time_s"],
+        "metrics": record,
+    }
+
+
+def write_summary(run_dir, cfg, progress, status, wall_time_s, error) -> None:
+    metrics = read_jsonl(run_dir / METRICS)
+    by_epoch = {m["epoch"]: m for m in metrics}
+    chosen = by_epoch.get(progress.get("selected_epoch") or progress["epoch"], {})
+    summary = {
+        "status": status,
+        "epochs_done": progress["epoch"],
+        "epochs": cfg.epochs,
+        "final_train_acc": chosen.get("train_acc"),
+        "final_test_acc": chosen.get("test_acc"),
+        "wall_time_s": round(wall_time_s, 3),
+        "error": error,
+        "select": cfg.select,
+        "selected_epoch": progress.get("selected_epoch"),
+    }
+    if "val_acc" in chosen:
+        summary["final_val_acc"] = chosen["val_acc"]
+    write_json_atomic(run_dir / SUMMARY, summary)
+
+
+def start_run(cfg, run_dir, header, model, optimizer, dist) -> dict[str, Any]:
+    """Fresh run: write config.json and the epoch-0 checkpoint. Resume: restore last.*."""
+    progress = {
+        "epoch": 0,
+        "global_step": 0,
+        "best_epoch": 0,
+        "best_score": -math.inf,
+        "wall_time_s": 0.0,
+    }
+    has_run = (run_dir / CONFIG).exists() or (run_dir / LAST_WEIGHTS).exists()
+    if has_run and not cfg.resume:
+        raise CheckpointError(
+            f"{run_dir} already holds a run; pass --resume (resume=True) to continue it, or "
+            "choose another --out folder"
+        )
+    if cfg.resume and dist.is_main:
+        _remove_stale_temporaries(run_dir)
+    if cfg.resume and (run_dir / LAST_WEIGHTS).exists():
+        tensors, state = load_train_state(run_dir)
+        _check_same_run(state, header, run_dir)
+        restore_train_state(tensors, state, model=model, optimizer=optimizer)
+        for key in ("global_step", "best_epoch", "wall_time_s"):
+            progress[key] = state[key]
+        score = state["best_score"]
+        progress["best_score"] = score if score is not None else -math.inf
+        progress["epoch"] = state["epoch"]
+        barrier(dist)
+        if dist.is_main:
+            write_json_atomic(run_dir / CONFIG, header)
+            _trim_metrics(run_dir, state)
+        barrier(dist)
+        return progress
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(run_dir / CONFIG, header)
+        write_jsonl_atomic(run_dir / METRICS, [])
+        save_train_state(
+            run_dir,
+            model=model,
+            optimizer=optimizer,
+            epoch=0,
+            info=state_info(header, progress, None),
+        )
+        write_summary(run_dir, cfg, progress, "running", 0.0, None)
+    barrier(dist)
+    return progress
+
+
+def _remove_stale_temporaries(run_dir: Path) -> None:
+    """Temporary files of writes that a killed run left unfinished (never renamed)."""
+    if run_dir.is_dir():
+        for path in run_dir.glob(".*.tmp"):
+            path.unlink(missing_ok=True)
+
+
+def _identity(run: dict[str, Any]) -> dict[str, Any]:
+    """What makes two runs the same network on the same data (the data root may move)."""
+    dataset = {k: v for k, v in (run.get("dataset") or {}).items() if k != "root"}
+    return {"model": run.get("model"), "model_kwargs": run.get("model_kwargs"), "dataset": dataset}
+
+
+def _check_same_run(state: dict[str, Any], header: dict[str, Any], run_dir: Path) -> None:
+    old, new = _identity(state), _identity(header)
+    for key in old:
+        if old[key] != new[key]:
+            raise CheckpointError(
+                f"cannot resume {run_dir}: it was trained with {key} {old[key]!r}, "
+                f"but this run asks for {new[key]!r}. Use another --out folder."
+            )
+    old, new = state.get("train", {}), header["train"]
+    skip = {"resume", "progress", "device", "epochs", "out"}
+    changed = sorted(k for k in new if k not in skip and old.get(k) != new[k])
+    if changed:
+        warnings.warn(
+            f"resuming {run_dir} with changed settings {changed}; the run will not match an "
+            "uninterrupted one",
+            stacklevel=3,
+        )
+
+
+def _trim_metrics(run_dir: Path, state: dict[str, Any]) -> None:
+    """Keep metric lines up to the checkpoint's epoch (a killed epoch may have left one)."""
+    epoch = state["epoch"]
+    kept = {m["epoch"]: m for m in read_jsonl(run_dir / METRICS) if m["epoch"] <= epoch}
+    if epoch > 0 and epoch not in kept and state.get("metrics"):
+        kept[epoch] = state["metrics"]
+    write_jsonl_atomic(run_dir / METRICS, [kept[e] for e in sorted(kept)])
+
+
+def run_header(cfg, data, device, dist) -> dict[str, Any]:
+    train = dataclasses.asdict(cfg)
+    return {
+        "model": cfg.model,
+        "model_kwargs": cfg.model_kwargs,
+        "dataset": {
+            "name": cfg.dataset,
+            "root": str(cfg.data_root) if cfg.data_root is not None else None,
+            "num_classes": data["num_classes"],
+            "in_chans": data["in_chans"],
+            "n_train": data["n_train"],
+            "n_val": data.get("n_val", 0),
+            "n_test": data["n_test"],
+        },
+        "train": train,
+        "seed": cfg.seed,
+        "odenets_version": odenets.__version__,
+        "torch_version": torch.__version__,
+        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "world_size": dist.world_size,
+    }
