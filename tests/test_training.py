@@ -372,3 +372,20 @@ def test_cifar10_slice_accuracy_rises_well_above_chance(cifar10_jpeg_root, tmp_p
     assert info.config["dataset"]["in_chans"] == 3
     assert info.summary["final_test_acc"] > 0.35  # chance: 0.10
     assert info.metrics[-1]["train_loss"] < info.metrics[0]["train_loss"]
+
+
+# --- switches, progress and logging -------------------------------------------------------
+
+
+def test_bf16_and_channels_last_on_cpu(tmp_path):
+    info = fit(tiny_config(tmp_path, epochs=2, amp=True, channels_last=True))
+    assert info.config["train"]["amp"] and info.config["train"]["channels_last"]
+    assert info.summary["final_test_acc"] > 0.8  # bf16 autocast still learns the digits
+
+
+def test_progress_bar_and_log_lines(tmp_path, capsys, caplog):
+    caplog.set_level("INFO", logger="odenets.training")
+    fit(tiny_config(tmp_path, epochs=1, train_limit=256, progress=True))
+    assert "epoch 1/1" in capsys.readouterr().err  # the tqdm bar (images/s, loss, acc)
+    lines = [r.getMessage() for r in caplog.records if r.name == "odenets.training"]
+    assert len(lines) == 1 and lines[0].startswith("epoch 1/1") and "test_acc" in lines[0]

@@ -75,7 +75,9 @@ def start_run(cfg, run_dir, header, model, optimizer, dist) -> dict[str, Any]:
         "best_score": -math.inf,
         "wall_time_s": 0.0,
     }
-    has_run = (run_dir / CONFIG).exists() or (run_dir / LAST_WEIGHTS).exists()
+    has_last = (run_dir / LAST_WEIGHTS).exists()
+    has_run = has_last or (run_dir / CONFIG).exists()
+    barrier(dist)  # every rank decides before rank 0 writes anything
     if has_run and not cfg.resume:
         raise CheckpointError(
             f"{run_dir} already holds a run; pass --resume (resume=True) to continue it, or "
@@ -83,7 +85,7 @@ def start_run(cfg, run_dir, header, model, optimizer, dist) -> dict[str, Any]:
         )
     if cfg.resume and dist.is_main:
         _remove_stale_temporaries(run_dir)
-    if cfg.resume and (run_dir / LAST_WEIGHTS).exists():
+    if cfg.resume and has_last:
         tensors, state = load_train_state(run_dir)
         _check_same_run(state, header, run_dir)
         restore_train_state(tensors, state, model=model, optimizer=optimizer)
@@ -92,7 +94,7 @@ def start_run(cfg, run_dir, header, model, optimizer, dist) -> dict[str, Any]:
         score = state["best_score"]
         progress["best_score"] = score if score is not None else -math.inf
         progress["epoch"] = state["epoch"]
-        barrier(dist)
+        barrier(dist)  # every rank has read last.* before rank 0 rewrites metrics
         if dist.is_main:
             write_json_atomic(run_dir / CONFIG, header)
             _trim_metrics(run_dir, state)
