@@ -196,3 +196,16 @@ def test_projected_nais_blocks_have_radius_below_one(tiny_runs):
     # Where every unit is active, the projected stage Jacobian I + hA contracts.
     assert out["active_radius"].shape == (9,)
     assert np.all(out["active_radius"] < 1.0)
+
+
+def test_one_call_helpers_used_by_the_report(tiny_runs, eval_files, tmp_path):
+    from odenets.analysis import plots
+    from odenets.analysis.robustness_results import load_eval
+
+    written = [
+        plots.plot_coefficients(tiny_runs["in_resnet20"], tmp_path / "coefficients.png"),
+        plots.plot_robustness_curves([load_eval(p) for p in eval_files], tmp_path / "rc.png"),
+        plots.plot_depth(tiny_runs["naisnet10"], tmp_path / "depth.png", limit=16),
+    ]
+    assert [p.name for p in written] == ["coefficients.png", "rc.png", "depth.png"]
+    _check_pngs(tmp_path, ["coefficients", "rc", "depth", "depth_images"])
