@@ -148,7 +148,9 @@ class Space:
             if norm is None or not hasattr(model, "forward_normalized"):
                 raise ValueError(
                     "the normalized threat model needs a model with `normalize` (mean/std "
-                    f"buffers) and `forward_normalized`; got {type(model).__name__}"
+                    "buffers) and `forward_normalized` (an Ensemble has them only when its "
+                    "members normalise their input the same way); got "
+                    f"{type(model).__name__}"
                 )
             self.mean, self.std = norm.mean, norm.std
 

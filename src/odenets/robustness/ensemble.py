@@ -3,12 +3,12 @@
 `forward` returns log(mean_m softmax(model_m(x))), a valid log-probability, so the
 cross-entropy of the ensemble is the cross-entropy of its averaged prediction and an attack
 differentiates through every member at once. An ensemble of N copies of one network gives
-the same predictions (and the same gradients, up to rounding) as the network itself.
+the same predictions and the same attacks as the network itself (`evaluate` runs a single
+network as an ensemble of one, whose output is its log-softmax, so the two paths compare).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -50,7 +50,11 @@ class Ensemble(nn.Module):
 
     def _average(self, logits: list[torch.Tensor]) -> torch.Tensor:
         log_probs = torch.stack([torch.log_softmax(z, dim=1) for z in logits])  # (M, N, K)
-        return torch.logsumexp(log_probs, dim=0) - math.log(len(logits))
+        # log mean exp, shifted by the (constant) member maximum. With identical members the
+        # shifted terms are exactly 1, so the output equals each member's log-softmax bit for
+        # bit, and for M a power of two so do the input gradients (weights 1/M are exact).
+        shift = log_probs.amax(dim=0).detach()  # (N, K)
+        return shift + torch.log(torch.exp(log_probs - shift).mean(dim=0))
 
 
 def _shared_normalize(models: Sequence[nn.Module]) -> nn.Module | None:

@@ -1,0 +1,208 @@
+"""`odenets evaluate`: clean, noise and adversarial accuracy of one run or an ensemble.
+
+    odenets evaluate RUN [RUN ...] [--attacks fgsm,ifgsm,pgd,apgd_ce] [--eps 2,4,8]
+        [--threat-model pixel|normalized|pixel,normalized] [--noise] [--noise-root DIR]
+        [--limit N] [--batch-size B] [--seed S] [--shard i/n] [--out PATH]
+    odenets evaluate --merge SHARD.json [SHARD.json ...] --out eval.json
+
+Radii are given in 1/255 units on the command line (--eps 8 is 8/255). Several runs are
+evaluated as one averaged-softmax ensemble, attacked as a whole. The test split of the data
+set the (first) run was trained on is used; --limit takes a fixed, seeded random subset
+(the folders of a data set may be sorted by class). Writes eval.json atomically and prints
+a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+_EPILOG = """\
+attacks: {attacks}.
+--threat-model normalized is the In-ResNet authors' first release: eps and the step act on
+the normalised tensor (about 5x weaker than in pixels) and the clamp to [0, 1] happens there.
+--shard i/n (0 <= i < n) evaluates one contiguous, disjoint share of the (limited) test set
+and writes counts; merge the n files with --merge. Sanity checks are printed under the table.
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from odenets.robustness import list_attacks
+    from odenets.robustness.evaluate import DEFAULT_ATTACKS
+
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = _EPILOG.format(attacks=", ".join(list_attacks()))
+    parser.add_argument("runs", nargs="*", metavar="RUN", help="run folder(s); several = ensemble")
+    parser.add_argument(
+        "--attacks",
+        type=_names,
+        default=list(DEFAULT_ATTACKS),
+        help=f"comma-separated attack names (default: {','.join(DEFAULT_ATTACKS)}; '' for none)",
+    )
+    parser.add_argument(
+        "--eps", type=_radii, default=[2.0, 4.0, 8.0], help="radii in 1/255 units (default: 2,4,8)"
+    )
+    parser.add_argument(
+        "--threat-model",
+        type=_names,
+        default=["pixel"],
+        help="pixel (default), normalized, or pixel,normalized",
+    )
+    parser.add_argument("--noise", action="store_true", help="generated CIFAR-C noise accuracy")
+    parser.add_argument(
+        "--noise-root", metavar="DIR", help="official CIFAR-C .npy files instead of generated"
+    )
+    parser.add_argument(
+        "--gaussian-sigma", type=_radii, default=[], help="plain Gaussian noise levels in 1/255"
+    )
+    parser.add_argument("--pgd-restarts", type=int, default=1, help="random restarts of pgd")
+    parser.add_argument("--apgd-steps", type=int, default=100, help="iterations of APGD (100)")
+    parser.add_argument("--limit", type=int, help="evaluate a seeded random subset of N images")
+    parser.add_argument("--batch-size", type=int, default=500, help="batch size (default: 500)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of random starts and noise")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda:N")
+    parser.add_argument("--data-root", help="data folder (default: the run's config.json)")
+    parser.add_argument("--shard", type=_shard, help="i/n: evaluate shard i of n (0-based)")
+    parser.add_argument("--no-checks", action="store_true", help="skip the sanity checks")
+    parser.add_argument("--merge", nargs="+", metavar="SHARD", help="merge shard eval files")
+    parser.add_argument("--out", help="output file (default: RUN/eval.json for one run)")
+
+
+def _names(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _radii(text: str) -> list[float]:
+    try:
+        return [float(t) for t in _names(text)]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected numbers like 2,4,8; got {text!r}") from err
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(t) for t in text.split("/"))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected i/n such as 0/4; got {text!r}") from err
+    if count < 1 or not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"shard must be i/n with 0 <= i < n; got {text!r}")
+    return index, count
+
+
+def run(args: argparse.Namespace) -> int:
+    from odenets.checkpoint import read_json, write_json_atomic
+    from odenets.robustness import format_table, merge_shards
+
+    if args.merge:
+        if args.runs or not args.out:
+            raise ValueError("--merge takes shard files and --out, and no RUN folders")
+        result = merge_shards([read_json(p) for p in args.merge])
+        write_json_atomic(args.out, result)
+        print(format_table(result))
+        print(f"\nmerged {len(args.merge)} shards into {args.out}")
+        return 0
+    if not args.runs:
+        raise ValueError("give at least one RUN folder (or --merge SHARD.json ...)")
+    out = _out_path(args)
+    started, cpu0 = time.perf_counter(), time.process_time()
+    result = _evaluate(args)
+    write_json_atomic(out, result)
+    print(format_table(result))
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu0
+    print(f"\nwrote {out} ({wall:.1f} s wall, {cpu:.1f} s CPU)")
+    return 0
+
+
+def _out_path(args) -> Path:
+    if args.out:
+        return Path(args.out)
+    if len(args.runs) > 1:
+        raise ValueError(f"{len(args.runs)} runs form an ensemble: give --out PATH for its result")
+    name = (
+        "eval.json" if args.shard is None else f"eval.shard-{args.shard[0]}-of-{args.shard[1]}.json"
+    )
+    return Path(args.runs[0]) / name
+
+
+def _evaluate(args) -> dict:
+    import numpy as np
+    import torch
+
+    from odenets.robustness import evaluate
+    from odenets.robustness.evaluate import shard_slice
+    from odenets.training import load_run, read_run
+
+    infos = [read_run(p) for p in args.runs]
+    dataset = infos[0].config["dataset"]
+    for info in infos[1:]:
+        if info.config["dataset"]["name"] != dataset["name"]:
+            raise ValueError(
+                f"runs of an ensemble must share a data set; {info.path} was trained on "
+                f"{info.config['dataset']['name']!r}, {infos[0].path} on {dataset['name']!r}"
+            )
+    device = _device(args.device)
+    models = [load_run(p, device=device) for p in args.runs]
+
+    images, labels = _test_split(dataset, args.data_root)
+    order = np.arange(len(labels))
+    if args.limit is not None and args.limit < len(labels):
+        rng = np.random.default_rng(args.seed)
+        order = np.sort(rng.permutation(len(labels))[: args.limit])
+    shard = None
+    if args.shard is not None:
+        start, stop = shard_slice(len(order), *args.shard)
+        shard = {
+            "index": args.shard[0],
+            "count": args.shard[1],
+            "start": start,
+            "stop": stop,
+            "total": len(order),
+        }
+        order = order[start:stop]
+    x = torch.from_numpy(images[order]).permute(0, 3, 1, 2).float() / 255  # (N, C, H, W)
+    y = torch.from_numpy(labels[order])
+
+    noise = "official" if args.noise_root else ("generated" if args.noise else None)
+    options = {"pgd": {"restarts": args.pgd_restarts}}
+    options.update({a: {"steps": args.apgd_steps} for a in ("apgd_ce", "apgd_dlr")})
+    return evaluate(
+        models,
+        x,
+        y,
+        attacks=args.attacks,
+        eps_list=[e / 255 for e in args.eps],
+        threat_model=args.threat_model,
+        noise=noise,
+        noise_root=args.noise_root,
+        gaussian_sigmas=[s / 255 for s in args.gaussian_sigma],
+        attack_options={k: v for k, v in options.items() if k in args.attacks},
+        seed=args.seed,
+        batch_size=args.batch_size,
+        indices=torch.from_numpy(order),
+        checks=not args.no_checks,
+        info={
+            "runs": [str(p) for p in args.runs],
+            "dataset": dataset["name"],
+            "split": "test",
+            "shard": shard,
+        },
+        progress=sys.stderr.isatty(),
+    )
+
+
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _test_split(dataset: dict, data_root: str | None):
+    from odenets.data import load_dataset
+
+    root = data_root if data_root is not None else dataset.get("root")
+    test = load_dataset(dataset["name"], root=root, split="test")
+    return test.images, test.labels

@@ -1,0 +1,253 @@
+"""evaluate(): the eval.json structure, ensembles, sanity checks, shards, and the CLI."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+
+import pytest
+import torch
+from _robustness_models import TinyNet, digits, train_tiny
+
+from odenets.robustness import Ensemble, evaluate, format_table, merge_shards, shard_slice
+from odenets.robustness.evaluate import sanity_checks
+
+FAST = {"pgd": {"steps": 5, "alpha": 0.04}, "apgd_ce": {"steps": 10}}
+TOP_KEYS = {
+    "runs", "models", "ensemble", "dataset", "split", "n", "seed", "odenets_version",
+    "torch_version", "device", "clean", "noise", "attacks", "worst_case", "checks",
+}  # fmt: skip
+ATTACK_KEYS = {
+    "name", "threat_model", "eps", "eps_255", "steps", "alpha", "restarts", "accuracy",
+    "correct", "n",
+}  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@functools.lru_cache(maxsize=1)
+def _trained():
+    return train_tiny()
+
+
+@pytest.fixture(scope="module")
+def data():
+    x, y = digits("test")
+    return x[:90], y[:90]
+
+
+def _run(models, x, y, **kw):
+    opts = dict(
+        attacks=("fgsm", "pgd", "apgd_ce"),
+        eps_list=(0.05, 0.1),
+        attack_options=FAST,
+        batch_size=30,
+    )
+    opts.update(kw)
+    return evaluate(models, x, y, **opts)
+
+
+def test_eval_json_structure_and_consistency(data):
+    x, y = data
+    res = _run(_trained(), x, y, threat_model=["pixel", "normalized"], noise="generated")
+    assert TOP_KEYS <= set(res)
+    json.dumps(res, allow_nan=False)  # plain JSON
+    assert res["n"] == 90 and res["models"] == ["tinynet"] and not res["ensemble"]
+    assert res["clean"] == res["counts"]["clean"] / 90 > 0.9
+    assert len(res["attacks"]) == 2 * 2 * 3
+    for a in res["attacks"]:
+        assert ATTACK_KEYS <= set(a)
+        assert a["accuracy"] == a["correct"] / a["n"]
+        assert a["eps_255"] == pytest.approx(a["eps"] * 255)
+    noise = res["noise"]
+    assert noise["source"] == "generated"
+    assert set(noise["per_corruption"]) == {"gaussian", "shot", "impulse", "speckle"}
+    for per in noise["per_corruption"].values():
+        assert set(per) == {"1", "2", "3", "4", "5", "mean"}
+        assert per["mean"] == pytest.approx(sum(per[s] for s in "12345") / 5)
+    assert noise["mean"] == pytest.approx(
+        sum(p["mean"] for p in noise["per_corruption"].values()) / 4
+    )
+    for w in res["worst_case"]:
+        same = [
+            a["accuracy"]
+            for a in res["attacks"]
+            if a["eps"] == w["eps"] and a["threat_model"] == w["threat_model"]
+        ]
+        assert w["accuracy"] <= min(same + [res["clean"]])
+        assert w["attacks"] == ["fgsm", "pgd", "apgd_ce"]
+    checks = {c["name"]: c["ok"] for c in res["checks"]}
+    assert checks == {
+        "attack_not_above_clean": True,
+        "multi_step_not_weaker_than_fgsm": True,
+        "accuracy_non_increasing_in_eps": True,
+        "eps1_accuracy_near_zero": True,
+        "gradients_finite": True,
+        "apgd_close_to_pgd": True,
+    }
+    table = format_table(res)
+    assert "| worst case | normalized |" in table and "ε=25.5/255" in table
+
+
+@pytest.mark.parametrize("copies", [2, 4])
+def test_ensemble_of_copies_equals_the_single_model(data, copies):
+    x, y = data
+    single = _trained()
+    members = [copy.deepcopy(single) for _ in range(copies)]
+    kw = dict(threat_model=["pixel", "normalized"], checks=False)
+    one, ens = _run(single, x, y, **kw), _run(members, x, y, **kw)
+    assert ens["ensemble"] and ens["models"] == ["tinynet"] * copies
+    assert ens["clean"] == one["clean"]
+    assert [a["correct"] for a in ens["attacks"]] == [a["correct"] for a in one["attacks"]]
+    assert [w["correct"] for w in ens["worst_case"]] == [w["correct"] for w in one["worst_case"]]
+
+
+def test_ensemble_is_the_log_of_the_mean_softmax(data):
+    x, _ = data
+    a, b = _trained(), TinyNet().eval()
+    with torch.no_grad():
+        out = Ensemble([a, b])(x)
+        expected = torch.log((a(x).softmax(1) + b(x).softmax(1)) / 2)
+    assert torch.allclose(out, expected, atol=1e-5)
+    assert torch.allclose(out.exp().sum(1), torch.ones(len(x)))
+
+
+def test_ensemble_without_shared_normalisation_refuses_normalized_space(data):
+    x, y = data
+    other = TinyNet().eval()
+    other.normalize.mean.fill_(0.5)
+    ens = Ensemble([_trained(), other])
+    with pytest.raises(ValueError, match="normalise their input the same way"):
+        evaluate(ens, x, y, attacks=["fgsm"], eps_list=[0.1], threat_model="normalized")
+
+
+def test_shards_merge_to_the_unsharded_result_exactly(data):
+    x, y = data
+    kw = dict(noise="generated", gaussian_sigmas=[0.2], seed=7)
+    whole = _run(_trained(), x, y, **kw)
+    shards = []
+    for i in range(3):
+        start, stop = shard_slice(len(x), i, 3)
+        shard = {"index": i, "count": 3, "start": start, "stop": stop, "total": len(x)}
+        idx = torch.arange(start, stop)
+        shards.append(
+            _run(_trained(), x[start:stop], y[start:stop], indices=idx, info={"shard": shard}, **kw)
+        )
+    merged = merge_shards(shards[::-1])
+    for key in ("n", "clean", "noise", "gaussian"):
+        assert merged[key] == whole[key]
+    for key in ("attacks", "worst_case"):
+        assert [e["correct"] for e in merged[key]] == [e["correct"] for e in whole[key]]
+        assert [e["accuracy"] for e in merged[key]] == [e["accuracy"] for e in whole[key]]
+    assert merged["counts"]["noise"] == whole["counts"]["noise"]
+    assert [c["ok"] for c in merged["checks"]] == [c["ok"] for c in whole["checks"]]
+    with pytest.raises(ValueError, match="exactly once"):
+        merge_shards(shards[:2])
+    with pytest.raises(ValueError, match="exactly once"):
+        merge_shards([shards[0], shards[0], shards[2]])
+
+
+def test_shard_slices_partition_the_set():
+    cuts = [shard_slice(10, i, 3) for i in range(3)]
+    assert cuts == [(0, 3), (3, 6), (6, 10)]
+    with pytest.raises(ValueError, match="0 <= i < n"):
+        shard_slice(10, 3, 3)
+
+
+def _fake(attacks, clean=0.9):
+    return {
+        "clean": clean,
+        "counts": {"eps1": {"correct": 0, "n": 10}, "nonfinite_grads": 0},
+        "attacks": [
+            {"name": n, "threat_model": "pixel", "eps": e, "eps_255": e * 255, "accuracy": a}
+            for n, e, a in attacks
+        ],
+    }
+
+
+def test_checks_flag_suspicious_numbers():
+    res = _fake(
+        [
+            ("fgsm", 0.03, 0.40),
+            ("pgd", 0.03, 0.50),  # multi-step far weaker than FGSM
+            ("apgd_ce", 0.03, 0.20),  # APGD far stronger than PGD: gradient masking?
+            ("fgsm", 0.06, 0.45),  # accuracy rises with ε
+            ("pgd", 0.06, 0.95),  # above clean
+        ]
+    )
+    res["counts"]["eps1"] = {"correct": 5, "n": 10}
+    res["counts"]["nonfinite_grads"] = 2
+    assert {c["name"]: c["ok"] for c in sanity_checks(res)} == {
+        "attack_not_above_clean": False,
+        "multi_step_not_weaker_than_fgsm": False,
+        "accuracy_non_increasing_in_eps": False,
+        "eps1_accuracy_near_zero": False,
+        "gradients_finite": False,
+        "apgd_close_to_pgd": False,
+    }
+    fine = _fake([("fgsm", 0.03, 0.4), ("pgd", 0.03, 0.2), ("apgd_ce", 0.03, 0.19)])
+    assert all(c["ok"] for c in sanity_checks(fine))
+
+
+def test_bad_attack_name_fails_before_any_work(data):
+    x, y = data
+    with pytest.raises(KeyError, match="Did you mean 'pgd'"):
+        evaluate(_trained(), x, y, attacks=["pgdd"], eps_list=[0.1])
+    with pytest.raises(ValueError, match="Did you mean 8/255"):
+        evaluate(_trained(), x, y, attacks=["pgd"], eps_list=[8])
+
+
+# --- the command line ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    from odenets.training import TrainConfig, fit
+
+    out = tmp_path_factory.mktemp("runs") / "resnet20-digits"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    cfg = TrainConfig(
+        model="resnet20", dataset="digits", epochs=1, train_limit=64, batch_size=32,
+        out=str(out), progress=False,
+    )  # fmt: skip
+    fit(cfg)
+    torch.set_num_threads(threads)
+    return out
+
+
+def test_cli_evaluate_shards_and_merge(run_dir, tmp_path, capsys):
+    from odenets.cli import main
+
+    common = ["--limit", "40", "--attacks", "fgsm,pgd", "--eps", "4,8", "--seed", "3"]
+    common += ["--noise", "--threat-model", "pixel,normalized", "--batch-size", "16"]
+    assert main(["evaluate", str(run_dir), *common]) == 0
+    table = capsys.readouterr().out
+    assert "| fgsm | pixel |" in table and "| worst case | normalized |" in table
+    whole = json.loads((run_dir / "eval.json").read_text())
+    assert whole["runs"] == [str(run_dir)] and whole["dataset"] == "digits"
+    assert whole["n"] == 40 and whole["models"] == ["resnet20"]
+    shard_files = []
+    for i in range(2):
+        path = tmp_path / f"s{i}.json"
+        assert (
+            main(["evaluate", str(run_dir), *common, "--shard", f"{i}/2", "--out", str(path)]) == 0
+        )
+        shard_files.append(str(path))
+    out = tmp_path / "merged.json"
+    assert main(["evaluate", "--merge", *shard_files, "--out", str(out)]) == 0
+    merged = json.loads(out.read_text())
+    assert merged["clean"] == whole["clean"] and merged["noise"] == whole["noise"]
+    assert [a["correct"] for a in merged["attacks"]] == [a["correct"] for a in whole["attacks"]]
+
+
+def test_cli_rejects_eps_in_pixel_levels_above_255(run_dir, capsys):
+    from odenets.cli import main
+
+    assert main(["evaluate", str(run_dir), "--eps", "300", "--out", "unused.json"]) == 1
+    assert "eps must be in [0, 1]" in capsys.readouterr().err
