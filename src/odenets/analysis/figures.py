@@ -14,8 +14,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from odenets.analysis import plots, plots_nais
-
 
 @dataclass
 class ImageSubset:
@@ -91,6 +89,7 @@ def run_labels(run_dirs: Sequence[str | Path]) -> list[str]:
 
 def coefficients_figure(run_dirs: Sequence[str | Path], out_dir: str | Path, **_) -> list[Path]:
     """λ_n per block (mean and spread over seeds) and over epochs."""
+    from odenets.analysis import plots
     from odenets.analysis.coefficients import run_coefficients
 
     fig = plots.draw_coefficients(run_coefficients(run_dirs))
@@ -113,6 +112,7 @@ def input_landscape_figure(
     **_,
 ) -> list[Path]:
     """Input-space loss curves (and surfaces) of several models on the same noisy images."""
+    from odenets.analysis import plots
     from odenets.analysis.input_landscape import input_landscape, noisy_images
 
     data = load_test_images(run_dirs, data_root=data_root, limit=limit, seed=seed)
@@ -162,6 +162,7 @@ def weight_landscape_figure(
     **_,
 ) -> list[Path]:
     """Weight-space loss along filter-normalised directions, 1-D and 2-D, per model."""
+    from odenets.analysis import plots
     from odenets.analysis.weight_landscape import weight_landscape
 
     data = load_test_images(run_dirs, data_root=data_root, limit=limit, seed=seed)
@@ -203,6 +204,7 @@ def ensemble_gain_figure(
     **_,
 ) -> list[Path]:
     """Ensemble minus single-model accuracy per metric and model family (paper's Fig. 2)."""
+    from odenets.analysis import plots
     from odenets.analysis.robustness_results import ensemble_gain, load_eval
 
     gains = ensemble_gain(
@@ -216,6 +218,7 @@ def ensemble_gain_figure(
 
 def robustness_curves_figure(eval_paths: Sequence[str | Path], out_dir: str | Path, **_):
     """Accuracy against ε per attack and against severity per noise, per evaluation."""
+    from odenets.analysis import plots
     from odenets.analysis.robustness_results import load_eval, robustness_curves
 
     curves = robustness_curves([load_eval(p) for p in eval_paths])
@@ -236,6 +239,7 @@ def depth_figure(
     **_,
 ) -> list[Path]:
     """Per-image depth of each NAIS run: histogram, per class, extreme images."""
+    from odenets.analysis import plots, plots_nais
     from odenets.analysis.depth import measure_depth
     from odenets.analysis.depth_stats import depth_summary
 
@@ -274,6 +278,7 @@ def dynamics_figure(
     **_,
 ) -> list[Path]:
     """The poster's 1-D tanh block, and (given NAIS runs) a trained block's state changes."""
+    from odenets.analysis import plots, plots_nais
     from odenets.analysis.dynamics import nais_state_differences, one_d_dynamics
 
     trained = None
@@ -301,6 +306,7 @@ def stability_figure(
     **_,
 ) -> list[Path]:
     """Per-block stage-Jacobian spectral radius (NAIS) or block-Jacobian norm (ResNets)."""
+    from odenets.analysis import plots, plots_nais
     from odenets.analysis.jacobian import stability_per_block
 
     data = load_test_images(run_dirs, data_root=data_root, limit=limit, seed=seed)
