@@ -321,3 +321,18 @@ def test_trained_style_nais_block_state_changes_decay_and_match_the_forward():
     with torch.no_grad():
         moved = block(u).flatten(1).norm(dim=1).numpy()  # x(0) = 0 for naisnet10
     assert np.all(moved <= diffs[:, :10].sum(axis=1) * (1 + 1e-5))
+
+
+def test_ensemble_gain_uses_the_metrics_every_evaluation_holds_and_curves_add_worst_case():
+    from odenets.analysis.robustness_results import available_metrics
+
+    single = _eval("m", False, 0.9, 0.5, [("fgsm", 8, 0.3), ("pgd", 8, 0.1)])
+    ensemble = _eval("m", True, 0.95, 0.6, [("fgsm", 8, 0.4), ("pgd", 8, 0.2)])
+    single["noise"] = None
+    single["worst_case"] = [{"eps_255": 8.0, "threat_model": "pixel", "accuracy": 0.05}]
+    assert available_metrics([single, ensemble]) == ["clean", "fgsm", "pgd"]
+    gain = ensemble_gain([single, ensemble])["m"]
+    assert gain["metrics"] == ["clean", "fgsm", "pgd"]
+    np.testing.assert_allclose(gain["gain"], [0.05, 0.1, 0.1], atol=1e-12)
+    worst = robustness_curves([single])["m"]["attacks"]["worst case (pixel)"]
+    np.testing.assert_array_equal(worst["accuracy"], [0.9, 0.05])

@@ -90,9 +90,35 @@ def paper_metrics(
     return np.array(values, dtype=np.float64)
 
 
+def available_metrics(
+    evals: Sequence[Mapping], *, eps_255: float = 8.0, threat_model: str = "pixel"
+) -> list[str]:
+    """The paper's columns present in every evaluation (clean always; noise if evaluated;
+    each attack if run at `eps_255` under `threat_model`)."""
+    present = []
+    for metric in PAPER_METRICS:
+        if metric == "clean":
+            ok = True
+        elif metric == "noise":
+            ok = all(ev.get("noise") for ev in evals)
+        else:
+            ok = all(
+                any(
+                    a["name"] == metric
+                    and a.get("threat_model", "pixel") == threat_model
+                    and math.isclose(float(a["eps_255"]), eps_255, abs_tol=1e-6)
+                    for a in ev.get("attacks", [])
+                )
+                for ev in evals
+            )
+        if ok:
+            present.append(metric)
+    return present
+
+
 def ensemble_gain(
     evals: Sequence[Mapping],
-    metrics: Sequence[str] = PAPER_METRICS,
+    metrics: Sequence[str] | None = None,
     *,
     eps_255: float = 8.0,
     threat_model: str = "pixel",
@@ -100,12 +126,15 @@ def ensemble_gain(
     """Ensemble accuracy minus mean single-model accuracy, per model family and metric.
 
     Evaluations are grouped by model name; each group needs at least one single-model and
-    one ensemble evaluation (the paper's Figure 2 uses 5 seeds).
+    one ensemble evaluation (the paper's Figure 2 uses 5 seeds). `metrics` defaults to the
+    paper's columns that every evaluation holds (`available_metrics`).
 
     Returns:
         ``{model_name: {"metrics": list, "single_mean": (M,), "single_std": (M,),
         "ensemble": (M,), "gain": (M,), "n_single": int}}``, accuracies as fractions.
     """
+    if metrics is None:
+        metrics = available_metrics(evals, eps_255=eps_255, threat_model=threat_model)
     groups: dict[str, dict[str, list]] = {}
     for ev in evals:
         name = "+".join(sorted(set(ev["models"])))
@@ -138,7 +167,7 @@ def robustness_curves(evals: Sequence[Mapping]) -> dict[str, dict]:
         "accuracy": (E,)}, ...}, "noise": {"gaussian": {"severity": (5,),
         "accuracy": (5,)}, ...}}}`` with one label per evaluation (see `eval_label`;
         repeated labels get " #2", " #3"), ε sorted increasingly, ε = 0 prepended with the
-        clean accuracy.
+        clean accuracy; the worst case over attacks appears as "worst case (pixel)".
     """
     result: dict[str, dict] = {}
     for ev in evals:
@@ -155,6 +184,11 @@ def robustness_curves(evals: Sequence[Mapping]) -> dict[str, dict]:
             curve = attacks.setdefault(key, {"eps_255": [0.0], "accuracy": [clean]})
             curve["eps_255"].append(float(a["eps_255"]))
             curve["accuracy"].append(float(a["accuracy"]))
+        for w in ev.get("worst_case") or []:
+            key = f"worst case ({w.get('threat_model', 'pixel')})"
+            curve = attacks.setdefault(key, {"eps_255": [0.0], "accuracy": [clean]})
+            curve["eps_255"].append(float(w["eps_255"]))
+            curve["accuracy"].append(float(w["accuracy"]))
         for curve in attacks.values():
             order = np.argsort(curve["eps_255"], kind="stable")
             curve["eps_255"] = np.asarray(curve["eps_255"])[order]
