@@ -164,6 +164,20 @@ def test_filter_normalized_direction_matches_filter_norms():
     assert n_checked >= 20
 
 
+def test_filter_normalized_direction_of_stacked_nais_weights():
+    model = odenets.create_model("naisnet10", num_classes=4, in_chans=1)
+    dirs = filter_normalized_direction(model, generator=torch.Generator().manual_seed(0))
+    named = dict(model.named_parameters())
+    for (name, p), d in zip(named.items(), dirs, strict=True):
+        w = p.detach()
+        if name.endswith(("bias", "delta")) or w.dim() == 1:
+            assert torch.count_nonzero(d) == 0, name
+        elif name.endswith("a_weight"):  # (S, out, in, k, k): one filter per (step, out)
+            torch.testing.assert_close(
+                d.flatten(2).norm(dim=2), w.flatten(2).norm(dim=2), rtol=1e-5, atol=1e-7
+            )
+
+
 def test_weight_landscape_restores_weights_bitwise_and_origin_is_the_loss():
     model = _tiny("in_resnet20")
     images, labels = _batch()

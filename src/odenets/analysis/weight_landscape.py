@@ -1,11 +1,13 @@
 """Loss landscape in weight space with filter-normalised directions (Li et al., NeurIPS 2018).
 
-A random Gaussian direction d has one entry per weight. Each filter of d (a slice along
-dimension 0 of a weight tensor: an output channel of a convolution, a row of a linear
-layer) is rescaled to the norm of the same filter of the weights, so that the scale
-invariance of ReLU networks does not distort the picture. Parameters with at most one
-dimension (biases, BatchNorm weights and biases, interpolation coefficients, per-channel
-scalars) get a zero direction: they are left unperturbed, as Li et al. recommend.
+A random Gaussian direction d has one entry per weight. Each filter of d is rescaled to
+the norm of the same filter of the weights, so that the scale invariance of ReLU networks
+does not distort the picture. A filter is a slice along dimension 0 of a 2-D or 4-D weight
+(a row of a linear layer, an output channel of a convolution) and along dimensions 0 and 1
+of a 3-D or 5-D per-step stack (S, out, ...) of NAIS-Net weights. Biases (names ending in
+"bias") and parameters with at most one dimension larger than 1 (BatchNorm weights,
+interpolation coefficients, per-channel scalars such as NAIS-Net's δ) get a zero
+direction: they are left unperturbed, as Li et al. recommend.
 The loss is computed in eval mode, and the weights are restored bitwise afterwards.
 """
 
@@ -30,24 +32,35 @@ def filter_normalized_direction(
             parameter shapes, not on the device.
 
     Returns:
-        Tensors shaped and placed like the parameters; for a parameter w with more than one
-        dimension, ‖d[i]‖ = ‖w[i]‖ for every filter i (zero filters stay zero); zero for
-        parameters with at most one dimension.
+        Tensors shaped and placed like the parameters: ‖d_f‖ = ‖w_f‖ for every filter f of
+        a weight (zero filters stay zero), zero for biases and per-channel vectors (see
+        the module notes).
     """
     directions = []
-    for p in model.parameters():
+    for name, p in model.named_parameters():
         w = p.detach()
-        if w.dim() <= 1:
+        if not perturbed(name, w):
             directions.append(torch.zeros_like(w))
             continue
         d = torch.randn(w.shape, generator=generator, dtype=torch.float64)
-        w64 = w.double().cpu()
-        d_norm = d.flatten(1).norm(dim=1)  # (filters,)
-        w_norm = w64.flatten(1).norm(dim=1)
-        scale = w_norm / d_norm.clamp_min(torch.finfo(torch.float64).tiny)
-        d = d * scale.view(-1, *([1] * (w.dim() - 1)))
+        lead = filter_dims(w)
+        d_f = d.flatten(lead)  # (filters..., rest)
+        w_f = w.double().cpu().flatten(lead)
+        scale = w_f.norm(dim=-1) / d_f.norm(dim=-1).clamp_min(torch.finfo(torch.float64).tiny)
+        d = (d_f * scale.unsqueeze(-1)).view(w.shape)
         directions.append(d.to(device=w.device, dtype=w.dtype))
     return directions
+
+
+def perturbed(name: str, w: torch.Tensor) -> bool:
+    """Whether a parameter gets a random direction: weights yes, biases and vectors no."""
+    return not name.endswith("bias") and sum(size > 1 for size in w.shape) > 1
+
+
+def filter_dims(w: torch.Tensor) -> int:
+    """Leading dimensions that index filters: 1 for (out, ...) weights, 2 for per-step
+    stacks (S, out, ...) (3-D fully connected or 5-D convolutional NAIS-Net weights)."""
+    return 2 if w.dim() in (3, 5) else 1
 
 
 def weight_landscape(
