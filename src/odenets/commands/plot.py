@@ -19,7 +19,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out", default="figures", help="output folder (default: figures)")
     p.add_argument("--data-root", default=None, help="override the runs' data folder")
-    p.add_argument("--limit", type=int, default=None, help="test images used (seeded subset)")
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="test images used, a seeded subset (default: 256; stability 32, dynamics 8)",
+    )
     p.add_argument("--seed", type=int, default=0, help="image subset, noise and directions")
     p.add_argument("--noise", default="gaussian", help="input-landscape noise, or 'none'")
     p.add_argument("--severity", type=int, default=3, help="input-landscape noise severity 1-5")
@@ -34,7 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=30, help="dynamics: unrolled steps")
     p.add_argument("--block", type=int, default=1, help="dynamics: NAIS block number (from 1)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:N")
-    p.add_argument("--iters", type=int, default=30, help="stability: power iterations")
+    p.add_argument(
+        "--iters", type=int, default=30, help="stability: power iterations (ResNet blocks)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
