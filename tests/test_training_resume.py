@@ -99,6 +99,11 @@ def _wait_for(predicate, proc, timeout=120.0) -> bool:
     return False
 
 
+def _checkpoint_epoch(out: Path) -> int:
+    """Epoch of the run's last checkpoint; -1 before the first one is written."""
+    return read_json(out / "last.json")["epoch"] if (out / "last.json").exists() else -1
+
+
 @pytest.mark.slow
 def test_sigkill_and_resume_give_identical_weights(tmp_path, digits_folder, script):
     epochs = 12
@@ -122,25 +127,20 @@ def test_sigkill_and_resume_give_identical_weights(tmp_path, digits_folder, scri
     ]
     rng = np.random.default_rng(5)
     epoch_time = float(np.median([m["time_s"] for m in reference.metrics]))
-    # Kill once while starting up, then after 3 and 7 finished epochs, each time a random
-    # fraction of an epoch later (inside a training step, an evaluation or a checkpoint write).
+    # Kill once soon after start-up, then after the checkpoints of epochs 3 and 7, each time
+    # a random fraction of an epoch later (in a training step, an evaluation or a write).
     resumed_from = []
     for target in (0, 3, 7):
         proc = subprocess.Popen(
             args, env=_child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
-        reached = _wait_for(
-            lambda t=target: (
-                (out / "metrics.jsonl").exists() and len(read_jsonl(out / "metrics.jsonl")) >= t
-            ),
-            proc,
-        )
+        reached = _wait_for(lambda t=target: _checkpoint_epoch(out) >= t, proc)
         assert reached, proc.stderr.read().decode()
         time.sleep(float(rng.uniform(0.0, 1.5 * epoch_time)))
         proc.send_signal(signal.SIGKILL)
         assert proc.wait() == -signal.SIGKILL  # it was still running when killed
         proc.stderr.close()
-        resumed_from.append(read_json(out / "last.json")["epoch"])
+        resumed_from.append(_checkpoint_epoch(out))
     assert resumed_from == sorted(resumed_from) and resumed_from[-1] >= 7
     done = subprocess.run(args, env=_child_env(), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
