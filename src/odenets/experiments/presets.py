@@ -47,6 +47,7 @@ class Row:
     quick_model: str = ""  # registry name at quick scale ("" = same as model)
     kwargs: dict[str, Any] = field(default_factory=dict)  # create_model overrides
     ensemble_of: str = ""  # row key whose seeds form the ensemble
+    label: str = ""  # name shown in reports when the paper table has none for this row
 
     def model_for(self, scale: str) -> str:
         return (self.quick_model or self.model) if scale == "quick" else self.model

@@ -171,7 +171,9 @@ def table_rows(manifest: dict[str, Any], runs: Sequence[RunRecord]) -> list[Tabl
     for job in manifest["jobs"]:
         key = (job["dataset"], job["row"])
         if key not in by_key:
-            label = table.row_label(job["row"]) if table else job["row"]
+            label = job.get("label") or job["row"]
+            if table and job["row"] in table.labels:
+                label = table.row_label(job["row"])
             by_key[key] = TableRow(
                 dataset=job["dataset"],
                 paper_dataset=job["paper_dataset"],
@@ -377,6 +379,16 @@ def render_markdown(report: Report) -> str:
         out.append("## Figures\n")
         for title, rel in report.figures:
             out.append(f"**{title}**\n\n![{title}]({rel})\n")
+    failed = failed_checks(report.mine or report.loose)
+    if failed:
+        out.append("## Sanity checks that failed\n")
+        out.append(
+            "Each evaluation runs sanity checks (attacks never above clean accuracy, multi-step "
+            "attacks not weaker than FGSM, accuracy falling with ε, ~0% at ε = 1, finite "
+            "gradients); these did not pass, so read the numbers concerned with care:\n"
+        )
+        out += [f"- `{run}`: {name}: {detail}" for run, name, detail in failed]
+        out.append("")
     if report.mine:
         out.append("## Every run\n")
         out.append(runs_markdown(report.mine, report.metrics) + "\n")
@@ -393,6 +405,17 @@ def render_markdown(report: Report) -> str:
     for note in report.notes:
         out.append(f"> {note}\n")
     return "\n".join(out)
+
+
+def failed_checks(runs: Sequence[RunRecord]) -> list[tuple[str, str, str]]:
+    """(run name, check name, detail) of every sanity check of eval.json that failed."""
+    return [
+        (r.name, c["name"], c.get("detail", ""))
+        for r in runs
+        if r.evaluation
+        for c in r.evaluation.get("checks", [])
+        if not c.get("ok", True)
+    ]
 
 
 CSV_FIELDS = (

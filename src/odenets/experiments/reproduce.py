@@ -50,6 +50,7 @@ class Job:
     model: str  # registry name ("" for an ensemble)
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     members: tuple[str, ...] = ()  # ensemble: names of the member runs
+    label: str = ""  # the row's display name, where the preset gives one
 
     @property
     def is_ensemble(self) -> bool:
@@ -139,6 +140,7 @@ def expand_jobs(grid: Grid) -> list[Job]:
                         seed=seed,
                         model=row.model_for(grid.scale),
                         model_kwargs=dict(row.kwargs),
+                        label=row.label,
                     )
                 )
     for row, dataset, paper, members in ensembles:
@@ -151,6 +153,7 @@ def expand_jobs(grid: Grid) -> list[Job]:
                 seed=None,
                 model="",
                 members=members,
+                label=row.label,
             )
         )
     return [Job(index=i, **spec) for i, spec in enumerate(jobs)]
@@ -281,39 +284,67 @@ def train_job(grid: Grid, job: Job, folder: Path) -> None:
         log.warning("run %s diverged: %s", job.name, err)
 
 
-def evaluate_argv(grid: Grid, job: Job, out: Path) -> list[str]:
-    """The `odenets evaluate` command line of a job (one run, or the members of an ensemble)."""
-    ev = grid.eval_settings
-    folder = out / RUNS / job.name
-    runs = [str(out / RUNS / m) for m in job.members] if job.is_ensemble else [str(folder)]
-    argv = ["evaluate", *runs, "--out", str(folder / "eval.json"), "--seed", "0"]
-    if ev.attacks:
-        argv += ["--attacks", ",".join(ev.attacks), "--eps", ",".join(_fmt(e) for e in ev.eps)]
-        argv += ["--threat-model", ev.threat_model]
-        if ev.steps:
-            argv += ["--steps", str(ev.steps)]
-    else:
-        argv += ["--attacks", "none"]
-    if ev.noise:
-        argv.append("--noise")
-        if grid.noise_root is not None:
-            argv += ["--noise-root", str(grid.noise_root)]
-    if ev.limit:
-        argv += ["--limit", str(ev.limit)]
-    return argv
+def evaluate_run(
+    run_dirs: Sequence[str | Path],
+    settings,
+    *,
+    data_root: str | None = None,
+    noise_root: str | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Evaluate one run, or several as an ensemble, as `odenets evaluate` does, with the
+    preset's settings (attack steps included); returns the eval.json dictionary.
 
+    The test subset (`settings.limit`) is the same seeded subset `odenets evaluate --limit`
+    takes, so results agree with the command.
+    """
+    import numpy as np
+    import torch
 
-def _fmt(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else str(x)
+    from odenets.data import load_dataset
+    from odenets.robustness import evaluate
+    from odenets.training import load_run, read_run
+
+    dataset = read_run(run_dirs[0]).config["dataset"]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    models = [load_run(p, device=device) for p in run_dirs]
+    root = data_root if data_root is not None and dataset["name"] != "digits" else None
+    test = load_dataset(dataset["name"], root=root or dataset.get("root"), split="test")
+    order = np.arange(len(test.labels))
+    if settings.limit and settings.limit < len(order):
+        order = np.sort(np.random.default_rng(seed).permutation(len(order))[: settings.limit])
+    images = torch.from_numpy(test.images[order]).permute(0, 3, 1, 2).float() / 255  # (N,C,H,W)
+    labels = torch.from_numpy(test.labels[order])
+    steps = {"steps": settings.steps} if settings.steps else {}
+    noise = ("official" if noise_root else "generated") if settings.noise else None
+    return evaluate(
+        models,
+        images,
+        labels,
+        attacks=list(settings.attacks),
+        eps_list=[e / 255 for e in settings.eps],
+        threat_model=settings.threat_model,
+        noise=noise,
+        noise_root=noise_root,
+        attack_options={a: steps for a in settings.attacks if a in ("ifgsm", "pgd")},
+        seed=seed,
+        indices=torch.from_numpy(order),
+        info={"runs": [str(p) for p in run_dirs], "dataset": dataset["name"], "split": "test"},
+        progress=sys.stderr.isatty(),
+    )
 
 
 def evaluate_job(grid: Grid, job: Job, out: Path) -> None:
-    """Evaluate one run (or an ensemble) into its eval.json through `odenets evaluate`."""
-    from odenets.cli import main
-
-    code = main(evaluate_argv(grid, job, out))
-    if code != 0 or not (out / RUNS / job.name / "eval.json").exists():
-        raise OdenetsError(f"evaluation of job {job.index} ({job.name}) failed (exit {code})")
+    """Evaluate one run (or an ensemble) of the grid into its eval.json."""
+    folder = out / RUNS / job.name
+    members = job.members if job.is_ensemble else (job.name,)
+    result = evaluate_run(
+        [out / RUNS / m for m in members],
+        grid.eval_settings,
+        data_root=grid.data_root,
+        noise_root=grid.noise_root if grid.eval_settings.noise else None,
+    )
+    write_json_atomic(folder / "eval.json", result)
 
 
 def run_job(grid: Grid, out: str | Path, job: Job) -> str:
