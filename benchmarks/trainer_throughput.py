@@ -34,6 +34,7 @@ def images_per_second(name: str, args: argparse.Namespace, device: torch.device)
     ctx = StepContext(
         model=model,
         net=net,
+        eval_net=net,
         optimizer=optimizer,
         device=device,
         amp=args.amp,

@@ -389,3 +389,12 @@ def test_progress_bar_and_log_lines(tmp_path, capsys, caplog):
     assert "epoch 1/1" in capsys.readouterr().err  # the tqdm bar (images/s, loss, acc)
     lines = [r.getMessage() for r in caplog.records if r.name == "odenets.training"]
     assert len(lines) == 1 and lines[0].startswith("epoch 1/1") and "test_acc" in lines[0]
+
+
+@pytest.mark.gpu
+def test_cuda_fast_path_defaults_learn(tmp_path):
+    info = fit(tiny_config(tmp_path, epochs=3, device="cuda"))
+    train = info.config["train"]
+    assert train["amp"] and train["channels_last"] and train["compile"]
+    assert not train["deterministic"]
+    assert info.summary["final_test_acc"] > 0.8

@@ -54,7 +54,6 @@ from odenets.training.state import (
 logger = logging.getLogger("odenets.training")
 
 
-
 def pick_device(name: str) -> torch.device:
     """ "auto" -> cuda when available, else cpu; anything else is passed to torch.device."""
     if name == "auto":
@@ -118,10 +117,10 @@ def _fit(cfg: TrainConfig, run_dir: Path, device: torch.device, dist: DistContex
     progress = start_run(cfg, run_dir, header, model, optimizer, dist)
     if progress["epoch"] >= cfg.epochs and (run_dir / FINAL_WEIGHTS).is_file():
         return read_run(run_dir)
-    net = _wrap(model, cfg, device, dist)
     ctx = StepContext(
         model=model,
-        net=net,
+        net=_wrap(model, cfg, device, dist),
+        eval_net=torch.compile(model) if cfg.compile else model,
         optimizer=optimizer,
         device=device,
         amp=cfg.amp,
@@ -188,6 +187,7 @@ def _epoch_record(cfg, ctx, loaders, data, epoch, lr, stats) -> dict[str, Any]:
                 amp=ctx.amp,
                 dist=ctx.dist,
                 total=data[f"n_{split}"],
+                forward=ctx.eval_net,
             )
             record[f"{split}_loss"] = evals[split]["loss"]
             record[f"{split}_acc"] = evals[split]["acc"]

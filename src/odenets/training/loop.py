@@ -27,6 +27,7 @@ class StepContext:
 
     model: nn.Module  # the plain model: state_dict, project_(), metrics
     net: nn.Module  # what runs the forward: the model, DDP-wrapped and/or compiled
+    eval_net: nn.Module  # the evaluation forward: the model, compiled when `compile` is on
     optimizer: torch.optim.Optimizer
     device: torch.device
     amp: bool  # bf16 autocast
@@ -118,6 +119,7 @@ def evaluate(
     amp: bool,
     dist: DistContext,
     total: int,
+    forward: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Mean loss and accuracy of `model` (eval mode) over `batches` (this rank's share).
 
@@ -126,12 +128,13 @@ def evaluate(
         for networks that report unrolled depth (NAIS-Net).
     """
     model.eval()
+    forward = forward if forward is not None else model
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     depth_sum, depth_max, depth_n = 0.0, 0.0, 0
     for images, labels in batches:
         with autocast(device, amp):
-            logits = model(images)
+            logits = forward(images)
         loss_sum += torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
         correct += (logits.argmax(1) == labels).sum()
         stats = model.depth_stats() if hasattr(model, "depth_stats") else {}
