@@ -89,6 +89,11 @@ def create_attack(
         if eps is None:
             raise ValueError(f"attack {name!r} needs eps (a float in [0, 1], e.g. 8/255)")
         return cls(eps=eps, threat_model=threat_model, seed=seed, **kwargs)
+    if eps is not None:
+        raise ValueError(
+            f"{name!r} is a noise perturbation and takes no eps; set its level with "
+            "severity=1..5 (CIFAR-C noises) or sigma= (gaussian)"
+        )
     return cls(seed=seed, **kwargs)
 
 
