@@ -7,6 +7,7 @@ test_training_resume.py.
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 
@@ -398,3 +399,33 @@ def test_cuda_fast_path_defaults_learn(tmp_path):
     assert train["amp"] and train["channels_last"] and train["compile"]
     assert not train["deterministic"]
     assert info.summary["final_test_acc"] > 0.8
+
+
+def test_cpu_sync_batchnorm_matches_batchnorm_in_a_group_of_one(tmp_path):
+    """With one rank the synchronised statistics are the batch's own: outputs, gradients
+    and running statistics equal nn.BatchNorm2d's."""
+    import torch.distributed as dist
+
+    from odenets.training.distributed import convert_sync_batchnorm
+
+    torch.manual_seed(1)
+    plain = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    synced = convert_sync_batchnorm(copy.deepcopy(plain), "cpu")
+    assert type(synced[1]).__name__ == "CpuSyncBatchNorm"
+    x = torch.randn(6, 3, 7, 7)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        outputs = []
+        for net in (plain, synced):
+            y = net(x)
+            (y * torch.arange(y.numel()).view_as(y).sin()).sum().backward()
+            outputs.append((y, [p.grad for p in net.parameters()], net[1].running_var))
+    finally:
+        dist.destroy_process_group()
+    (y0, g0, v0), (y1, g1, v1) = outputs
+    torch.testing.assert_close(y1, y0, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(v1, v0, rtol=1e-5, atol=1e-6)
+    for a, b in zip(g0, g1, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)

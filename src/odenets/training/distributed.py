@@ -71,30 +71,36 @@ def barrier(ctx: DistContext) -> None:
         dist.barrier()
 
 
-def broadcast_flag(flag: bool, ctx: DistContext) -> bool:
-    """True on every rank if `flag` is True on rank 0 (used to share rank 0's failures)."""
-    if not ctx.enabled:
-        return flag
-    t = torch.tensor([int(flag)], dtype=torch.int64)
-    if dist.get_backend() == "nccl":
-        t = t.cuda()
-    dist.broadcast(t, src=0)
-    return bool(t.item())
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks whose gradient is the sum over ranks of the incoming gradients."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        out = tensor.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
 
 
 class CpuSyncBatchNorm(nn.BatchNorm2d):
     """BatchNorm2d whose training statistics cover the global batch over all ranks.
 
     For CPU (gloo) jobs, where torch's SyncBatchNorm is not available. The all-reduce is
-    differentiable (torch.distributed.nn), so gradients flow through the shared statistics.
+    differentiable, so gradients flow through the shared statistics.
     Mean and variance are computed in two passes, as a single process does.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_available() and dist.is_initialized()):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
+        all_reduce = _AllReduceSum.apply
+        dtype = x.dtype
+        x = x.float()  # statistics in float32, also under bf16 autocast
         c = x.shape[1]
         count = torch.tensor([x.numel() // c], dtype=x.dtype, device=x.device)
         # (2C + 1,): per-channel sums and the element count, summed over ranks in one call.
@@ -117,7 +123,7 @@ class CpuSyncBatchNorm(nn.BatchNorm2d):
         y = centred * torch.rsqrt(var + self.eps).view(1, c, 1, 1)
         if self.affine:
             y = y * self.weight.view(1, c, 1, 1) + self.bias.view(1, c, 1, 1)
-        return y
+        return y.to(dtype)
 
 
 def convert_sync_batchnorm(model: nn.Module, device_type: str) -> nn.Module:
