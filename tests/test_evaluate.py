@@ -251,3 +251,35 @@ def test_cli_rejects_eps_in_pixel_levels_above_255(run_dir, capsys):
 
     assert main(["evaluate", str(run_dir), "--eps", "300", "--out", "unused.json"]) == 1
     assert "eps must be in [0, 1]" in capsys.readouterr().err
+
+
+def _write_cifar_c(root, images, labels):
+    """Fake official files: severity s holds the clean images darkened by 10·(s-1) levels."""
+    import numpy as np
+
+    sev = [np.clip(images.astype(int) - 10 * s, 0, 255).astype(np.uint8) for s in range(5)]
+    for name in ("gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise"):
+        np.save(root / f"{name}.npy", np.concatenate(sev))
+    np.save(root / "labels.npy", np.tile(labels, 5))
+
+
+def test_official_noise_files_are_indexed_by_sample(tmp_path):
+    from odenets.data import load_digits
+    from odenets.errors import DataError
+
+    images, labels = load_digits(split="test")
+    _write_cifar_c(tmp_path, images, labels)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    y = torch.from_numpy(labels)
+    idx = torch.arange(100, 160)  # a slice of the test set, as a shard would be
+    res = evaluate(
+        _trained(), x[idx], y[idx], attacks=[], noise="official", noise_root=tmp_path,
+        indices=idx,
+    )  # fmt: skip
+    per = res["noise"]["per_corruption"]
+    assert res["noise"]["source"] == "official"
+    assert per["gaussian"]["1"] == res["clean"]  # severity 1 of the fake files is clean
+    assert per["gaussian"] == per["speckle"]
+    with pytest.raises(DataError, match="differ from the test labels"):
+        evaluate(_trained(), x[:60], (y[:60] + 1) % 10, attacks=[], noise="official",
+                 noise_root=tmp_path)  # fmt: skip
