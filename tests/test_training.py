@@ -44,6 +44,8 @@ class TinyNet(OdeNet):
     family = "tiny"
     depth = 2
     project_calls = 0
+    calls = 0  # forward passes, to simulate a crash at a chosen one
+    crash_at = None
 
     def __init__(self, *, num_classes=10, in_chans=1, width=8):
         super().__init__(in_chans=in_chans, mean=(0.5,), std=(0.25,))
@@ -53,6 +55,9 @@ class TinyNet(OdeNet):
         self.fc = nn.Linear(width * 16, num_classes)
 
     def forward_features(self, x):
+        TinyNet.calls += 1
+        if TinyNet.calls == TinyNet.crash_at:
+            raise RuntimeError("simulated crash")
         x = F.adaptive_avg_pool2d(F.relu(self.bn(self.conv(x))), 4)  # (N, width, 4, 4)
         return x.flatten(1) * (1 + self.lam)
 
@@ -429,3 +434,23 @@ def test_cpu_sync_batchnorm_matches_batchnorm_in_a_group_of_one(tmp_path):
     torch.testing.assert_close(v1, v0, rtol=1e-5, atol=1e-6)
     for a, b in zip(g0, g1, strict=True):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+
+
+def test_crash_inside_an_epoch_resumes_from_the_mid_epoch_checkpoint(tmp_path):
+    cls = type(odenets.create_model("tiny_net", in_chans=1))
+    reference = fit(tiny_config(tmp_path / "ref", epochs=2, checkpoint_steps=5))
+    # 23 training steps and one evaluation batch per epoch: crash in step 13 of epoch 2.
+    cls.calls, cls.crash_at = 0, 24 + 13
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(tiny_config(tmp_path, epochs=2, checkpoint_steps=5))
+    cls.crash_at = None
+    state = read_json(tmp_path / "run" / "last.json")
+    assert state["epoch"] == 1 and state["partial_epoch"]["step"] == 10
+    assert state["global_step"] == 23 + 10
+    info = fit(tiny_config(tmp_path, epochs=2, checkpoint_steps=5, resume=True))
+    final = load_safetensors(info.path / "final.safetensors")[0]
+    expected = load_safetensors(reference.path / "final.safetensors")[0]
+    assert all(torch.equal(final[k], expected[k]) for k in expected)
+    for got, want in zip(info.metrics, reference.metrics, strict=True):
+        assert got["train_loss"] == want["train_loss"] and got["train_acc"] == want["train_acc"]
+        assert got["test_acc"] == want["test_acc"]

@@ -123,7 +123,9 @@ def test_sigkill_and_resume_give_identical_weights(tmp_path, digits_folder, scri
     args = [
         sys.executable,
         str(script),
-        *_tiny_args(out, digits_folder, "--epochs", str(epochs), "--resume"),
+        *_tiny_args(
+            out, digits_folder, "--epochs", str(epochs), "--resume", "--checkpoint-steps", "6"
+        ),
     ]
     rng = np.random.default_rng(5)
     epoch_time = float(np.median([m["time_s"] for m in reference.metrics]))

@@ -81,6 +81,7 @@ class TrainConfig:
     channels_last: bool | None = None  # NHWC memory format for convolutions
     compile: bool | None = None  # torch.compile the training forward
     eval_batch_size: int = 1000  # batch of the per-epoch test evaluation (no gradients)
+    checkpoint_steps: int | None = None  # also save last.* every N steps; None: CPU 200, CUDA 0
 
     # --- output ----------------------------------------------------------------------------
     progress: bool | None = None  # a tqdm bar per epoch; None: when stderr is a terminal
@@ -173,6 +174,9 @@ def resolve_config(config: TrainConfig, *, device_type: str) -> TrainConfig:
     for key in ("amp", "channels_last", "compile"):
         if values[key] is None:
             values[key] = on_cuda
+    if values["checkpoint_steps"] is None:
+        # Long CPU epochs lose little to a kill; on CUDA an epoch takes seconds.
+        values["checkpoint_steps"] = 0 if on_cuda else 200
     if values["deterministic"] is None:
         values["deterministic"] = not on_cuda
     values["milestones"] = resolve_milestones(values["milestones"], values["epochs"])
@@ -192,6 +196,7 @@ def _check(c: TrainConfig) -> None:
         (c.weight_decay >= 0, f"weight_decay must be >= 0; got {c.weight_decay}"),
         (c.gamma > 0, f"gamma must be > 0; got {c.gamma}"),
         (c.pad >= 0, f"pad must be >= 0; got {c.pad}"),
+        (c.checkpoint_steps >= 0, f"checkpoint_steps must be >= 0; got {c.checkpoint_steps}"),
         (0.0 <= c.val_fraction < 1.0, f"val_fraction must be in [0, 1); got {c.val_fraction}"),
         (c.select in SELECT, f"select must be one of {', '.join(SELECT)}; got {c.select!r}"),
         (

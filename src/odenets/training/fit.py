@@ -136,33 +136,43 @@ def _train(cfg, run_dir, ctx, data, progress, header) -> None:
     loaders = make_loaders(cfg, data, ctx.device, dist)
     wall0 = time.perf_counter() - progress["wall_time_s"]
     epoch = progress["epoch"]
+    num_batches = len(loaders["train"])
     try:
         for epoch in range(progress["epoch"] + 1, cfg.epochs + 1):
             t0 = time.perf_counter()
             lr = lr_at(cfg, epoch)
             bar = _bar(cfg, epoch, loaders["train"].num_samples, dist)
+
+            def save_partial(part, epoch=epoch):
+                progress["global_step"] = (epoch - 1) * num_batches + part.step
+                _mid_epoch_checkpoint(run_dir, ctx, progress, part, header, wall0)
+
             try:
                 stats = train_one_epoch(
                     ctx,
                     loaders["train"].epoch(epoch - 1),
                     epoch=epoch,
                     lr=lr,
-                    num_batches=len(loaders["train"]),
+                    num_batches=num_batches,
                     bar=bar,
+                    start=progress.pop("partial", None),
+                    checkpoint_steps=cfg.checkpoint_steps,
+                    on_checkpoint=save_partial,
                 )
             finally:
                 if bar is not None:
                     bar.close()
             record = _epoch_record(cfg, ctx, loaders, data, epoch, lr, stats)
             record["time_s"] = round(time.perf_counter() - t0, 3)
-            progress["global_step"] += stats["steps"]
+            progress["global_step"] = epoch * num_batches
             _after_epoch(cfg, run_dir, ctx, progress, record, header, wall0)
             logger.info(_epoch_line(record, cfg.epochs))
     except DivergenceError as err:
         checkpoint = run_dir / LAST_WEIGHTS
+        at = progress.get("checkpoint_at", "after epoch 0")
         msg = (
-            f"{err}. The state after epoch {epoch - 1} is kept in {checkpoint}; lower the "
-            "learning rate (or start the coefficients further from non-residual) and retry"
+            f"{err}. The last good state ({at}) is kept in {checkpoint}; lower the learning "
+            "rate (or start the coefficients further from non-residual) and retry"
         )
         if dist.is_main:
             write_summary(run_dir, cfg, progress, "diverged", time.perf_counter() - wall0, msg)
@@ -197,6 +207,21 @@ def _epoch_record(cfg, ctx, loaders, data, epoch, lr, stats) -> dict[str, Any]:
     return record
 
 
+def _mid_epoch_checkpoint(run_dir, ctx, progress, part, header, wall0) -> None:
+    """last.* inside an epoch: the finished epochs plus `part` (rank 0 writes)."""
+    progress["wall_time_s"] = time.perf_counter() - wall0
+    progress["checkpoint_at"] = f"epoch {progress['epoch'] + 1}, step {part.step}"
+    if ctx.dist.is_main:
+        save_train_state(
+            run_dir,
+            model=ctx.model,
+            optimizer=ctx.optimizer,
+            epoch=progress["epoch"],
+            info=state_info(header, progress, progress.get("last_record"), part),
+        )
+    barrier(ctx.dist)
+
+
 def _after_epoch(cfg, run_dir, ctx, progress, record, header, wall0) -> None:
     """Best-weights bookkeeping, metrics line and checkpoint (rank 0 writes)."""
     epoch = record["epoch"]
@@ -211,6 +236,8 @@ def _after_epoch(cfg, run_dir, ctx, progress, record, header, wall0) -> None:
                 metadata=weights_metadata(header, epoch=epoch),
             )
     progress["wall_time_s"] = time.perf_counter() - wall0
+    progress["last_record"] = record
+    progress["checkpoint_at"] = f"after epoch {epoch}"
     if ctx.dist.is_main:
         append_jsonl(run_dir / METRICS, record)
         save_train_state(

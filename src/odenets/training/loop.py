@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,10 +42,36 @@ def autocast(device: torch.device, enabled: bool):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
+@dataclass
+class EpochProgress:
+    """How far an epoch got: steps done and the running sums over all ranks (mid-epoch
+    checkpoints store it; a resumed epoch starts from it)."""
+
+    step: int = 0  # global batches done in this epoch
+    loss_sum: float = 0.0  # summed cross-entropy of those batches
+    correct: int = 0  # correctly classified training images so far
+    seen: int = 0  # training images so far
+
+
 def train_one_epoch(
-    ctx: StepContext, batches, *, epoch: int, lr: float, num_batches: int, bar: Any = None
+    ctx: StepContext,
+    batches,
+    *,
+    epoch: int,
+    lr: float,
+    num_batches: int,
+    bar: Any = None,
+    start: EpochProgress | None = None,
+    checkpoint_steps: int = 0,
+    on_checkpoint: Callable[[EpochProgress], None] | None = None,
 ) -> dict[str, float]:
     """Train for one epoch over `batches` (global batches; this rank takes its shard).
+
+    Args:
+        start: resume inside the epoch: its first `start.step` batches are skipped (the
+            loader regenerates them identically) and its sums carried on.
+        checkpoint_steps, on_checkpoint: call `on_checkpoint(progress)` on every rank after
+            each `checkpoint_steps` steps (not after the last), once the loss is known finite.
 
     Returns:
         {"train_loss": mean cross-entropy, "train_acc": fraction correct, "steps": int}
@@ -57,12 +84,17 @@ def train_one_epoch(
     for group in ctx.optimizer.param_groups:
         group["lr"] = lr
     dev = ctx.device
-    loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
-    correct = torch.zeros((), dtype=torch.int64, device=dev)
+    start = start or EpochProgress()
+    # Rank 0 carries the sums of a resumed epoch; every rank adds its own shard's.
+    carry = ctx.dist.is_main
+    loss_sum = torch.tensor(start.loss_sum if carry else 0.0, dtype=torch.float64, device=dev)
+    correct = torch.tensor(start.correct if carry else 0, dtype=torch.int64, device=dev)
     first_bad = torch.full((), _NO_BAD_STEP, dtype=torch.int64, device=dev)
-    seen = 0
+    seen = start.seen
     project = getattr(ctx.model, "project_", None)
     for step, (images, labels) in enumerate(batches, start=1):
+        if step <= start.step:
+            continue
         global_batch = labels.shape[0]
         if ctx.dist.enabled:
             part = ctx.dist.shard(global_batch)
@@ -84,8 +116,14 @@ def train_one_epoch(
         loss_sum += summed
         correct += (logits.detach().argmax(1) == labels).sum()
         seen += global_batch
-        if step % ctx.check_every == 0 or step == num_batches:
+        save = on_checkpoint is not None and checkpoint_steps > 0
+        save = save and step % checkpoint_steps == 0 and step < num_batches
+        if save or step % ctx.check_every == 0 or step == num_batches:
             _check_finite(first_bad, ctx.dist, epoch=epoch, num_batches=num_batches)
+        if save:
+            totals = all_reduce_sum(torch.stack([loss_sum, correct.double()]), ctx.dist)
+            loss_total, correct_total = totals.tolist()
+            on_checkpoint(EpochProgress(step, loss_total, int(correct_total), seen))
         if bar is not None:
             bar.update(global_batch)
             if step % 20 == 0 or step == num_batches:

@@ -20,6 +20,7 @@ from odenets.checkpoint import (
 )
 from odenets.errors import CheckpointError
 from odenets.training.distributed import barrier
+from odenets.training.loop import EpochProgress
 from odenets.training.runs import CONFIG, METRICS, SUMMARY
 from odenets.training.state import (
     LAST_WEIGHTS,
@@ -29,7 +30,8 @@ from odenets.training.state import (
 )
 
 
-def state_info(header, progress, record) -> dict[str, Any]:
+def state_info(header, progress, record, partial: EpochProgress | None = None) -> dict[str, Any]:
+    """The JSON part of a checkpoint; `partial` for a checkpoint inside an epoch."""
     return {
         "model": header["model"],
         "model_kwargs": header["model_kwargs"],
@@ -42,7 +44,8 @@ def state_info(header, progress, record) -> dict[str, Any]:
         "best_epoch": progress["best_epoch"],
         "best_score": finite_or_none(progress["best_score"]),
         "wall_time_s": progress["wall_time_s"],
-        "metrics": record,
+        "metrics": record,  # of the last finished epoch
+        "partial_epoch": dataclasses.asdict(partial) if partial is not None else None,
     }
 
 
@@ -94,6 +97,13 @@ def start_run(cfg, run_dir, header, model, optimizer, dist) -> dict[str, Any]:
         score = state["best_score"]
         progress["best_score"] = score if score is not None else -math.inf
         progress["epoch"] = state["epoch"]
+        progress["last_record"] = state.get("metrics")
+        partial = state.get("partial_epoch")
+        progress["partial"] = EpochProgress(**partial) if partial else None
+        e = state["epoch"]
+        progress["checkpoint_at"] = (
+            f"epoch {e + 1}, step {partial['step']}" if partial else f"after epoch {e}"
+        )
         barrier(dist)  # every rank has read last.* before rank 0 rewrites metrics
         if dist.is_main:
             write_json_atomic(run_dir / CONFIG, header)
@@ -138,7 +148,7 @@ def _check_same_run(state: dict[str, Any], header: dict[str, Any], run_dir: Path
                 f"but this run asks for {new[key]!r}. Use another --out folder."
             )
     old, new = state.get("train", {}), header["train"]
-    skip = {"resume", "progress", "device", "epochs", "out"}
+    skip = {"resume", "progress", "device", "epochs", "out", "checkpoint_steps"}
     changed = sorted(k for k in new if k not in skip and old.get(k) != new[k])
     if changed:
         warnings.warn(
