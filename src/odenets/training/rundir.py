@@ -148,6 +148,11 @@ def _check_same_run(state: dict[str, Any], header: dict[str, Any], run_dir: Path
                 f"but this run asks for {new[key]!r}. Use another --out folder."
             )
     old, new = state.get("train", {}), header["train"]
+    if state.get("partial_epoch") and old.get("batch_size") != new["batch_size"]:
+        raise CheckpointError(
+            f"cannot resume {run_dir} inside epoch {state['epoch'] + 1} with batch_size "
+            f"{new['batch_size']}: the checkpoint counts steps of batch {old.get('batch_size')}"
+        )
     skip = {"resume", "progress", "device", "epochs", "out", "checkpoint_steps"}
     changed = sorted(k for k in new if k not in skip and old.get(k) != new[k])
     if changed:
