@@ -263,13 +263,16 @@ def test_cli_flags_map_to_fields_and_resume_reads_the_run(tmp_path, capsys):
         ]
     )
     assert rc == 0
-    assert "finished: 1/1 epochs" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "finished: 1/1 epochs" in captured.out
+    assert captured.err.count("epoch 1/1") == 1  # one log line per epoch, no bar off a tty
     train = read_json(out / "config.json")["train"]
     assert train["model_kwargs"] == {"width": 4} and train["batch_size"] == 32
     assert (train["lr"], train["weight_decay"], train["seed"]) == (0.05, 0.0, 3)
     assert train["augment"] is False and train["milestones"] == [1]
     # --resume with only --out and --epochs: the rest comes from the stored run.
     assert main(["train", "--out", str(out), "--resume", "--epochs", "2"]) == 0
+    assert capsys.readouterr().err.count("epoch 2/2") == 1  # the handler is not doubled
     info = read_run(out)
     assert info.config["train"]["batch_size"] == 32 and len(info.metrics) == 2
 

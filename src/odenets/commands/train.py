@@ -109,10 +109,10 @@ def run(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     main_rank = int(os.environ.get("RANK", "0")) == 0
+    log = logging.getLogger("odenets.training")
+    handler = logging.StreamHandler(sys.stderr)  # one line per epoch
+    handler.setFormatter(logging.Formatter("%(message)s"))
     if main_rank:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        log = logging.getLogger("odenets.training")
         log.addHandler(handler)
         log.setLevel(logging.INFO)
     try:
@@ -120,6 +120,8 @@ def run(args: argparse.Namespace) -> int:
     except DivergenceError as err:
         print(f"odenets train: diverged: {err}", file=sys.stderr)
         return EXIT_DIVERGED
+    finally:
+        log.removeHandler(handler)
     if main_rank:
         s = info.summary
         test = s.get("final_test_acc")
