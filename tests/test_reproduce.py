@@ -36,8 +36,8 @@ datasets = ["cifar10"]
 seeds = 2
 
 [scale.quick]
-train = { epochs = 1, batch_size = 50, train_limit = 100, test_limit = 50 }
-evaluate = { attacks = ["fgsm", "pgd"], eps = [8], noise = false, limit = 40, steps = 2 }
+train = { epochs = 1, batch_size = 30, train_limit = 60, test_limit = 30 }
+evaluate = { attacks = ["fgsm", "pgd"], eps = [8], noise = false, limit = 30, steps = 2 }
 
 [[rows]]
 key = "resnet110"
@@ -102,7 +102,7 @@ def killed_and_rerun(tiny) -> dict:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    second = out / RUNS / RUN_NAMES[1] / "config.json"
+    second = out / RUNS / RUN_NAMES[1] / "summary.json"  # written once training has begun
     deadline = time.monotonic() + 300
     while not second.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -148,6 +148,7 @@ def test_kill_then_rerun_skips_finished_runs(tiny, killed_and_rerun, capsys):
     assert capsys.readouterr().out.count("skipped (finished)") == 4
 
 
+@pytest.mark.slow
 def test_list_jobs_lines_give_the_same_results(tiny, killed_and_rerun, capsys):
     out = tiny["base"] / "by-lines"
     assert main(["reproduce", *_args(tiny, out), "--list-jobs"]) == 0
