@@ -4,8 +4,9 @@
 (momentum buffers) under ``optim.<param index>.<name>`` and the random generators' states
 under ``rng.*``. Its header metadata also carries the JSON state, so the file alone is a
 complete checkpoint: `last.json`, written right after it, is the readable copy plus the
-file's SHA-256. A run killed between the two writes leaves last.json one epoch behind; the
-loader notices the epoch mismatch and trusts the (atomically written) safetensors file.
+file's SHA-256. Both carry a random checkpoint id: a run killed between the two writes
+leaves last.json one checkpoint behind, which the loader sees from the ids; it then trusts
+the (atomically written) safetensors file. Equal ids and a wrong SHA-256 mean corruption.
 Nothing here unpickles.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import random
+import secrets
 import warnings
 from pathlib import Path
 from typing import Any
@@ -87,6 +89,8 @@ def save_train_state(
     state = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
+        # Pairs this last.json with its last.safetensors (os.urandom: no RNG state is used).
+        "checkpoint_id": secrets.token_hex(8),
         "epoch": epoch,
         **info,
         "optimizer": {"param_groups": opt["param_groups"], "state": opt_scalars},
@@ -114,7 +118,7 @@ def load_train_state(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, 
     json_path = run_dir / LAST_JSON
     if json_path.exists():
         mirror = read_json(json_path)
-        if mirror.get("epoch") == state["epoch"]:
+        if mirror.get("checkpoint_id") == state["checkpoint_id"]:
             if mirror.get("weights_sha256") != sha256_file(path):
                 raise CheckpointError(
                     f"{path} does not match the SHA-256 recorded in {json_path}: the checkpoint "
@@ -122,8 +126,8 @@ def load_train_state(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, 
                 )
         else:
             warnings.warn(
-                f"{json_path} records epoch {mirror.get('epoch')} but {path} holds epoch "
-                f"{state['epoch']} (the run stopped between the two writes); using {path}",
+                f"{json_path} belongs to an older checkpoint than {path} (the run stopped "
+                f"between the two writes); using {path}",
                 stacklevel=2,
             )
     if state.get("format_version") != FORMAT_VERSION:
