@@ -454,3 +454,15 @@ def test_crash_inside_an_epoch_resumes_from_the_mid_epoch_checkpoint(tmp_path):
     for got, want in zip(info.metrics, reference.metrics, strict=True):
         assert got["train_loss"] == want["train_loss"] and got["train_acc"] == want["train_acc"]
         assert got["test_acc"] == want["test_acc"]
+
+
+def test_kill_between_final_weights_and_summary(tmp_path):
+    from odenets.checkpoint import write_json_atomic
+
+    info = fit(tiny_config(tmp_path, epochs=1))
+    final, meta = load_safetensors(info.path / "final.safetensors")
+    write_json_atomic(info.path / "summary.json", {**info.summary, "status": "running"})
+    again = fit(tiny_config(tmp_path, epochs=1, resume=True))
+    assert again.summary["status"] == "finished" and again.metrics == info.metrics
+    rewritten, meta2 = load_safetensors(info.path / "final.safetensors")
+    assert meta2 == meta and all(torch.equal(rewritten[k], final[k]) for k in final)

@@ -115,8 +115,9 @@ def _fit(cfg: TrainConfig, run_dir: Path, device: torch.device, dist: DistContex
         weight_decay=cfg.weight_decay,
     )
     progress = start_run(cfg, run_dir, header, model, optimizer, dist)
-    if progress["epoch"] >= cfg.epochs and (run_dir / FINAL_WEIGHTS).is_file():
-        return read_run(run_dir)
+    done = progress["epoch"] >= cfg.epochs and (run_dir / FINAL_WEIGHTS).is_file()
+    if done and read_run(run_dir).summary.get("status") == "finished":
+        return read_run(run_dir)  # else a kill hit the last writes: redo them (no epochs)
     ctx = StepContext(
         model=model,
         net=_wrap(model, cfg, device, dist),
