@@ -7,6 +7,7 @@ test_training_resume.py.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import warnings
@@ -80,16 +81,26 @@ if not is_model("tiny_net"):
         return TinyNet(**kwargs)
 '''
 
-exec(TINY_SOURCE)  # registers tiny_net in this process
+
+@contextlib.contextmanager
+def tiny_net_registered():
+    """tiny_net in the registry (and one CPU thread) only while this module's tests run, so
+    tests that walk the whole registry never meet it."""
+    from odenets.models import registry
+
+    exec(TINY_SOURCE, {})
+    # Tiny models on a shared, busy CPU: thread hand-offs cost more than they save.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    registry._MODELS.pop("tiny_net", None)
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models on a shared, busy CPU: thread hand-offs cost more than they save.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _tiny_net():
+    with tiny_net_registered():
+        yield
 
 
 def tiny_config(tmp_path, **overrides) -> TrainConfig:
@@ -107,7 +118,7 @@ def tiny_config(tmp_path, **overrides) -> TrainConfig:
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
+def finished_run(_tiny_net, tmp_path_factory):
     """One 3-epoch run shared by the read-only tests."""
     tmp = tmp_path_factory.mktemp("finished")
     info = fit(tiny_config(tmp, epochs=6))

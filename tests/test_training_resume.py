@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_training import TINY_SOURCE
+from test_training import TINY_SOURCE, tiny_net_registered
 
 import odenets
 from odenets.checkpoint import load_safetensors, read_json, read_jsonl
@@ -25,11 +25,9 @@ from odenets.training import TrainConfig, fit, read_run
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _tiny_net():
+    with tiny_net_registered():
+        yield
 
 
 @pytest.fixture(scope="module")
