@@ -129,7 +129,10 @@ class _ScalarJunction(Junction):
         return (1 - lam) * x + fx
 
     def forward(self, x: torch.Tensor, fx: torch.Tensor) -> torch.Tensor:
-        return self.combine(x, fx, self.lambda_of(self.k))
+        # λ as a 0-d tensor: the elementwise kernels take it as a scalar (faster than a
+        # broadcast (1,) operand), and under bf16 autocast it does not promote the block
+        # output to float32, as in a plain residual x + f.
+        return self.combine(x, fx, self.lambda_of(self.k).reshape(()))
 
     def coefficient(self) -> torch.Tensor:
         return self.lambda_of(self.k.detach()).reshape(())
