@@ -55,6 +55,7 @@ from _common import (  # noqa: E402
     resolve_device,
     synchronize,
     time_call,
+    to_channels_last,
     write_json,
 )
 
@@ -196,7 +197,8 @@ def make_runner(name: str, config: str, args: argparse.Namespace, device: torch.
     torch.manual_seed(args.seed)
     model = build_model(name, args.num_classes).to(device).train()
     memory_format = torch.channels_last if "cl" in features else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
+    if "cl" in features:
+        to_channels_last(model)
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=1e-4)
     project = getattr(model, "project_", None)
     amp = (
@@ -298,6 +300,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         flops[name] = flops_per_image(name, args.num_classes)
         print(f"{name}: {flops[name] / 1e9:.4f} GFLOP per image (forward + backward, counted)")
+        print(
+            f"{name}: one training step of batch {args.batch} = "
+            f"{flops[name] * args.batch / 1e9:.1f} GFLOP",
+            flush=True,
+        )
 
     runners = []
     for name in names:
@@ -312,17 +319,19 @@ def main(argv: list[str] | None = None) -> int:
             runners.append(runner)
             print(f"warmed up {name} [{config}] in {runner.warmup_s:.1f} s", flush=True)
 
+    # The peak is measured before and after the timed steps and the larger figure kept, so a
+    # burst of load from other processes during one measurement does not lower it.
+    dtypes = sorted({r.dtype for r in runners}, key=str)
+    peaks = {dt: measure_peak_tflops(device, dt) for dt in dtypes}
     times: dict[int, list[float]] = {i: [] for i in range(len(runners))}
     for rep in range(args.reps):
         for i, runner in enumerate(runners):
             times[i].append(time_call(runner.step, device, repeat=args.steps) / args.steps)
         print(f"repetition {rep + 1}/{args.reps} done", flush=True)
 
-    peaks: dict[torch.dtype, float] = {}
+    peaks = {dt: max(peaks[dt], measure_peak_tflops(device, dt)) for dt in dtypes}
     rows = []
     for i, runner in enumerate(runners):
-        if runner.dtype not in peaks:
-            peaks[runner.dtype] = measure_peak_tflops(device, runner.dtype)
         step_s = statistics.median(times[i])
         tflops = flops[runner.name] * args.batch / step_s / 1e12
         rows.append(
