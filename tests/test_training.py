@@ -477,3 +477,10 @@ def test_kill_between_final_weights_and_summary(tmp_path):
     assert again.summary["status"] == "finished" and again.metrics == info.metrics
     rewritten, meta2 = load_safetensors(info.path / "final.safetensors")
     assert meta2 == meta and all(torch.equal(rewritten[k], final[k]) for k in final)
+
+
+def test_best_test_selection_needs_the_flag_and_picks_the_best_test_epoch(tmp_path):
+    info = fit(tiny_config(tmp_path, epochs=3, select="best-test", allow_test_selection=True))
+    test = [m["test_acc"] for m in info.metrics]
+    assert info.summary["selected_epoch"] == int(np.argmax(test)) + 1
+    assert info.summary["final_test_acc"] == max(test)
