@@ -24,9 +24,9 @@ def test_quick_demo_writes_report_with_table_and_figures(tmp_path, capsys):
         summary = json.loads((run / "summary.json").read_text())
         assert summary["status"] == "finished" and summary["epochs_done"] == 2
         ev = json.loads((run / "eval.json").read_text())
-        assert ev["dataset"] == "digits" and ev["n"] == 100
+        assert ev["dataset"] == "digits" and ev["n"] == 60
         assert {a["name"] for a in ev["attacks"]} == {"fgsm", "ifgsm", "pgd"}
-        assert {a["eps_255"] for a in ev["attacks"]} == {TABLE_EPS, 8}
+        assert {a["eps_255"] for a in ev["attacks"]} == {TABLE_EPS}
         assert all(a["accuracy"] <= ev["clean"] for a in ev["attacks"])
         assert ev["noise"] is not None and 0.0 <= ev["noise"]["mean"] <= 1.0
     # No paper numbers exist for the digits: ours only, and the report says so.

@@ -16,7 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="a smoke run of seconds: 2 epochs, weak attacks on 100 test images",
+        help="a smoke run: 2 epochs on 300 training images, 60 test images",
     )
 
 

@@ -28,15 +28,14 @@ DEMO_EPS = [16, 4, 8]  # IFGSM / PGD take 20 steps of 1/255 (paper), enough to r
 def demo_preset(*, epochs: int, quick_epochs: int = 2, limit: int = 0) -> Preset:
     """The demo's preset: scale "demo" is the full demo, "smoke" a run of seconds for tests."""
 
-    def scale(n_epochs: int, steps: int, eps: list[int], test_limit: int) -> dict[str, Any]:
+    def scale(n_epochs: int, eps: list[int], test_limit: int, **train) -> dict[str, Any]:
         return {
-            "train": {"epochs": n_epochs, "recipe": "digits"},
+            "train": {"epochs": n_epochs, "recipe": "digits", **train},
             "evaluate": {
                 "attacks": ["fgsm", "ifgsm", "pgd"],
                 "eps": eps,
                 "noise": True,
                 "limit": test_limit,
-                "steps": steps,
             },
         }
 
@@ -47,8 +46,9 @@ def demo_preset(*, epochs: int, quick_epochs: int = 2, limit: int = 0) -> Preset
         "datasets": ["digits"],
         "seeds": 1,
         "scale": {
-            "demo": scale(epochs, 0, DEMO_EPS, limit),
-            "smoke": scale(quick_epochs, 0, [TABLE_EPS, 8], limit or 100),
+            "demo": scale(epochs, DEMO_EPS, limit),
+            # A smoke run: 300 training images, 60 test images, the table's radius only.
+            "smoke": scale(quick_epochs, [TABLE_EPS], limit or 60, train_limit=300),
         },
         "rows": [
             {"key": "resnet20", "label": "ResNet-20", "model": "resnet20"},
