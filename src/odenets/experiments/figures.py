@@ -39,7 +39,8 @@ def _inputs(kind: str, runs: list, report: Any) -> list[str]:
             return []
         return [str(r.path / "eval.json") for r in evals]
     if kind == "depth":
-        return [str(r.path) for r in runs if str(r.job.get("model", "")).startswith("naisnet")]
+        nais = [r for r in runs if str(r.job.get("model", "")).startswith("naisnet")]
+        return [str(r.path) for r in nais if r.job.get("seed") is not None]
     raise KeyError(kind)
 
 

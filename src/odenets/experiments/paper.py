@@ -40,9 +40,9 @@ NAISNET_SOURCE = (
 INRESNET_PROTOCOL = (
     "Noise: mean accuracy over the impulse, speckle, gaussian and shot corruptions of "
     "CIFAR-C, each averaged over severities 1-5. FGSM / IFGSM / PGD: untargeted L-inf "
-    "attacks, eps = 8/255, 20 steps for IFGSM and PGD. The paper's attack numbers come from "
-    "the authors' first code release, which applied eps to the normalised tensor (about five "
-    "times weaker than pixel units)."
+    "attacks, eps = 8/255, 20 steps for IFGSM and PGD. The paper's attack numbers were produced "
+    "with the authors' code, whose first release applied eps to the normalised tensor (about "
+    "five times weaker than in pixel units)."
 )
 
 

@@ -179,7 +179,9 @@ def table_rows(manifest: dict[str, Any], runs: Sequence[RunRecord]) -> list[Tabl
                 paper_dataset=job["paper_dataset"],
                 key=job["row"],
                 label=label,
-                model=job["model"] or "ensemble",
+                model=f"{job['model']} x {len(job['members'])}"
+                if job.get("members")
+                else job["model"],
                 runs=[],
                 cells={},
             )

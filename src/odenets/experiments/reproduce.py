@@ -151,7 +151,7 @@ def expand_jobs(grid: Grid) -> list[Job]:
                 dataset=dataset,
                 paper_dataset=paper,
                 seed=None,
-                model="",
+                model=preset.row(row.ensemble_of).model_for(grid.scale),
                 members=members,
                 label=row.label,
             )
