@@ -72,18 +72,6 @@ def print_machine(info: dict) -> None:
     print("  ".join(f"{k}={info[k]}" for k in keys if k in info))
 
 
-def to_channels_last(model: torch.nn.Module) -> torch.nn.Module:
-    """channels_last for every 4-D parameter and buffer of `model`, in place.
-
-    `Module.to(memory_format=torch.channels_last)` refuses models holding 5-D tensors (the
-    stacked per-step kernels of NAIS blocks); those are left as they are.
-    """
-    for t in [*model.parameters(), *model.buffers()]:
-        if t.dim() == 4:
-            t.data = t.data.contiguous(memory_format=torch.channels_last)
-    return model
-
-
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -55,11 +55,11 @@ from _common import (  # noqa: E402
     resolve_device,
     synchronize,
     time_call,
-    to_channels_last,
     write_json,
 )
 
 import odenets  # noqa: E402
+from odenets.models.base import to_channels_last  # noqa: E402
 
 FEATURES = ("cl", "bf16", "compile", "graphs", "loader")
 DEFAULT_CONFIGS = {

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 import odenets
+from odenets.models.base import to_channels_last
 from odenets.models.registry import is_model, register_model
 from odenets.models.resnet import PreActResNet
 from odenets.training import TrainConfig, fit
@@ -73,15 +74,6 @@ def _outputs_and_grads(net, model, images, labels, *, amp: bool = False):
     return logits.detach().float(), grads
 
 
-def _to_channels_last(model: torch.nn.Module) -> torch.nn.Module:
-    """channels_last for every 4-D parameter and buffer (NAIS blocks also hold 5-D stacks of
-    per-step kernels, which `Module.to(memory_format=...)` rejects)."""
-    for t in [*model.parameters(), *model.buffers()]:
-        if t.dim() == 4:
-            t.data = t.data.contiguous(memory_format=torch.channels_last)
-    return model
-
-
 def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-12))
 
@@ -114,7 +106,7 @@ def test_compiled_matches_eager(name):
 @pytest.mark.parametrize("name", MODELS)
 def test_channels_last_matches_contiguous(name):
     model, images, labels = _model_and_batch(name, dtype=torch.float64)
-    twin = _to_channels_last(copy.deepcopy(model))
+    twin = to_channels_last(copy.deepcopy(model))
     want_logits, want_grads = _outputs_and_grads(model, model, images, labels)
     x_cl = images.contiguous(memory_format=torch.channels_last)
     got_logits, got_grads = _outputs_and_grads(twin, twin, x_cl, labels)
@@ -125,7 +117,7 @@ def test_channels_last_matches_contiguous(name):
 @pytest.mark.parametrize("name", ["in_resnet20", "naisnet1"])
 def test_channels_last_float32_outputs_match(name):
     model, images, labels = _model_and_batch(name)
-    twin = _to_channels_last(copy.deepcopy(model))
+    twin = to_channels_last(copy.deepcopy(model))
     want_logits, _ = _outputs_and_grads(model, model, images, labels)
     x_cl = images.contiguous(memory_format=torch.channels_last)
     got_logits, _ = _outputs_and_grads(twin, twin, x_cl, labels)

@@ -400,6 +400,22 @@ def test_bf16_and_channels_last_on_cpu(tmp_path):
     assert info.summary["final_test_acc"] > 0.8  # bf16 autocast still learns the digits
 
 
+def test_channels_last_with_untied_nais_blocks(tmp_path):
+    # Untied NAIS blocks hold 5-D kernel stacks, which Module.to(memory_format=...) refuses.
+    cfg = tiny_config(
+        tmp_path,
+        model="naisnet10",
+        model_kwargs={"tied": False},
+        epochs=1,
+        train_limit=64,
+        test_limit=32,
+        channels_last=True,
+    )
+    info = fit(cfg)
+    assert info.summary["status"] == "finished"
+    assert info.config["train"]["channels_last"]
+
+
 def test_progress_bar_and_log_lines(tmp_path, capsys, caplog):
     caplog.set_level("INFO", logger="odenets.training")
     fit(tiny_config(tmp_path, epochs=1, train_limit=256, progress=True))

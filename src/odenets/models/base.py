@@ -147,3 +147,15 @@ class OdeNet(nn.Module):
             {"params": rest, "weight_decay": weight_decay},
             {"params": coeff, "weight_decay": coefficient_weight_decay},
         ]
+
+
+def to_channels_last(model: nn.Module) -> nn.Module:
+    """channels_last for every 4-D parameter and buffer of `model`, in place.
+
+    `Module.to(memory_format=torch.channels_last)` refuses models holding 5-D tensors (the
+    stacked per-step kernels of untied NAIS blocks); those are left as they are.
+    """
+    for t in [*model.parameters(), *model.buffers()]:
+        if t.dim() == 4:
+            t.data = t.data.contiguous(memory_format=torch.channels_last)
+    return model

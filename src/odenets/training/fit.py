@@ -27,6 +27,7 @@ from odenets.checkpoint import (
     save_safetensors_atomic,
 )
 from odenets.errors import DivergenceError
+from odenets.models.base import to_channels_last
 from odenets.training.config import TrainConfig, lr_at, resolve_config
 from odenets.training.data import load_data, make_loaders
 from odenets.training.distributed import (
@@ -106,7 +107,9 @@ def _fit(cfg: TrainConfig, run_dir: Path, device: torch.device, dist: DistContex
     )
     if dist.enabled:
         model = convert_sync_batchnorm(model, device.type)
-    model = model.to(device, memory_format=_memory_format(cfg))
+    model = model.to(device)
+    if cfg.channels_last:
+        to_channels_last(model)
     optimizer = torch.optim.SGD(
         _param_groups(model, cfg),
         lr=cfg.lr,
@@ -276,10 +279,6 @@ def _param_groups(model, cfg) -> list[dict]:
             cfg.weight_decay, coefficient_weight_decay=cfg.coefficient_weight_decay
         )
     return [{"params": list(model.parameters()), "weight_decay": cfg.weight_decay}]
-
-
-def _memory_format(cfg) -> torch.memory_format:
-    return torch.channels_last if cfg.channels_last else torch.preserve_format
 
 
 def _wrap(model, cfg, device, dist):
