@@ -4,7 +4,10 @@ with `add_arguments(parser)` and `run(args) -> int`; this file only wires them u
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import logging
+import os
 import sys
 
 from odenets.errors import OdenetsError
@@ -50,6 +53,25 @@ def _command_module(name: str):
         raise
 
 
+@contextlib.contextmanager
+def _log_to_stderr():
+    """The library logs (one line per epoch, per job); a command shows those lines on stderr
+    for its own duration only, and only on the main rank of a distributed run."""
+    log = logging.getLogger("odenets")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    level = log.level
+    if main_rank:
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -57,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args._run(args) or 0)
+        with _log_to_stderr():
+            return int(args._run(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -23,9 +23,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.epochs < 1:
         raise ValueError(f"--epochs must be >= 1; got {args.epochs}")
-    from odenets.commands.reproduce import _show_training_log
-
-    _show_training_log()
     grid = demo_grid(quick=args.quick, epochs=args.epochs)
     start = time.perf_counter()
     print(

@@ -85,7 +85,6 @@ def run(args: argparse.Namespace) -> int:
             print(job_command(grid, out, job, python=python))
         print(f"{python} -m odenets report {out}")
         return 0
-    _show_training_log()
     shard = parse_shard(args.shard) if args.shard else None
     start = time.perf_counter()
 
@@ -124,16 +123,3 @@ def _list() -> int:
             f"h, paper ~{hours['paper']:g} h (estimates)"
         )
     return 0
-
-
-def _show_training_log() -> None:
-    """One line per epoch from the trainer on stderr (the library only logs)."""
-    import logging
-    import sys
-
-    log = logging.getLogger("odenets")
-    if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("    %(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)

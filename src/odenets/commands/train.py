@@ -13,7 +13,6 @@ import argparse
 import dataclasses
 import inspect
 import json
-import logging
 import os
 import re
 import sys
@@ -109,19 +108,11 @@ def run(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     main_rank = int(os.environ.get("RANK", "0")) == 0
-    log = logging.getLogger("odenets.training")
-    handler = logging.StreamHandler(sys.stderr)  # one line per epoch
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    if main_rank:
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
     try:
         info = fit(config)
     except DivergenceError as err:
         print(f"odenets train: diverged: {err}", file=sys.stderr)
         return EXIT_DIVERGED
-    finally:
-        log.removeHandler(handler)
     if main_rank:
         s = info.summary
         test = s.get("final_test_acc")
