@@ -31,6 +31,16 @@ def cifar10_jpeg_root() -> Path:
     return root
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    # The suite runs small models on tiny batches: intra-op threads cost more in hand-offs
+    # than they save, and one thread keeps CPU results independent of the core count.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _seed_everything():
     torch.manual_seed(0)

@@ -44,15 +44,6 @@ from odenets.analysis.robustness_results import (
 from odenets.analysis.weight_landscape import filter_normalized_direction, weight_landscape
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: thread start-up costs more than it saves on a shared, loaded machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _tiny(name: str, num_classes: int = 4) -> nn.Module:
     torch.manual_seed(1)
     return odenets.create_model(name, num_classes=num_classes, in_chans=1)

@@ -13,14 +13,6 @@ from odenets.robustness import accuracy, create_attack, dlr_loss
 from odenets.robustness.apgd import checkpoints
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @functools.lru_cache(maxsize=1)
 def _trained():
     return train_tiny()

@@ -20,15 +20,6 @@ NOISES = ["gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "gau
 FAST = {"apgd_ce": {"steps": 20}, "apgd_dlr": {"steps": 20}}  # fewer APGD steps in tests
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models gain nothing from threads; on a shared machine they only add contention.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @functools.lru_cache(maxsize=1)
 def _trained():
     return train_tiny()

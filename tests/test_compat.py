@@ -14,15 +14,6 @@ from odenets.errors import CheckpointError
 from odenets.models.base import CIFAR_MEAN, CIFAR_STD
 from odenets.models.resnet import PreActResNet
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --- the authors' layout, written from their key names and shapes ---------------------------
 
 

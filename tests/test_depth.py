@@ -11,14 +11,6 @@ from odenets.analysis.depth import adaptive_depth, measure_depth
 from odenets.models.naisnet import NaisBlock, NaisConvBlock
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _fixed_unroll(block, u: torch.Tensor, steps: int) -> torch.Tensor:
     """The block's state after exactly `steps` updates (no adaptivity)."""
     bu = block.input_term(u)

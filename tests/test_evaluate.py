@@ -24,14 +24,6 @@ ATTACK_KEYS = {
 }  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @functools.lru_cache(maxsize=1)
 def _trained():
     return train_tiny()
@@ -210,14 +202,11 @@ def run_dir(tmp_path_factory):
     from odenets.training import TrainConfig, fit
 
     out = tmp_path_factory.mktemp("runs") / "resnet20-digits"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     cfg = TrainConfig(
         model="resnet20", dataset="digits", epochs=1, train_limit=64, batch_size=32,
         out=str(out), progress=False,
     )  # fmt: skip
     fit(cfg)
-    torch.set_num_threads(threads)
     return out
 
 

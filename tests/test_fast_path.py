@@ -40,15 +40,6 @@ def fastpath_in_resnet14(**kwargs) -> PreActResNet:
     return _small_in_resnet(**kwargs)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small models on a shared CPU: thread hand-offs cost more than they save.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _model_and_batch(name: str, batch: int = 4, dtype: torch.dtype = torch.float32):
     torch.manual_seed(0)
     if name == SMALL:

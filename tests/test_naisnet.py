@@ -12,15 +12,6 @@ from torch.overrides import TorchFunctionMode
 import odenets
 from odenets.models.naisnet import NaisBlock, NaisConvBlock, SharedResidualBlock
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 ACT = {"tanh": torch.tanh, "relu": torch.relu}
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 
 import numpy as np
@@ -15,23 +14,6 @@ from odenets.cli import main
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@contextlib.contextmanager
-def _single_thread():
-    # Tiny tensors: thread start-up costs more than it saves on a shared, loaded machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with _single_thread():
-        yield
-
-
 @pytest.fixture(scope="session")
 def tiny_runs(tmp_path_factory):
     """Two seeds of resnet20 and in_resnet20 and one naisnet10, 2 epochs on digits."""
@@ -40,22 +22,21 @@ def tiny_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     runs = {}
     jobs = [("resnet20", 0), ("resnet20", 1), ("in_resnet20", 0), ("in_resnet20", 1)]
-    with _single_thread():
-        for model, seed in [*jobs, ("naisnet10", 0)]:
-            out = root / f"{model}_s{seed}"
-            config = TrainConfig(
-                model=model,
-                dataset="digits",
-                epochs=2,
-                batch_size=64,
-                train_limit=256,
-                test_limit=64,
-                seed=seed,
-                out=str(out),
-                progress=False,
-            )
-            assert fit(config).summary["status"] == "finished"
-            runs.setdefault(model, []).append(out)
+    for model, seed in [*jobs, ("naisnet10", 0)]:
+        out = root / f"{model}_s{seed}"
+        config = TrainConfig(
+            model=model,
+            dataset="digits",
+            epochs=2,
+            batch_size=64,
+            train_limit=256,
+            test_limit=64,
+            seed=seed,
+            out=str(out),
+            progress=False,
+        )
+        assert fit(config).summary["status"] == "finished"
+        runs.setdefault(model, []).append(out)
     return runs
 
 
@@ -71,23 +52,22 @@ def eval_files(tiny_runs, tmp_path_factory):
     labels = torch.from_numpy(data.labels[:64])
     root = tmp_path_factory.mktemp("evals")
     paths = []
-    with _single_thread():
-        for model in ("resnet20", "in_resnet20"):
-            members = [load_run(r) for r in tiny_runs[model]]
-            for i, m in enumerate([*members, members]):
-                result = evaluate(
-                    m,
-                    images,
-                    labels,
-                    attacks=("fgsm", "ifgsm", "pgd"),
-                    eps_list=(2 / 255, 8 / 255),
-                    noise="generated",
-                    attack_options={"ifgsm": {"steps": 3}, "pgd": {"steps": 3}},
-                    checks=False,
-                )
-                path = root / f"{model}_{i}.json"
-                path.write_text(json.dumps(result))
-                paths.append(path)
+    for model in ("resnet20", "in_resnet20"):
+        members = [load_run(r) for r in tiny_runs[model]]
+        for i, m in enumerate([*members, members]):
+            result = evaluate(
+                m,
+                images,
+                labels,
+                attacks=("fgsm", "ifgsm", "pgd"),
+                eps_list=(2 / 255, 8 / 255),
+                noise="generated",
+                attack_options={"ifgsm": {"steps": 3}, "pgd": {"steps": 3}},
+                checks=False,
+            )
+            path = root / f"{model}_{i}.json"
+            path.write_text(json.dumps(result))
+            paths.append(path)
     return paths
 
 

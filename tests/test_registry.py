@@ -22,15 +22,6 @@ FAMILIES = (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny batches: one thread is faster than several, above all on a shared machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_in_resnet_zoo_is_registered():
     names = set(odenets.list_models())
     expected = {f"{family}{depth}" for family in FAMILIES for depth in DEPTHS}

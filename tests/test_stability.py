@@ -18,15 +18,6 @@ HS = (0.1, 0.5, 1.0)
 DRAWS = 12
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny tensors: one thread is much faster than two on a shared machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _randn(shape, gen, scale=1.0):
     return torch.randn(shape, generator=gen, dtype=torch.float64) * scale
 

@@ -89,11 +89,7 @@ def tiny_net_registered():
     from odenets.models import registry
 
     exec(TINY_SOURCE, {})
-    # Tiny models on a shared, busy CPU: thread hand-offs cost more than they save.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     yield
-    torch.set_num_threads(threads)
     registry._MODELS.pop("tiny_net", None)
 
 

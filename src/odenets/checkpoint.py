@@ -26,7 +26,12 @@ PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
 
 
 @contextlib.contextmanager
-def _atomic_open(path: Path, mode: str) -> Iterator[Any]:
+def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
+    """Open a temporary file beside `path`; on success fsync it and rename it over `path`.
+
+    On any error the temporary file is removed and `path` is left untouched.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -78,7 +83,7 @@ def _dump(obj: Any, f: TextIO, *, indent: int | None) -> None:
 
 def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> None:
     """Write `obj` as UTF-8 JSON to `path` atomically (temporary file, fsync, rename)."""
-    with _atomic_open(Path(path), "w") as f:
+    with atomic_open(Path(path), "w") as f:
         _dump(obj, f, indent=indent)
         f.write("\n")
 
@@ -107,13 +112,13 @@ def append_jsonl(path: str | os.PathLike, record: Mapping[str, Any]) -> None:
     if old and not old.endswith("\n"):
         old += "\n"
     line = json.dumps(record, default=_json_default, allow_nan=False, ensure_ascii=False)
-    with _atomic_open(path, "w") as f:
+    with atomic_open(path, "w") as f:
         f.write(old + line + "\n")
 
 
 def write_jsonl_atomic(path: str | os.PathLike, records: list[Mapping[str, Any]]) -> None:
     """Replace `path` with one JSON line per record, atomically."""
-    with _atomic_open(Path(path), "w") as f:
+    with atomic_open(Path(path), "w") as f:
         for r in records:
             f.write(json.dumps(r, default=_json_default, allow_nan=False, ensure_ascii=False))
             f.write("\n")
@@ -170,7 +175,7 @@ def save_safetensors_atomic(
         raise ValueError(f"safetensors files must end in .safetensors; got {path.name}")
     plain = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
     data = save(plain, metadata=dict(metadata) if metadata else None)
-    with _atomic_open(path, "wb") as f:
+    with atomic_open(path, "wb") as f:
         f.write(data)
     return hashlib.sha256(data).hexdigest()
 

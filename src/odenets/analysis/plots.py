@@ -7,8 +7,6 @@ PNG and PDF atomically. Accuracies arrive as fractions and are shown in percent.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from odenets.analysis.coefficients import STABLE_RANGE
+from odenets.checkpoint import atomic_open
 
 
 def save_figure(
@@ -31,16 +30,8 @@ def save_figure(
     paths = []
     for fmt in formats:
         path = out_dir / f"{stem}.{fmt}"
-        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{stem}.", suffix=f".{fmt}")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                fig.savefig(f, format=fmt, dpi=150, bbox_inches="tight")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_open(path, "wb") as f:
+            fig.savefig(f, format=fmt, dpi=150, bbox_inches="tight")
         paths.append(path)
     return paths
 

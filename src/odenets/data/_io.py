@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+
+from odenets.checkpoint import atomic_open
 
 
 def cache_root() -> Path:
@@ -28,22 +26,6 @@ def is_writable_dir(path: Path) -> bool:
     return bool(path.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
 
 
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
-    """Open a temporary file beside `path`; on success fsync it and rename it over `path`.
-
-    On any error the temporary file is removed and `path` is left untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+def atomic_write(path: str | os.PathLike):
+    """Binary atomic write (temporary file, fsync, rename); see odenets.checkpoint."""
+    return atomic_open(path, "wb")

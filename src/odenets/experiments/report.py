@@ -12,15 +12,13 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 import statistics
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from odenets.checkpoint import read_json, write_json_atomic
+from odenets.checkpoint import atomic_open, read_json, write_json_atomic
 from odenets.errors import OdenetsError
 from odenets.experiments.paper import METRIC_TITLES, ROBUSTNESS_METRICS, get_table
 from odenets.experiments.reproduce import JOB_FILE, MANIFEST
@@ -518,14 +516,5 @@ def write_report(folder: str | Path, *, figures: bool = True) -> Report:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write UTF-8 text atomically: temporary file in the same folder, fsync, rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "w") as f:
+        f.write(text)

@@ -115,6 +115,13 @@ def load_train_state(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, 
         state = json.loads(meta["state"])
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{path} has a corrupt state header: {err}") from err
+    if state.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has format version {state.get('format_version')}; this odenets reads "
+            f"version {FORMAT_VERSION}"
+        )
+    if "checkpoint_id" not in state:
+        raise CheckpointError(f"{path} has no checkpoint id: it is incomplete or corrupt")
     json_path = run_dir / LAST_JSON
     if json_path.exists():
         mirror = read_json(json_path)
@@ -130,11 +137,6 @@ def load_train_state(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, 
                 f"between the two writes); using {path}",
                 stacklevel=2,
             )
-    if state.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path} has format version {state.get('format_version')}; this odenets reads "
-            f"version {FORMAT_VERSION}"
-        )
     return tensors, state
 
 
