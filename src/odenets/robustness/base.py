@@ -216,6 +216,15 @@ class Attack:
         self.dtype = dtype
         self.nonfinite_grads = 0
 
+    @property
+    def nonfinite_grads(self) -> int:
+        """Samples whose input gradient was NaN or infinite, over every call so far."""
+        return int(self._nonfinite)
+
+    @nonfinite_grads.setter
+    def nonfinite_grads(self, value: int) -> None:
+        self._nonfinite = value
+
     # Settings recorded in eval.json; subclasses add theirs.
     def settings(self) -> dict:
         return {"eps": self.eps, "steps": 1, "alpha": self.eps, "restarts": 1}
@@ -281,7 +290,8 @@ class Attack:
         loss = loss_fn(logits, labels)
         (grad,) = torch.autograd.grad(loss.sum(), z)
         bad = ~torch.isfinite(grad).flatten(1).all(dim=1)
-        self.nonfinite_grads += int(bad.sum())
+        # Counted on the device and read once by `nonfinite_grads`: no host sync per step.
+        self._nonfinite = self._nonfinite + bad.sum()
         grad = torch.nan_to_num(grad, nan=0.0)
         return loss.detach(), grad.detach(), logits.detach()
 
