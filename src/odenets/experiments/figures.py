@@ -24,6 +24,8 @@ TITLES = {
     "ensemble-gain": "Ensemble minus single-model accuracy per metric",
     "depth": "NAIS-Net: processing depth per image",
 }
+# Titles of the further files a kind draws, by file stem.
+EXTRA_TITLES = {"depth_images": "NAIS-Net: the test images with the lowest and highest depth"}
 
 
 def _inputs(kind: str, runs: list, report: Any) -> list[str]:
@@ -79,5 +81,6 @@ def draw_figures(report: Any) -> tuple[list[tuple[str, str]], list[str]]:
             continue
         for path in paths:
             if Path(path).suffix == ".png":
-                figures.append((title, str(Path(path).resolve().relative_to(folder.resolve()))))
+                shown = EXTRA_TITLES.get(Path(path).stem, title)
+                figures.append((shown, str(Path(path).resolve().relative_to(folder.resolve()))))
     return figures, notes
