@@ -22,16 +22,6 @@ import torch
 import odenets
 
 
-def resolve_device(name: str) -> torch.device:
-    """`"auto"` picks CUDA when present; anything else must be a device torch knows."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"--device {name}: no CUDA device is visible; use --device cpu")
-    return device
-
-
 def cpu_model() -> str:
     """The CPU's marketing name from /proc/cpuinfo (Linux), else what `platform` knows."""
     cpuinfo = Path("/proc/cpuinfo")

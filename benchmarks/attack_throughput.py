@@ -26,13 +26,13 @@ from _common import (  # noqa: E402
     machine_info,
     print_machine,
     print_table,
-    resolve_device,
     synchronize,
     time_call,
     write_json,
 )
 
 import odenets  # noqa: E402
+from odenets.device import resolve_device  # noqa: E402
 from odenets.robustness import create_attack  # noqa: E402
 
 

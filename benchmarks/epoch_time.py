@@ -24,8 +24,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, print_machine, resolve_device, write_json  # noqa: E402
+from _common import machine_info, print_machine, write_json  # noqa: E402
 
+from odenets.device import resolve_device  # noqa: E402
 from odenets.training import TrainConfig, fit  # noqa: E402
 
 

@@ -52,13 +52,13 @@ from _common import (  # noqa: E402
     measure_peak_tflops,
     print_machine,
     print_table,
-    resolve_device,
     synchronize,
     time_call,
     write_json,
 )
 
 import odenets  # noqa: E402
+from odenets.device import resolve_device  # noqa: E402
 from odenets.models.base import to_channels_last  # noqa: E402
 
 FEATURES = ("cl", "bf16", "compile", "graphs", "loader")

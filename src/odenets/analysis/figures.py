@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from odenets.device import resolve_device
+
 
 @dataclass
 class ImageSubset:
@@ -57,13 +59,6 @@ def load_test_images(
     images = torch.from_numpy(raw).permute(0, 3, 1, 2).float().div(255)  # (N, C, H, W)
     labels = torch.from_numpy(data.labels[index]).long()
     return ImageSubset(images, labels, raw, list(data.class_names), ds["name"])
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """ "auto": the first CUDA device when there is one, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _load(run: str | Path, device: str) -> torch.nn.Module:

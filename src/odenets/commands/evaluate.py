@@ -130,6 +130,7 @@ def _evaluate(args) -> dict:
     import numpy as np
     import torch
 
+    from odenets.device import resolve_device
     from odenets.robustness import evaluate
     from odenets.robustness.evaluate import shard_slice
     from odenets.training import load_run, read_run
@@ -142,7 +143,7 @@ def _evaluate(args) -> dict:
                 f"runs of an ensemble must share a data set; {info.path} was trained on "
                 f"{info.config['dataset']['name']!r}, {infos[0].path} on {dataset['name']!r}"
             )
-    device = _device(args.device)
+    device = resolve_device(args.device)
     models = [load_run(p, device=device) for p in args.runs]
 
     images, labels = _test_split(dataset, args.data_root)
@@ -190,14 +191,6 @@ def _evaluate(args) -> dict:
         },
         progress=sys.stderr.isatty(),
     )
-
-
-def _device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _test_split(dataset: dict, data_root: str | None):

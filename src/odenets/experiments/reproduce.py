@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from odenets.checkpoint import read_json, write_json_atomic
+from odenets.device import resolve_device
 from odenets.errors import OdenetsError
 from odenets.experiments.presets import Preset, load_preset
 
@@ -306,7 +307,7 @@ def evaluate_run(
     from odenets.training import load_run, read_run
 
     dataset = read_run(run_dirs[0]).config["dataset"]
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device("auto")
     models = [load_run(p, device=device) for p in run_dirs]
     root = data_root if data_root is not None and dataset["name"] != "digits" else None
     test = load_dataset(dataset["name"], root=root or dataset.get("root"), split="test")

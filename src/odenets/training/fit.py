@@ -26,6 +26,7 @@ from odenets.checkpoint import (
     load_safetensors,
     save_safetensors_atomic,
 )
+from odenets.device import resolve_device
 from odenets.errors import DivergenceError
 from odenets.models.base import to_channels_last
 from odenets.training.config import TrainConfig, lr_at, resolve_config
@@ -55,16 +56,6 @@ from odenets.training.state import (
 logger = logging.getLogger("odenets.training")
 
 
-def pick_device(name: str) -> torch.device:
-    """ "auto" -> cuda when available, else cpu; anything else is passed to torch.device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but CUDA is not available; use 'cpu'")
-    return device
-
-
 def fit(config: TrainConfig) -> RunInfo:
     """Train `config.model` on `config.dataset` and write the run folder `config.out`.
 
@@ -80,7 +71,7 @@ def fit(config: TrainConfig) -> RunInfo:
         CheckpointError: the folder holds another run, or `resume` finds an unreadable
             checkpoint or one of another model or data set.
     """
-    device = pick_device(config.device)
+    device = resolve_device(config.device)
     dist = init_distributed(device.type)
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
