@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from odenets.device import resolve_device
+from odenets.models.base import model_device
 
 
 @dataclass
@@ -243,7 +244,7 @@ def depth_figure(
     labels = run_labels(run_dirs)
     for label, run in zip(labels, run_dirs, strict=True):
         model = _load(run, device)
-        images = data.images.to(next(model.parameters()).device)
+        images = data.images.to(model_device(model))
         steps = measure_depth(model, images, tol=tol, max_steps=max_steps)
         summary = depth_summary(
             steps, data.labels, num_classes=len(data.class_names), extremes=extremes

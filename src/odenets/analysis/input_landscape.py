@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from odenets.analysis._common import eval_mode, model_device, per_sample_loss
+from odenets.analysis._common import eval_mode, per_sample_loss
+from odenets.models.base import model_device
 
 
 def attack_direction(

@@ -159,3 +159,10 @@ def to_channels_last(model: nn.Module) -> nn.Module:
         if t.dim() == 4:
             t.data = t.data.contiguous(memory_format=torch.channels_last)
     return model
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Device of the model's first parameter or buffer (CPU for a model without either)."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")

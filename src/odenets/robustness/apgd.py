@@ -35,8 +35,8 @@ from odenets.robustness.base import (
     Attack,
     Space,
     cross_entropy_loss,
+    keep_worst,
     register_attack,
-    worse,
 )
 
 MOMENTUM = 0.75  # α of the paper: weight of the new step against the previous update
@@ -110,14 +110,10 @@ class APGD(Attack):
         )
 
     def perturb(self, space: Space, z, labels, indices):
-        best, best_loss, best_wrong = self._single_run(space, z, labels, indices, restart=0)
+        kept = self._single_run(space, z, labels, indices, restart=0)
         for restart in range(1, self.restarts):
-            cand, loss, wrong = self._single_run(space, z, labels, indices, restart=restart)
-            take = worse(loss, wrong, best_loss, best_wrong)
-            best = torch.where(take.view(-1, 1, 1, 1), cand, best)
-            best_loss = torch.where(take, loss, best_loss)
-            best_wrong = best_wrong | wrong
-        return best
+            kept = keep_worst(kept, self._single_run(space, z, labels, indices, restart=restart))
+        return kept[0]
 
     def _start(self, space: Space, z, indices, restart: int):
         if not self.random_start:

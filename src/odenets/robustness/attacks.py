@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from odenets.robustness.base import Attack, Space, check_eps, register_attack, worse
+from odenets.robustness.base import Attack, Space, check_eps, keep_worst, register_attack
 
 
 def default_alpha(threat_model: str) -> float:
@@ -87,17 +87,15 @@ class PGD(Attack):
         best = self._single_run(space, z, labels, indices, restart=0)
         if self.restarts == 1:
             return best
-        best_loss, _, best_logits = self.loss_and_grad(space, best, labels)
-        best_wrong = best_logits.argmax(1) != labels
+        kept = self._scored(space, best, labels)
         for restart in range(1, self.restarts):
             cand = self._single_run(space, z, labels, indices, restart=restart)
-            loss, _, logits = self.loss_and_grad(space, cand, labels)
-            wrong = logits.argmax(1) != labels
-            take = worse(loss, wrong, best_loss, best_wrong)
-            best = torch.where(take.view(-1, 1, 1, 1), cand, best)
-            best_loss = torch.where(take, loss, best_loss)
-            best_wrong = best_wrong | wrong
-        return best
+            kept = keep_worst(kept, self._scored(space, cand, labels))
+        return kept[0]
+
+    def _scored(self, space: Space, z, labels):
+        loss, _, logits = self.loss_and_grad(space, z, labels)
+        return z, loss, logits.argmax(1) != labels
 
     def _start(self, space: Space, z, indices, restart: int):
         if not self.random_start:

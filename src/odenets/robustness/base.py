@@ -325,3 +325,18 @@ def worse(
 ) -> torch.Tensor:
     """Which samples the new candidate attacks better: misclassified first, then higher loss."""
     return (wrong_new & ~wrong_old) | ((wrong_new == wrong_old) & (loss_new > loss_old))
+
+
+def keep_worst(
+    best: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    cand: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Merge two restarts per sample: (images (N, C, H, W), loss (N,), wrong (N,)), keeping
+    for each sample the candidate that attacks better (see `worse`)."""
+    (best_z, best_loss, best_wrong), (z, loss, wrong) = best, cand
+    take = worse(loss, wrong, best_loss, best_wrong)
+    return (
+        torch.where(take.view(-1, 1, 1, 1), z, best_z),
+        torch.where(take, loss, best_loss),
+        best_wrong | wrong,
+    )

@@ -16,9 +16,10 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from odenets.models.base import model_device
 from odenets.robustness.base import create_attack
 from odenets.robustness.ensemble import Ensemble
-from odenets.robustness.metrics import DEFAULT_BATCH_SIZE, correct_mask, model_device
+from odenets.robustness.metrics import DEFAULT_BATCH_SIZE, correct_mask
 from odenets.robustness.noise import CORRUPTION_OF
 
 DEFAULT_ATTACKS = ("fgsm", "ifgsm", "pgd", "apgd_ce")

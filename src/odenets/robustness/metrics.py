@@ -8,14 +8,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from odenets.models.base import model_device
+
 DEFAULT_BATCH_SIZE = 500
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """Device of the model's first parameter or buffer (CPU for a model without either)."""
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
 
 
 def correct_mask(
