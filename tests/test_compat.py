@@ -168,10 +168,14 @@ def test_registered_depths_match_the_reference(name):
     sd = reference_state_dict(bottleneck=bottleneck, n=n, family=model.family, num_classes=100)
     load_reference(model, sd)
     assert model.coefficients().numel() == (0 if model.family == "resnet" else 3 * n - 3)
-    x = _pixels()
-    theirs = reference_forward(sd, _normalise(x), bottleneck=bottleneck, n=n, family=model.family)
+    # In float64: at depth 164 random weights give logits near 2,000, where float32
+    # rounding alone (a fused multiply-add against a multiply and an add) moves them by ~0.5%.
+    sd64 = {k: v.double() if v.is_floating_point() else v for k, v in sd.items()}
+    x = _pixels().double()
+    theirs = reference_forward(sd64, _normalise(x), bottleneck=bottleneck, n=n, family=model.family)
     with torch.no_grad():
-        assert _close(model.eval()(x), theirs)
+        ours = model.double().eval()(x)
+    assert (ours - theirs).abs().max() <= 1e-9 * theirs.abs().max()
 
 
 def test_coefficients_read_from_ks():

@@ -1,0 +1,93 @@
+"""The fused scaled sum a·x + b·f behind the scalar junctions, against the plain expression."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import odenets
+from odenets.models.layers import _ScaledSum, scaled_sum
+
+
+def _pair(channels_last: bool, dtype=torch.float64):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 4, 5, generator=g, dtype=dtype)
+    fx = torch.randn(2, 3, 4, 5, generator=g, dtype=dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+        fx = fx.contiguous(memory_format=torch.channels_last)
+    return x.requires_grad_(), fx.requires_grad_()
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("with_b", [False, True])
+def test_gradients_forward_mode_and_double_backward(channels_last, with_b):
+    x, fx = _pair(channels_last)
+    a = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+    b = torch.tensor(1.3, dtype=torch.float64, requires_grad=True) if with_b else None
+    args = (x, fx, a, b)
+    assert torch.autograd.gradcheck(_ScaledSum.apply, args, check_forward_ad=True)
+    assert torch.autograd.gradgradcheck(_ScaledSum.apply, args)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_values_and_gradients_equal_the_plain_expression(channels_last):
+    x, fx = _pair(channels_last, torch.float32)
+    a = torch.tensor(0.6, requires_grad=True)
+    b = torch.tensor(1.4, requires_grad=True)
+    g = torch.randn(x.shape)
+    out = scaled_sum(x, fx, a, b)
+    grads = torch.autograd.grad(out, (x, fx, a, b), g)
+    plain = a * x + b * fx
+    expected = torch.autograd.grad(plain, (x, fx, a, b), g)
+    torch.testing.assert_close(out, plain)
+    for ours, theirs in zip(grads, expected, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
+def test_vmap_and_per_sample_gradients():
+    g = torch.Generator().manual_seed(1)
+    xs, fs = torch.randn(4, 2, 3, 4, 5, generator=g), torch.randn(4, 2, 3, 4, 5, generator=g)
+    coef = torch.randn(4, generator=g)
+    out = torch.func.vmap(scaled_sum)(xs, fs, coef)
+    torch.testing.assert_close(out, coef.view(4, 1, 1, 1, 1) * xs + fs)
+    grad_a = torch.func.grad(lambda x, f, a: scaled_sum(x, f, a).square().sum(), argnums=2)
+    per_sample = torch.func.vmap(grad_a)(xs, fs, coef)
+    expected = 2 * ((coef.view(4, 1, 1, 1, 1) * xs + fs) * xs).sum(dim=(1, 2, 3, 4))
+    torch.testing.assert_close(per_sample, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_broadcast_shapes_fall_back_to_the_plain_expression():
+    x = torch.randn(2, 3, 4, 4)
+    fx = torch.randn(1, 3, 1, 1)
+    a = torch.tensor(0.5)
+    torch.testing.assert_close(scaled_sum(x, fx, a), a * x + fx)
+
+
+def test_bf16_autocast_keeps_the_block_output_in_bf16():
+    x = torch.randn(2, 3, 4, 4, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = scaled_sum(x, x.clone(), torch.tensor(0.25))
+    assert out.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("name", ["in_resnet20", "lambda_in_resnet20", "etd_resnet20"])
+def test_junction_coefficient_gradients_match_a_plain_reimplementation(name):
+    # The same network twice: once with the fused junction, once with the plain formula.
+    torch.manual_seed(0)
+    model = odenets.create_model(name).double().train()
+    x = torch.rand(3, 3, 32, 32, dtype=torch.float64)
+    fused = torch.autograd.grad(model(x).square().sum(), model.coefficient_parameters())
+
+    import odenets.models.layers as layers
+
+    original = layers.scaled_sum
+    layers.scaled_sum = lambda x, fx, a, b=None: a * x + (fx if b is None else b * fx)
+    try:
+        plain = torch.autograd.grad(model(x).square().sum(), model.coefficient_parameters())
+    finally:
+        layers.scaled_sum = original
+    for ours, theirs in zip(fused, plain, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+    assert any(g.abs().sum() > 0 for g in fused)
