@@ -147,8 +147,10 @@ def test_schedule_matches_paper_and_scales():
 def test_speed_switches_follow_device():
     cpu = resolve_config(TrainConfig(), device_type="cpu")
     cuda = resolve_config(TrainConfig(), device_type="cuda")
-    assert not (cpu.amp or cpu.channels_last or cpu.compile) and cpu.deterministic
+    assert cpu.channels_last and not (cpu.amp or cpu.compile) and cpu.deterministic
     assert cuda.amp and cuda.channels_last and cuda.compile and not cuda.deterministic
+    off = resolve_config(TrainConfig(channels_last=False), device_type="cpu")
+    assert off.channels_last is False
 
 
 @pytest.mark.parametrize(

@@ -171,7 +171,12 @@ def resolve_config(config: TrainConfig, *, device_type: str) -> TrainConfig:
         if values[key] is None:
             values[key] = recipe[key]
     on_cuda = device_type == "cuda"
-    for key in ("amp", "channels_last", "compile"):
+    # channels_last is exact and pays on CPU as well (docs/benchmarks.md); bf16 changes the
+    # numerics and torch.compile pays back its minute of compilation only on long runs, so
+    # those two default on for CUDA only.
+    if values["channels_last"] is None:
+        values["channels_last"] = True
+    for key in ("amp", "compile"):
         if values[key] is None:
             values[key] = on_cuda
     if values["checkpoint_steps"] is None:
