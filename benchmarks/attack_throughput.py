@@ -15,6 +15,7 @@ the median over `--reps` repetitions is reported, timed with CUDA events on a GP
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import sys
 from pathlib import Path
@@ -33,6 +34,7 @@ from _common import (  # noqa: E402
 
 import odenets  # noqa: E402
 from odenets.device import resolve_device  # noqa: E402
+from odenets.models.base import to_channels_last  # noqa: E402
 from odenets.robustness import create_attack  # noqa: E402
 
 
@@ -60,6 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--apgd-steps", type=int, default=100)
     p.add_argument("--eps", type=float, default=8 / 255, help="pixel units")
     p.add_argument("--data", default=None, help="cifar10-jpeg root; default synthetic images")
+    p.add_argument(
+        "--layouts",
+        nargs="+",
+        choices=["channels_last", "contiguous"],
+        default=["channels_last"],
+        help="weight layouts to time (default: channels_last, as odenets.robustness.evaluate)",
+    )
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
@@ -81,41 +90,48 @@ def main(argv: list[str] | None = None) -> int:
     print(f"data: {source}, {len(labels)} images, batch {args.batch}")
 
     rows = []
-    for name in [m.strip() for m in args.model.split(",") if m.strip()]:
+    names = [m.strip() for m in args.model.split(",") if m.strip()]
+    for name, layout, attack_name in itertools.product(names, args.layouts, args.attacks):
         torch.manual_seed(args.seed)
         model = odenets.create_model(name, num_classes=10).to(device).eval()
-        for attack_name in args.attacks:
-            steps = args.pgd_steps if attack_name.startswith("pgd") else args.apgd_steps
-            attack = create_attack(attack_name, eps=args.eps, steps=steps, seed=args.seed)
+        if layout == "channels_last":
+            to_channels_last(model)
+        steps = args.pgd_steps if attack_name.startswith("pgd") else args.apgd_steps
+        attack = create_attack(attack_name, eps=args.eps, steps=steps, seed=args.seed)
 
-            def run_all(attack=attack, model=model) -> None:
-                for i in range(0, len(labels), args.batch):
-                    attack(model, images[i : i + args.batch], labels[i : i + args.batch])
+        def run_all(attack=attack, model=model) -> None:
+            for i in range(0, len(labels), args.batch):
+                attack(model, images[i : i + args.batch], labels[i : i + args.batch])
 
-            attack(model, images[: args.batch], labels[: args.batch])  # warm-up
-            synchronize(device)
-            times = [time_call(run_all, device) for _ in range(args.reps)]
-            seconds = statistics.median(times)
-            rows.append(
-                {
-                    "model": name,
-                    "attack": attack_name,
-                    "steps": steps,
-                    "n": len(labels),
-                    "batch": args.batch,
-                    "seconds": seconds,
-                    "seconds_reps": times,
-                    "images_per_s": len(labels) / seconds,
-                    "seconds_per_10k": seconds * 10_000 / len(labels),
-                }
-            )
-            print(f"{name} {attack_name}-{steps}: {len(labels) / seconds:.1f} images/s", flush=True)
+        attack(model, images[: args.batch], labels[: args.batch])  # warm-up
+        synchronize(device)
+        times = [time_call(run_all, device) for _ in range(args.reps)]
+        seconds = statistics.median(times)
+        rows.append(
+            {
+                "model": name,
+                "layout": layout,
+                "attack": attack_name,
+                "steps": steps,
+                "n": len(labels),
+                "batch": args.batch,
+                "seconds": seconds,
+                "seconds_reps": times,
+                "images_per_s": len(labels) / seconds,
+                "seconds_per_10k": seconds * 10_000 / len(labels),
+            }
+        )
+        print(
+            f"{name} ({layout}) {attack_name}-{steps}: {len(labels) / seconds:.1f} images/s",
+            flush=True,
+        )
 
     print()
     print_table(
         rows,
         [
             ("model", "model", ""),
+            ("layout", "layout", ""),
             ("attack", "attack", ""),
             ("steps", "steps", ""),
             ("n", "images", ""),

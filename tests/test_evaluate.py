@@ -10,6 +10,7 @@ import pytest
 import torch
 from _robustness_models import TinyNet, digits, train_tiny
 
+from odenets.models.base import channels_last_weights
 from odenets.robustness import Ensemble, evaluate, format_table, merge_shards, shard_slice
 from odenets.robustness.evaluate import sanity_checks
 
@@ -17,6 +18,7 @@ FAST = {"pgd": {"steps": 5, "alpha": 0.04}, "apgd_ce": {"steps": 10}}
 TOP_KEYS = {
     "runs", "models", "ensemble", "dataset", "split", "n", "seed", "odenets_version",
     "torch_version", "device", "clean", "noise", "attacks", "worst_case", "checks",
+    "channels_last",
 }  # fmt: skip
 ATTACK_KEYS = {
     "name", "threat_model", "eps", "eps_255", "steps", "alpha", "restarts", "accuracy",
@@ -86,6 +88,34 @@ def test_eval_json_structure_and_consistency(data):
     }
     table = format_table(res)
     assert "| worst case | normalized |" in table and "ε=25.5/255" in table
+
+
+def test_channels_last_changes_the_layout_not_the_result(data):
+    x, y = data
+    model = copy.deepcopy(_trained())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    a = _run(model, x, y, channels_last=False, checks=False)
+    b = _run(model, x, y, checks=False)
+    assert (a["channels_last"], b["channels_last"]) == (False, True)
+    assert a["clean"] == b["clean"]
+    for ea, eb in zip(a["attacks"], b["attacks"], strict=True):
+        # float32 rounding of another summation order may flip a sample on the boundary
+        assert abs(ea["correct"] - eb["correct"]) <= 2, (ea, eb)
+    # the model leaves evaluate as it came: same values, same (contiguous) layout
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]) and value.is_contiguous(), key
+
+
+def test_channels_last_weights_restores_layout_and_keeps_changes():
+    model = TinyNet()
+    conv = model.conv2.weight
+    with channels_last_weights([model, model]):  # a module twice is converted once
+        assert conv.is_contiguous(memory_format=torch.channels_last)
+        assert not conv.is_contiguous()
+        with torch.no_grad():
+            conv.add_(1.0)
+        inside = conv.detach().clone()
+    assert conv.is_contiguous() and torch.equal(conv.detach(), inside)
 
 
 @pytest.mark.parametrize("copies", [2, 4])

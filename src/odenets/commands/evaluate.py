@@ -66,6 +66,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", help="data folder (default: the run's config.json)")
     parser.add_argument("--shard", type=_shard, help="i/n: evaluate shard i of n (0-based)")
     parser.add_argument("--no-checks", action="store_true", help="skip the sanity checks")
+    parser.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="channels_last weights while evaluating (default: on; float32 either way)",
+    )
     parser.add_argument("--merge", nargs="+", metavar="SHARD", help="merge shard eval files")
     parser.add_argument("--out", help="output file (default: RUN/eval.json for one run)")
 
@@ -183,6 +189,7 @@ def _evaluate(args) -> dict:
         batch_size=args.batch_size,
         indices=torch.from_numpy(order),
         checks=not args.no_checks,
+        channels_last=args.channels_last,
         info={
             "runs": [str(p) for p in args.runs],
             "dataset": dataset["name"],

@@ -4,7 +4,8 @@ so analysis, training and evaluation code needs no `isinstance`."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -159,6 +160,32 @@ def to_channels_last(model: nn.Module) -> nn.Module:
         if t.dim() == 4:
             t.data = t.data.contiguous(memory_format=torch.channels_last)
     return model
+
+
+@contextlib.contextmanager
+def channels_last_weights(models: Sequence[nn.Module]) -> Iterator[None]:
+    """channels_last 4-D parameters and buffers of `models` inside the block only.
+
+    The tensors that were in another layout get it back on exit (their values copied back,
+    so nothing done to them inside the block is lost); the modules are otherwise untouched.
+    """
+    changed: list[tuple[torch.Tensor, torch.Tensor]] = []
+    seen: set[int] = set()
+    for model in models:
+        for t in (*model.parameters(), *model.buffers()):
+            if t.dim() != 4 or id(t) in seen:
+                continue
+            seen.add(id(t))
+            if not t.is_contiguous(memory_format=torch.channels_last):
+                changed.append((t, t.data))
+                t.data = t.data.contiguous(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        for t, original in reversed(changed):
+            with torch.no_grad():
+                original.copy_(t.data)
+            t.data = original
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -9,6 +9,7 @@ section), so shards of one evaluation merge exactly (`merge_shards`).
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import time
 from collections.abc import Mapping, Sequence
@@ -16,7 +17,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from odenets.models.base import model_device
+from odenets.models.base import channels_last_weights, model_device
 from odenets.robustness.base import create_attack
 from odenets.robustness.ensemble import Ensemble
 from odenets.robustness.metrics import DEFAULT_BATCH_SIZE, correct_mask
@@ -54,6 +55,7 @@ def evaluate(
     checks: bool = True,
     info: Mapping | None = None,
     progress: bool = False,
+    channels_last: bool = True,
 ) -> dict:
     """Evaluate one model, or an ensemble of several, and return the eval.json dictionary.
 
@@ -73,12 +75,60 @@ def evaluate(
             random draws and of the official noise files); defaults to 0..N-1.
         checks: run the sanity checks (including a small ε = 1 attack).
         info: metadata stored as is: "runs", "dataset", "split", "shard".
+        channels_last: evaluate with the networks' 4-D weights in channels_last (their
+            layout is restored afterwards): float32 as before, up to rounding, and 20-30%
+            faster attacks.
 
     Returns:
         The eval.json dictionary (accuracies as fractions).
     """
     started = time.perf_counter()
     members = [models] if isinstance(models, nn.Module) else list(models)
+    layout = channels_last_weights(members) if channels_last else contextlib.nullcontext()
+    with layout:
+        result = _evaluate(
+            members,
+            images,
+            labels,
+            attacks=attacks,
+            eps_list=eps_list,
+            threat_model=threat_model,
+            noise=noise,
+            noise_root=noise_root,
+            gaussian_sigmas=gaussian_sigmas,
+            attack_options=attack_options,
+            seed=seed,
+            batch_size=batch_size,
+            indices=indices,
+            checks=checks,
+            info=info,
+            progress=progress,
+        )
+    result["channels_last"] = channels_last
+    result["wall_time_s"] = round(time.perf_counter() - started, 3)
+    return result
+
+
+def _evaluate(
+    members: list[nn.Module],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    attacks: Sequence[str],
+    eps_list: Sequence[float],
+    threat_model: str | Sequence[str],
+    noise: str | None,
+    noise_root: str | None,
+    gaussian_sigmas: Sequence[float],
+    attack_options: Mapping[str, Mapping] | None,
+    seed: int,
+    batch_size: int,
+    indices: torch.Tensor | None,
+    checks: bool,
+    info: Mapping | None,
+    progress: bool,
+) -> dict:
+    """`evaluate` after the layout is set (same arguments; see there)."""
     # A single network too runs as an ensemble (of one): its output is then the network's
     # log-softmax, the same predictions and attacks, and N copies of it give the same numbers.
     model = Ensemble(members)
@@ -105,6 +155,7 @@ def evaluate(
         "split": info.get("split", "test"),
         "n": n,
         "seed": seed,
+        "channels_last": None,  # set by evaluate
         **_versions(model),
         "clean": _frac(int(clean_mask.sum()), n),
         "noise": None,
@@ -173,7 +224,6 @@ def evaluate(
         result["counts"]["nonfinite_grads"] += unbounded.nonfinite_grads
     if checks:
         result["checks"] = sanity_checks(result)
-    result["wall_time_s"] = round(time.perf_counter() - started, 3)
     return result
 
 
