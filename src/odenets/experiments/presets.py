@@ -12,16 +12,12 @@ same shape works wherever a preset name does.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+from odenets._toml import TOMLDecodeError, loads
 
 SCALES = ("quick", "paper")
 
@@ -99,8 +95,8 @@ def load_preset(name_or_path: str | Path) -> Preset:
             )
         text, source = entry.read_text(encoding="utf-8"), f"{name_or_path}.toml"
     try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
+        data = loads(text)
+    except TOMLDecodeError as err:
         raise ValueError(f"preset {source} is not valid TOML: {err}") from err
     return parse_preset(data, source=source)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -88,17 +87,12 @@ class TrainConfig:
 
 
 def _load_toml(text: str, name: str) -> dict:
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover - depends on the interpreter
-        try:
-            import tomli as tomllib
-        except ImportError as err:
-            raise ImportError(
-                f"reading the recipe {name!r} needs Python >= 3.11 (tomllib) or the 'tomli' "
-                "package on Python 3.10: pip install tomli"
-            ) from err
-    return tomllib.loads(text)
+    from odenets._toml import TOMLDecodeError, loads
+
+    try:
+        return loads(text)
+    except TOMLDecodeError as err:
+        raise ValueError(f"recipe {name!r} is not valid TOML: {err}") from err
 
 
 def _recipe_dir():
