@@ -1,0 +1,108 @@
+"""Sanity checks of one evaluation (attacks not above clean, multi-step not weaker than FGSM,
+accuracy non-increasing in ε, ε = 1 near zero, finite gradients, no sign of gradient
+masking), computed from the eval.json numbers alone so that merged shards redo them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from odenets.robustness.counts import frac
+
+# Sanity-check thresholds (accuracy fractions).
+MARKEDLY_WEAKER = 0.03  # a multi-step attack this far above FGSM (and 3 samples) is flagged
+MONOTONE_TOL = 0.01  # allowed rise of accuracy with ε (random starts add noise)
+MASKING_GAP = 0.05  # APGD this far below PGD suggests gradient masking
+EPS1_MAX_ACC = 0.05  # accuracy allowed under an unbounded (ε = 1) attack
+EPS1_SAMPLES = 100  # samples of the ε = 1 check
+
+MULTI_STEP = ("ifgsm", "pgd", "pgd_start_centred", "apgd_ce", "apgd_dlr")
+
+
+def sanity_checks(result: Mapping) -> list[dict]:
+    """The checks of one evaluation, computed from its numbers (so merged shards redo them)."""
+    # (attack name, threat model, ε) -> accuracy
+    by_key = {(a["name"], a["threat_model"], a["eps"]): a["accuracy"] for a in result["attacks"]}
+    return [
+        _not_above_clean(result),
+        _not_weaker_than_fgsm(by_key, result.get("n")),
+        _non_increasing_in_eps(by_key, result["attacks"]),
+        _eps1_near_zero(result["counts"].get("eps1")),
+        _gradients_finite(result["counts"].get("nonfinite_grads", 0)),
+        _apgd_close_to_pgd(by_key),
+    ]
+
+
+def _check(name: str, ok: bool, detail: str) -> dict:
+    return {"name": name, "ok": bool(ok), "detail": detail}
+
+
+def _not_above_clean(result: Mapping) -> dict:
+    clean = result["clean"]
+    above = [a for a in result["attacks"] if a["accuracy"] > clean]
+    return _check("attack_not_above_clean", not above, _list(above, clean, "clean"))
+
+
+def _list(entries: list[dict], ref: float, what: str) -> str:
+    if not entries:
+        return f"every attack at or below {what} accuracy {ref:.4f}"
+    return "; ".join(
+        f"{a['name']} {a['threat_model']} {a['eps_255']:g}/255: {a['accuracy']:.4f} > {ref:.4f}"
+        for a in entries
+    )
+
+
+def _not_weaker_than_fgsm(by_key: Mapping[tuple, float], n: int | None) -> dict:
+    weaker = []
+    margin = max(MARKEDLY_WEAKER, 3 / n) if n else MARKEDLY_WEAKER
+    for (name, tm, eps), acc in by_key.items():
+        fgsm = by_key.get(("fgsm", tm, eps))
+        if name in MULTI_STEP and fgsm is not None and acc > fgsm + margin:
+            weaker.append(f"{name} {tm} {eps * 255:g}/255: {acc:.4f} > fgsm {fgsm:.4f}")
+    return _check(
+        "multi_step_not_weaker_than_fgsm",
+        not weaker,
+        "; ".join(weaker) or f"every multi-step attack within {margin:.3f} of FGSM or below",
+    )
+
+
+def _non_increasing_in_eps(by_key: Mapping[tuple, float], attacks: list[Mapping]) -> dict:
+    rises = []
+    for name, tm in {(a["name"], a["threat_model"]) for a in attacks}:
+        curve = sorted((eps, acc) for (n, t, eps), acc in by_key.items() if (n, t) == (name, tm))
+        for (e0, a0), (e1, a1) in zip(curve, curve[1:], strict=False):
+            if a1 > a0 + MONOTONE_TOL:
+                rises.append(
+                    f"{name} {tm}: {a0:.4f} at {e0 * 255:g}/255 < {a1:.4f} at {e1 * 255:g}/255"
+                )
+    return _check(
+        "accuracy_non_increasing_in_eps",
+        not rises,
+        "; ".join(sorted(rises)) or f"no rise above {MONOTONE_TOL} between radii",
+    )
+
+
+def _eps1_near_zero(eps1: Mapping | None) -> dict:
+    if eps1 is None:
+        return _check("eps1_accuracy_near_zero", True, "not run")
+    acc = frac(eps1["correct"], eps1["n"])
+    detail = f"IFGSM 5 steps of 0.25 at eps = 1 on {eps1['n']} samples: accuracy {acc:.4f}"
+    return _check("eps1_accuracy_near_zero", acc <= EPS1_MAX_ACC, detail)
+
+
+def _gradients_finite(bad: int) -> dict:
+    return _check("gradients_finite", bad == 0, f"{bad} samples with non-finite input gradients")
+
+
+def _apgd_close_to_pgd(by_key: Mapping[tuple, float]) -> dict:
+    masking = []
+    for (name, tm, eps), acc in by_key.items():
+        pgd = by_key.get(("pgd", tm, eps))
+        if name.startswith("apgd") and pgd is not None and pgd - acc > MASKING_GAP:
+            masking.append(f"{name} {tm} {eps * 255:g}/255: {acc:.4f} vs pgd {pgd:.4f}")
+    return _check(
+        "apgd_close_to_pgd",
+        not masking,
+        ("APGD much stronger than PGD, possible gradient masking: " + "; ".join(masking))
+        if masking
+        else f"APGD within {MASKING_GAP} of PGD or no pair to compare",
+    )

@@ -1,0 +1,96 @@
+"""Shards of one evaluation: the contiguous slice each shard evaluates, and the exact merge
+of their eval.json results (counts summed, accuracies and checks recomputed)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from odenets.robustness.checks import sanity_checks
+from odenets.robustness.counts import frac, sum_entries
+from odenets.robustness.noise_accuracy import noise_section
+
+_SAME_KEYS = ("runs", "models", "ensemble", "dataset", "split", "seed")
+_ATTACK_KEYS = ("name", "threat_model", "eps", "steps", "alpha", "restarts")
+
+
+def shard_slice(n: int, index: int, count: int) -> tuple[int, int]:
+    """[start, stop) of shard `index` (0-based) of `count` contiguous, disjoint shards."""
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"shard must be i/n with 0 <= i < n; got {index}/{count}")
+    return index * n // count, (index + 1) * n // count
+
+
+def merge_shards(shards: Sequence[Mapping]) -> dict:
+    """Sum the counts of the shards of one evaluation into the unsharded result.
+
+    Every shard i/n of the same evaluation must be present exactly once; settings must agree.
+    """
+    count = _check_shards(shards)
+    first = shards[0]
+    merged = {k: v for k, v in first.items() if k not in ("shard",)}
+    n = sum(s["n"] for s in shards)
+    merged["n"] = n
+    clean = sum(s["counts"]["clean"] for s in shards)
+    merged["clean"] = frac(clean, n)
+    counts = _merged_counts(shards, clean)
+    if first.get("noise"):
+        noise = _noise_counts(shards)
+        counts["noise"] = noise
+        merged["noise"] = noise_section(noise, n, first["noise"]["source"])
+    for key in ("attacks", "worst_case", "gaussian"):
+        if key in first:
+            merged[key] = [
+                sum_entries(group) for group in zip(*(s[key] for s in shards), strict=True)
+            ]
+    merged["counts"] = counts
+    merged["shard"] = None
+    merged["merged_shards"] = count
+    merged["wall_time_s"] = sum(s.get("wall_time_s", 0.0) for s in shards)
+    merged["checks"] = sanity_checks(merged) if first.get("checks") else []
+    return merged
+
+
+def _check_shards(shards: Sequence[Mapping]) -> int:
+    """Raise unless `shards` are shards 0..n-1 of one evaluation, once each; returns n."""
+    if not shards:
+        raise ValueError("no shard results to merge")
+    infos = [s.get("shard") for s in shards]
+    if any(i is None for i in infos):
+        raise ValueError("every file to merge must come from `odenets evaluate --shard i/n`")
+    count = infos[0]["count"]
+    got = sorted(i["index"] for i in infos)
+    if got != list(range(count)) or any(i["count"] != count for i in infos):
+        raise ValueError(f"need shards 0..{count - 1} of {count} exactly once; got {got}")
+    first = shards[0]
+    for s in shards[1:]:
+        for key in _SAME_KEYS:
+            if s.get(key) != first.get(key):
+                raise ValueError(
+                    f"shards disagree on {key!r}: {s.get(key)!r} vs {first.get(key)!r}"
+                )
+        if [_attack_key(a) for a in s["attacks"]] != [_attack_key(a) for a in first["attacks"]]:
+            raise ValueError("shards were evaluated with different attacks or radii")
+    return count
+
+
+def _attack_key(entry: Mapping) -> tuple:
+    return tuple(entry.get(k) for k in _ATTACK_KEYS)
+
+
+def _merged_counts(shards: Sequence[Mapping], clean: int) -> dict:
+    """The "counts" section summed over the shards (ε = 1 only if every shard ran it)."""
+    counts = {"clean": clean, "eps1": None, "nonfinite_grads": 0}
+    counts["nonfinite_grads"] = sum(s["counts"].get("nonfinite_grads", 0) for s in shards)
+    if all(s["counts"].get("eps1") for s in shards):
+        counts["eps1"] = {
+            key: sum(s["counts"]["eps1"][key] for s in shards) for key in ("correct", "n")
+        }
+    return counts
+
+
+def _noise_counts(shards: Sequence[Mapping]) -> dict[str, dict[str, int]]:
+    """Correct counts per corruption and severity summed over the shards."""
+    return {
+        c: {sev: sum(s["counts"]["noise"][c][sev] for s in shards) for sev in by_sev}
+        for c, by_sev in shards[0]["counts"]["noise"].items()
+    }
