@@ -219,7 +219,13 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path, capsys):
     with pytest.warns(UserWarning, match=r"changed settings \['lr'\]"):
         rc = main(["train", "--out", str(out), "--resume", "--epochs", "4", "--lr", "1e6"])
     assert rc == EXIT_DIVERGED
-    assert "epoch 3, step" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "epoch 3, step" in err
+    stored = read_json(out / "config.json")["train"]["milestones"]
+    assert (
+        f"resuming with 4 epochs instead of 2; the learning rate still drops after epochs {stored}"
+        in err
+    )
     for name in kept:
         assert (out / name).read_bytes() == before[name], name
     summary = read_json(out / "summary.json")
