@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import odenets
-from odenets.models.layers import _ScaledSum, scaled_sum
+from odenets.models.fused import _ScaledSum, scaled_sum
 
 
 def _pair(channels_last: bool, dtype=torch.float64):
