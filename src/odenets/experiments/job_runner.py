@@ -1,0 +1,158 @@
+"""Running one job of a grid: train (or resume) its run, then evaluate it into eval.json.
+
+An ensemble job only evaluates, once every member run has its eval.json.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from odenets.checkpoint import write_json_atomic
+from odenets.device import resolve_device
+from odenets.errors import OdenetsError
+from odenets.experiments.grid_folder import END_STATES, RUNS, job_state, write_job_record
+from odenets.experiments.jobs import Grid, Job
+
+log = logging.getLogger(__name__)
+
+
+def train_config(grid: Grid, job: Job, folder: Path):
+    """The `TrainConfig` of a job: the preset's scale overrides on the data set's recipe.
+
+    `resume` is always on: a fresh folder starts from scratch, an interrupted one continues
+    from its last checkpoint (exactly, see `odenets.training.fit`).
+    """
+    from odenets.training import TrainConfig
+
+    fields = set(TrainConfig.__dataclass_fields__)
+    overrides = grid.train_overrides
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(
+            f"preset {grid.preset.name!r}: unknown training settings {unknown}; "
+            "accepted: the fields of odenets.training.TrainConfig"
+        )
+    root = None if job.dataset == "digits" else grid.data_root
+    return TrainConfig(
+        **{
+            **overrides,
+            "model": job.model,
+            "model_kwargs": dict(job.model_kwargs),
+            "dataset": job.dataset,
+            "data_root": root,
+            "seed": int(job.seed),
+            "out": str(folder),
+            "resume": True,
+        }
+    )
+
+
+def train_job(grid: Grid, job: Job, folder: Path) -> None:
+    """Train (or resume) one job; a diverged run is recorded by `fit`, not raised here."""
+    from odenets.errors import DivergenceError
+    from odenets.training import fit
+
+    try:
+        fit(train_config(grid, job, folder))
+    except DivergenceError as err:
+        log.warning("run %s diverged: %s", job.name, err)
+
+
+def _test_subset(dataset: dict[str, Any], data_root: str | None, limit: int, seed: int):
+    """The test images (N, C, H, W) float in [0, 1], their labels (N,) and their indices (N,)
+    in the test split: all of it, or the seeded subset of `limit` images in split order."""
+    import numpy as np
+    import torch
+
+    from odenets.data import load_dataset
+
+    root = data_root if data_root is not None and dataset["name"] != "digits" else None
+    test = load_dataset(dataset["name"], root=root or dataset.get("root"), split="test")
+    order = np.arange(len(test.labels))
+    if limit and limit < len(order):
+        order = np.sort(np.random.default_rng(seed).permutation(len(order))[:limit])
+    images = torch.from_numpy(test.images[order]).permute(0, 3, 1, 2).float() / 255  # (N,C,H,W)
+    labels = torch.from_numpy(test.labels[order])
+    return images, labels, torch.from_numpy(order)
+
+
+def evaluate_run(
+    run_dirs: Sequence[str | Path],
+    settings,
+    *,
+    data_root: str | None = None,
+    noise_root: str | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Evaluate one run, or several as an ensemble, as `odenets evaluate` does, with the
+    preset's settings (attack steps included); returns the eval.json dictionary.
+
+    The test subset (`settings.limit`) is the same seeded subset `odenets evaluate --limit`
+    takes, so results agree with the command.
+    """
+    from odenets.robustness import evaluate
+    from odenets.training import load_run, read_run
+
+    dataset = read_run(run_dirs[0]).config["dataset"]
+    device = resolve_device("auto")
+    models = [load_run(p, device=device) for p in run_dirs]
+    images, labels, indices = _test_subset(dataset, data_root, settings.limit, seed)
+    steps = {"steps": settings.steps} if settings.steps else {}
+    noise = ("official" if noise_root else "generated") if settings.noise else None
+    return evaluate(
+        models,
+        images,
+        labels,
+        attacks=list(settings.attacks),
+        eps_list=[e / 255 for e in settings.eps],
+        threat_model=settings.threat_model,
+        noise=noise,
+        noise_root=noise_root,
+        attack_options={a: steps for a in settings.attacks if a in ("ifgsm", "pgd")},
+        seed=seed,
+        indices=indices,
+        info={"runs": [str(p) for p in run_dirs], "dataset": dataset["name"], "split": "test"},
+        progress=sys.stderr.isatty(),
+    )
+
+
+def evaluate_job(grid: Grid, job: Job, out: Path) -> None:
+    """Evaluate one run (or an ensemble) of the grid into its eval.json."""
+    folder = out / RUNS / job.name
+    members = job.members if job.is_ensemble else (job.name,)
+    result = evaluate_run(
+        [out / RUNS / m for m in members],
+        grid.eval_settings,
+        data_root=grid.data_root,
+        noise_root=grid.noise_root if grid.eval_settings.noise else None,
+    )
+    write_json_atomic(folder / "eval.json", result)
+
+
+def run_job(grid: Grid, out: str | Path, job: Job) -> str:
+    """Bring one job to its end state; returns the state reached (see `job_state`)."""
+    out = Path(out)
+    folder = out / RUNS / job.name
+    state = job_state(out, job)
+    if state in END_STATES:
+        return state
+    if job.is_ensemble:
+        missing = [m for m in job.members if not (out / RUNS / m / "eval.json").exists()]
+        if missing:
+            log.warning("ensemble %s waits for runs %s", job.name, ", ".join(missing))
+            return "waiting"
+    folder.mkdir(parents=True, exist_ok=True)
+    write_job_record(grid, job, folder)
+    if not job.is_ensemble and state in ("pending", "running"):
+        train_job(grid, job, folder)
+        state = job_state(out, job)
+        if state in ("diverged", "failed"):
+            return state
+        if state != "trained":
+            raise OdenetsError(f"training of job {job.index} ({job.name}) did not finish")
+    evaluate_job(grid, job, out)
+    return "finished"

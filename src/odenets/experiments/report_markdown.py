@@ -1,0 +1,216 @@
+"""report.md: the tables (ours, the paper's, the difference), their captions, the figures,
+failed sanity checks and every run, as markdown."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from odenets.experiments.aggregate import Cell, TableRow
+from odenets.experiments.paper import METRIC_TITLES, get_table
+from odenets.experiments.results import RunRecord, failed_checks
+
+if TYPE_CHECKING:
+    from odenets.experiments.report import Report
+
+DATASET_NAMES = {
+    "cifar10": "CIFAR-10",
+    "cifar100": "CIFAR-100",
+    "folder": "an image folder",
+    "digits": "the 8x8 digits",
+}
+
+
+# --- cells and tables ---------------------------------------------------------------------
+def fmt_ours(cell: Cell) -> str:
+    if cell.mean is None:
+        return "—"
+    return f"{cell.mean:.2f} ± {cell.std:.2f}" if len(cell.values) > 1 else f"{cell.mean:.2f}"
+
+
+def fmt_paper(cell: Cell) -> str:
+    return "—" if cell.paper is None else str(cell.paper)
+
+
+def fmt_diff(cell: Cell) -> str:
+    return "—" if cell.diff is None else f"{cell.diff:+.2f}"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def rows_markdown(rows: Sequence[TableRow], metrics: Sequence[str], *, paper: bool) -> str:
+    header = ["Model", "network", "runs"]
+    for m in metrics:
+        title = METRIC_TITLES[m]
+        header += [f"{title} ours", f"{title} paper", f"{title} Δ"] if paper else [title]
+    body = []
+    for row in rows:
+        runs = f"{row.n_finished}/{len(row.runs) or 0}"
+        if row.n_diverged:
+            runs += f" ({row.n_diverged} diverged)"
+        line = [row.label, row.model, runs]
+        for m in metrics:
+            cell = row.cells[m]
+            line += [fmt_ours(cell), fmt_paper(cell), fmt_diff(cell)] if paper else [fmt_ours(cell)]
+        body.append(line)
+    return markdown_table(header, body)
+
+
+def runs_markdown(runs: Sequence[RunRecord], metrics: Sequence[str]) -> str:
+    header = ["Run", "preset", "scale", "seed", "status", *[METRIC_TITLES[m] for m in metrics]]
+    body = []
+    for r in runs:
+        line = [r.name, r.job.get("preset", "—"), r.job.get("scale", "—")]
+        seed = r.job.get("seed")
+        line += ["—" if seed is None else str(seed), r.status]
+        line += [f"{100 * r.metrics[m]:.2f}" if m in r.metrics else "—" for m in metrics]
+        body.append(line)
+    return markdown_table(header, body)
+
+
+# --- captions -----------------------------------------------------------------------------
+def _data_sentence(manifest: dict[str, Any], dataset: str, sample: dict | None) -> str:
+    n = f"{sample['n']} test images" if sample and sample.get("n") else "the test split"
+    data = DATASET_NAMES.get(dataset, dataset)
+    if dataset in ("folder", "cifar10", "cifar100") and manifest.get("data_root"):
+        data += f" read from `{Path(manifest['data_root']).name}`"
+    return f"Data: {data}, {n}."
+
+
+def _attacks_sentence(ev: dict[str, Any]) -> str:
+    eps = ev.get("eps") or [8]
+    steps = ev.get("steps") or 20
+    tm = ev.get("threat_model", "pixel")
+    tm_words = (
+        "pixel threat model (ε and steps in [0, 1] pixel units, ball centred on the clean "
+        "image, images clamped to [0, 1])"
+        if tm == "pixel"
+        else "normalized threat model of the authors' first code (ε on the standardised "
+        "tensor, about five times weaker)"
+    )
+    return (
+        f"Attacks: untargeted L∞ {', '.join(a.upper() for a in ev['attacks'])} at "
+        f"ε = {eps[0]:g}/255, {steps} steps for IFGSM and PGD (PGD with a random start), "
+        f"{tm_words}; the model in eval mode."
+    )
+
+
+def _noise_sentence(sample: dict | None) -> str:
+    source = (sample or {}).get("noise") or {}
+    return (
+        "Noise: mean accuracy over the gaussian, shot, impulse and speckle corruptions "
+        f"at severities 1-5 ({source.get('source', 'generated')} CIFAR-C noise)."
+    )
+
+
+def _ours_sentence(manifest: dict[str, Any]) -> str:
+    scale_words = {
+        "quick": " (shorter schedule and shallower networks than the paper: differences are "
+        "expected)",
+        "paper": " (the paper's recipe)",
+    }.get(manifest["scale"], "")
+    train = ", ".join(f"{k} = {v}" for k, v in (manifest.get("train") or {}).items())
+    return f"Ours: mean ± sample std over seeds, in %; scale `{manifest['scale']}`{scale_words}" + (
+        f"; training overrides: {train}." if train else "."
+    )
+
+
+def caption(manifest: dict[str, Any], runs: Sequence[RunRecord], dataset: str) -> str:
+    """Data, threat model and paper source of one table, in words."""
+    ev = manifest.get("evaluate", {})
+    sample = next(
+        (r.evaluation for r in runs if r.evaluation and r.job.get("dataset") == dataset), None
+    )
+    parts = [_data_sentence(manifest, dataset, sample)]
+    if ev.get("attacks"):
+        parts.append(_attacks_sentence(ev))
+    if ev.get("noise"):
+        parts.append(_noise_sentence(sample))
+    parts.append(_ours_sentence(manifest))
+    if manifest.get("table"):
+        table = get_table(manifest["table"])
+        parts.append(f"Paper: {table.source}. {table.protocol}")
+    return " ".join(parts)
+
+
+# --- report.md ----------------------------------------------------------------------------
+def _tables_section(report: Report) -> list[str]:
+    """Title, then one table per data set with its caption (a folder with a manifest)."""
+    m = report.manifest
+    table = get_table(m["table"]) if m.get("table") else None
+    out = [f"# odenets report: {m['preset']} ({m['scale']} scale)\n"]
+    if table:
+        out.append(f"Reproduces: {table.title}. Paper: {table.source}.\n")
+    for d in dict.fromkeys(r.dataset for r in report.rows):
+        rows = [r for r in report.rows if r.dataset == d]
+        has_paper = any(c.paper is not None for r in rows for c in r.cells.values())
+        out.append(f"## {DATASET_NAMES.get(d, d)}\n")
+        out.append(rows_markdown(rows, report.metrics, paper=has_paper) + "\n")
+        out.append("*" + caption(m, report.mine, d) + "*\n")
+        if not has_paper:
+            out.append("The paper has no numbers for this data set; only ours are shown.\n")
+    return out
+
+
+def _no_manifest_section() -> list[str]:
+    return [
+        "# odenets report\n",
+        "This folder has no manifest (not written by `odenets reproduce`): every run "
+        "found is listed below, with no paper column.\n",
+    ]
+
+
+def _figures_section(report: Report) -> list[str]:
+    if not report.figures:
+        return []
+    out = ["## Figures\n"]
+    out += [f"**{title}**\n\n![{title}]({rel})\n" for title, rel in report.figures]
+    return out
+
+
+def _checks_section(report: Report) -> list[str]:
+    failed = failed_checks(report.mine or report.loose)
+    if not failed:
+        return []
+    return [
+        "## Sanity checks that failed\n",
+        "Each evaluation runs sanity checks (attacks never above clean accuracy, multi-step "
+        "attacks not weaker than FGSM, accuracy falling with ε, ~0% at ε = 1, finite "
+        "gradients); these did not pass, so read the numbers concerned with care:\n",
+        *[f"- `{run}`: {name}: {detail}" for run, name, detail in failed],
+        "",
+    ]
+
+
+def _runs_sections(report: Report) -> list[str]:
+    """Every run of this manifest, then runs of other presets, then runs with no job."""
+    out = []
+    if report.mine:
+        out.append("## Every run\n")
+        out.append(runs_markdown(report.mine, report.metrics) + "\n")
+    if report.foreign:
+        out.append("## Results from other presets (not merged)\n")
+        out.append(
+            "These run folders were produced by another preset or scale than this folder's "
+            "manifest; they are listed for reference and left out of the tables above.\n"
+        )
+        out.append(runs_markdown(report.foreign, report.metrics) + "\n")
+    if report.loose:
+        out.append("## Other runs (no job record)\n")
+        out.append(runs_markdown(report.loose, report.metrics) + "\n")
+    return out
+
+
+def render_markdown(report: Report) -> str:
+    """The whole of report.md."""
+    out = _tables_section(report) if report.manifest else _no_manifest_section()
+    out += _figures_section(report)
+    out += _checks_section(report)
+    out += _runs_sections(report)
+    out += [f"> {note}\n" for note in report.notes]
+    return "\n".join(out)

@@ -1,0 +1,111 @@
+"""The run results of a results folder, read into plain records.
+
+`collect(folder)` finds every run folder (job.json, summary.json, eval.json) and flattens
+each into a `RunRecord`: its job, its status, and its metrics as fractions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from odenets.checkpoint import read_json
+from odenets.errors import OdenetsError
+from odenets.experiments.grid_folder import JOB_FILE, MANIFEST
+
+RUN_FILES = ("summary.json", "eval.json")
+
+
+@dataclass
+class RunRecord:
+    """What one run folder holds, flattened; accuracies as fractions."""
+
+    path: Path
+    job: dict[str, Any]  # job.json ({} for a folder not made by `reproduce`)
+    status: str  # "finished", "diverged", "failed", "running", "trained", "evaluated"
+    metrics: dict[str, float] = field(default_factory=dict)
+    evaluation: dict[str, Any] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def origin(self) -> tuple[str, str]:
+        return (self.job.get("preset", ""), self.job.get("scale", ""))
+
+
+def find_run_folders(folder: Path) -> list[Path]:
+    """Folders under `folder` (itself included) holding a summary.json or an eval.json."""
+    found = set()
+    for name in (*RUN_FILES, JOB_FILE):
+        for path in folder.rglob(name):
+            found.add(path.parent)
+    return sorted(found)
+
+
+def read_run(path: Path, *, eps_255: float, threat_model: str) -> RunRecord:
+    job = read_json(path / JOB_FILE) if (path / JOB_FILE).exists() else {}
+    summary = read_json(path / "summary.json") if (path / "summary.json").exists() else {}
+    ev = read_json(path / "eval.json") if (path / "eval.json").exists() else None
+    status = summary.get("status", "evaluated" if ev else "running")
+    if status == "finished" and ev is None:
+        status = "trained"
+    metrics: dict[str, float] = {}
+    for key, metric in (("final_train_acc", "train"), ("final_test_acc", "test")):
+        if summary.get(key) is not None:
+            metrics[metric] = float(summary[key])
+    if ev is not None:
+        metrics.update(eval_metrics(ev, eps_255=eps_255, threat_model=threat_model))
+        if "test" not in metrics:
+            metrics["test"] = float(ev["clean"])
+    return RunRecord(path=path, job=job, status=status, metrics=metrics, evaluation=ev)
+
+
+def eval_metrics(ev: dict[str, Any], *, eps_255: float, threat_model: str) -> dict[str, float]:
+    """The table's columns from one eval.json: clean, noise mean, attacks at one radius."""
+    out = {"clean": float(ev["clean"])}
+    if ev.get("noise"):
+        out["noise"] = float(ev["noise"]["mean"])
+    for attack in ev.get("attacks", []):
+        if attack.get("threat_model", "pixel") != threat_model:
+            continue
+        if math.isclose(float(attack["eps_255"]), eps_255, abs_tol=1e-6):
+            out[attack["name"]] = float(attack["accuracy"])
+    return out
+
+
+def collect(folder: str | Path) -> tuple[dict[str, Any] | None, list[RunRecord]]:
+    """The manifest (or None) and every run record of a results folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"results folder {folder} does not exist")
+    manifest = read_json(folder / MANIFEST) if (folder / MANIFEST).exists() else None
+    ev_settings = (manifest or {}).get("evaluate", {})
+    eps = ev_settings.get("eps") or [8.0]
+    threat_model = ev_settings.get("threat_model", "pixel")
+    runs = [
+        read_run(p, eps_255=float(eps[0]), threat_model=threat_model)
+        for p in find_run_folders(folder)
+    ]
+    runs = [r for r in runs if r.job or r.metrics or r.status != "running"]
+    if not any(r.metrics for r in runs):
+        raise OdenetsError(
+            f"no results in {folder}: expected run folders with summary.json or eval.json "
+            "(written by `odenets reproduce`, `odenets train` and `odenets evaluate`)"
+        )
+    return manifest, runs
+
+
+def failed_checks(runs: Sequence[RunRecord]) -> list[tuple[str, str, str]]:
+    """(run name, check name, detail) of every sanity check of eval.json that failed."""
+    return [
+        (r.name, c["name"], c.get("detail", ""))
+        for r in runs
+        if r.evaluation
+        for c in r.evaluation.get("checks", [])
+        if not c.get("ok", True)
+    ]
