@@ -1,5 +1,5 @@
-"""Shared pieces of the benchmark scripts: machine description, timing, FLOP counting, the
-device's measured matmul peak, result files and tables.
+"""Shared pieces of the benchmark scripts: command-line setup, machine description, timing,
+FLOP counting, the device's measured matmul peak, result files and tables.
 
 Timing rules used by every script: warm-up steps are run first and not timed; on CUDA the
 time comes from CUDA events recorded on the stream (no host clock around asynchronous
@@ -8,6 +8,7 @@ work); on CPU from `time.perf_counter`; each figure is the median of several rep
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -20,6 +21,27 @@ from pathlib import Path
 import torch
 
 import odenets
+from odenets.device import resolve_device
+
+
+def make_parser(doc: str) -> argparse.ArgumentParser:
+    """An argument parser whose help shows the script's docstring as written."""
+    return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
+
+
+def setup_device(args: argparse.Namespace, *, cudnn_benchmark: bool = False) -> torch.device:
+    """Apply `--threads`, resolve `--device` and, on CUDA if asked, turn on cuDNN autotuning."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    if cudnn_benchmark and device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return device
+
+
+def model_names(spec: str) -> list[str]:
+    """The names of a comma-separated `--model` value, blanks dropped."""
+    return [n.strip() for n in spec.split(",") if n.strip()]
 
 
 def cpu_model() -> str:
@@ -154,6 +176,17 @@ def write_json(path: str | os.PathLike, obj: dict) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def settings_of(args: argparse.Namespace) -> dict:
+    """The run's settings for a result file: every parsed flag but `--json` itself."""
+    return {k: v for k, v in vars(args).items() if k != "json"}
+
+
+def write_report(path: str | os.PathLike, obj: dict) -> None:
+    """Write a result file with `write_json` and say where it went."""
+    write_json(path, obj)
+    print(f"wrote {path}")
 
 
 def print_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]]) -> None:
