@@ -14,45 +14,48 @@ the median over `--reps` repetitions is reported, timed with CUDA events on a GP
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import statistics
 import sys
+from argparse import Namespace
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     machine_info,
+    make_parser,
+    model_names,
     print_machine,
     print_table,
+    settings_of,
+    setup_device,
     synchronize,
     time_call,
-    write_json,
+    write_report,
 )
 
 import odenets  # noqa: E402
-from odenets.device import resolve_device  # noqa: E402
 from odenets.models.base import to_channels_last  # noqa: E402
 from odenets.robustness import create_attack  # noqa: E402
 
-
-def load_images(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """(images float (N, 3, 32, 32) in [0, 1], labels (N,), source description)."""
-    if args.data:
-        from odenets.data import load_image_folder
-
-        images, labels, _ = load_image_folder(args.data, split="test")
-        images = torch.as_tensor(images[: args.n]).permute(0, 3, 1, 2).float() / 255
-        return images, torch.as_tensor(labels[: args.n]), f"{args.data} (test, first {args.n})"
-    gen = torch.Generator().manual_seed(args.seed)
-    images = torch.rand(args.n, 3, 32, 32, generator=gen)
-    return images, torch.randint(0, 10, (args.n,), generator=gen), "synthetic uniform"
+TABLE_COLUMNS = [
+    ("model", "model", ""),
+    ("layout", "layout", ""),
+    ("attack", "attack", ""),
+    ("steps", "steps", ""),
+    ("n", "images", ""),
+    ("seconds", "seconds", ".2f"),
+    ("images_per_s", "images/s", ".1f"),
+    ("seconds_per_10k", "s per 10k", ".1f"),
+]
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+def parse_args(argv: list[str] | None) -> Namespace:
+    p = make_parser(__doc__)
     p.add_argument("--model", default="in_resnet110", help="comma-separated model names")
     p.add_argument("--device", default="auto")
     p.add_argument("--n", type=int, default=None, help="images attacked (cuda 10000, cpu 128)")
@@ -73,78 +76,108 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", default=None)
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+
+def fill_device_defaults(args: Namespace, device: torch.device) -> None:
+    """Image count and attack batch left unset get the device's defaults."""
     on_gpu = device.type == "cuda"
     args.n = args.n or (10_000 if on_gpu else 128)
     args.batch = min(args.batch or (2500 if on_gpu else 64), args.n)
-    if on_gpu:
-        torch.backends.cudnn.benchmark = True
+
+
+def load_images(args: Namespace) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """(images float (N, 3, 32, 32) in [0, 1], labels (N,), source description)."""
+    if args.data:
+        from odenets.data import load_image_folder
+
+        images, labels, _ = load_image_folder(args.data, split="test")
+        images = torch.as_tensor(images[: args.n]).permute(0, 3, 1, 2).float() / 255
+        return images, torch.as_tensor(labels[: args.n]), f"{args.data} (test, first {args.n})"
+    gen = torch.Generator().manual_seed(args.seed)
+    images = torch.rand(args.n, 3, 32, 32, generator=gen)
+    return images, torch.randint(0, 10, (args.n,), generator=gen), "synthetic uniform"
+
+
+def attacked_model(name: str, layout: str, seed: int, device: torch.device) -> nn.Module:
+    """The seeded model in eval mode, its weights in the given layout."""
+    torch.manual_seed(seed)
+    model = odenets.create_model(name, num_classes=10).to(device).eval()
+    if layout == "channels_last":
+        to_channels_last(model)
+    return model
+
+
+def attack_times(
+    attack: Callable[..., object],
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    args: Namespace,
+    device: torch.device,
+) -> list[float]:
+    """Seconds of each repetition attacking every image in batches, after one untimed batch."""
+
+    def run_all() -> None:
+        for i in range(0, len(labels), args.batch):
+            attack(model, images[i : i + args.batch], labels[i : i + args.batch])
+
+    attack(model, images[: args.batch], labels[: args.batch])  # warm-up
+    synchronize(device)
+    return [time_call(run_all, device) for _ in range(args.reps)]
+
+
+def benchmark_row(
+    name: str,
+    layout: str,
+    attack_name: str,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    args: Namespace,
+    device: torch.device,
+) -> dict:
+    """Time one attack on one model in one layout; the result row, also printed in brief."""
+    model = attacked_model(name, layout, args.seed, device)
+    steps = args.pgd_steps if attack_name.startswith("pgd") else args.apgd_steps
+    attack = create_attack(attack_name, eps=args.eps, steps=steps, seed=args.seed)
+    times = attack_times(attack, model, images, labels, args, device)
+    seconds = statistics.median(times)
+    print(
+        f"{name} ({layout}) {attack_name}-{steps}: {len(labels) / seconds:.1f} images/s",
+        flush=True,
+    )
+    return {
+        "model": name,
+        "layout": layout,
+        "attack": attack_name,
+        "steps": steps,
+        "n": len(labels),
+        "batch": args.batch,
+        "seconds": seconds,
+        "seconds_reps": times,
+        "images_per_s": len(labels) / seconds,
+        "seconds_per_10k": seconds * 10_000 / len(labels),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = setup_device(args, cudnn_benchmark=True)
+    fill_device_defaults(args, device)
     info = machine_info(device)
     print_machine(info)
     images, labels, source = load_images(args)
     images, labels = images.to(device), labels.to(device)
     print(f"data: {source}, {len(labels)} images, batch {args.batch}")
 
-    rows = []
-    names = [m.strip() for m in args.model.split(",") if m.strip()]
-    for name, layout, attack_name in itertools.product(names, args.layouts, args.attacks):
-        torch.manual_seed(args.seed)
-        model = odenets.create_model(name, num_classes=10).to(device).eval()
-        if layout == "channels_last":
-            to_channels_last(model)
-        steps = args.pgd_steps if attack_name.startswith("pgd") else args.apgd_steps
-        attack = create_attack(attack_name, eps=args.eps, steps=steps, seed=args.seed)
-
-        def run_all(attack=attack, model=model) -> None:
-            for i in range(0, len(labels), args.batch):
-                attack(model, images[i : i + args.batch], labels[i : i + args.batch])
-
-        attack(model, images[: args.batch], labels[: args.batch])  # warm-up
-        synchronize(device)
-        times = [time_call(run_all, device) for _ in range(args.reps)]
-        seconds = statistics.median(times)
-        rows.append(
-            {
-                "model": name,
-                "layout": layout,
-                "attack": attack_name,
-                "steps": steps,
-                "n": len(labels),
-                "batch": args.batch,
-                "seconds": seconds,
-                "seconds_reps": times,
-                "images_per_s": len(labels) / seconds,
-                "seconds_per_10k": seconds * 10_000 / len(labels),
-            }
-        )
-        print(
-            f"{name} ({layout}) {attack_name}-{steps}: {len(labels) / seconds:.1f} images/s",
-            flush=True,
-        )
-
+    cases = itertools.product(model_names(args.model), args.layouts, args.attacks)
+    rows = [benchmark_row(*case, images, labels, args, device) for case in cases]
     print()
-    print_table(
-        rows,
-        [
-            ("model", "model", ""),
-            ("layout", "layout", ""),
-            ("attack", "attack", ""),
-            ("steps", "steps", ""),
-            ("n", "images", ""),
-            ("seconds", "seconds", ".2f"),
-            ("images_per_s", "images/s", ".1f"),
-            ("seconds_per_10k", "s per 10k", ".1f"),
-        ],
-    )
+    print_table(rows, TABLE_COLUMNS)
     if args.json:
-        settings = {k: v for k, v in vars(args).items() if k != "json"}
+        settings = settings_of(args)
         settings["data_source"] = source
-        write_json(args.json, {"machine": info, "settings": settings, "results": rows})
-        print(f"wrote {args.json}")
+        write_report(args.json, {"machine": info, "settings": settings, "results": rows})
     return 0
 
 
