@@ -15,27 +15,32 @@ channels_last, torch.compile) take fit's defaults for the device unless given.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
+from argparse import Namespace
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, print_machine, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    machine_info,
+    make_parser,
+    print_machine,
+    setup_device,
+    write_report,
+)
 
-from odenets.device import resolve_device  # noqa: E402
-from odenets.training import TrainConfig, fit  # noqa: E402
+from odenets.training import RunInfo, TrainConfig, fit  # noqa: E402
 
 
 def _switch(value: str | None) -> bool | None:
     return None if value is None else value == "on"
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+def parse_args(argv: list[str] | None) -> Namespace:
+    p = make_parser(__doc__)
     p.add_argument("data_root", help="folder with train/<class>/*.jpg and test/<class>/*.jpg")
     p.add_argument("--model", default="in_resnet110")
     p.add_argument("--device", default="auto")
@@ -47,37 +52,45 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", default=None)
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    info = machine_info(device)
-    print_machine(info)
+
+def train_config(args: Namespace, device: torch.device, out: Path) -> TrainConfig:
+    """One epoch of the paper recipe on the image folder, written to `out`."""
+    return TrainConfig(
+        model=args.model,
+        dataset="folder",
+        data_root=str(args.data_root),
+        train_limit=args.limit,
+        test_limit=args.test_limit,
+        epochs=1,
+        batch_size=args.batch,
+        seed=args.seed,
+        device=str(device),
+        amp=_switch(args.amp),
+        channels_last=_switch(args.channels_last),
+        compile=_switch(args.compile),
+        out=str(out),
+        progress=False,
+    )
+
+
+def timed_fit(args: Namespace, device: torch.device) -> tuple[RunInfo, float]:
+    """The finished run of one epoch in a temporary folder and the wall time of `fit`."""
     with tempfile.TemporaryDirectory(prefix="odenets-epoch-") as tmp:
-        config = TrainConfig(
-            model=args.model,
-            dataset="folder",
-            data_root=str(args.data_root),
-            train_limit=args.limit,
-            test_limit=args.test_limit,
-            epochs=1,
-            batch_size=args.batch,
-            seed=args.seed,
-            device=str(device),
-            amp=_switch(args.amp),
-            channels_last=_switch(args.channels_last),
-            compile=_switch(args.compile),
-            out=str(Path(tmp) / "run"),
-            progress=False,
-        )
+        config = train_config(args, device, Path(tmp) / "run")
         t0 = time.perf_counter()
         run = fit(config)
         wall = time.perf_counter() - t0
+    return run, wall
+
+
+def epoch_result(args: Namespace, run: RunInfo, wall: float) -> dict:
+    """The figures of the run: sizes, resolved speed switches, wall and epoch times."""
     epoch = run.metrics[-1]
     n_train = run.config["dataset"]["n_train"]
     train = run.config["train"]
-    result = {
+    return {
         "model": args.model,
         "n_train": n_train,
         "n_test": run.config["dataset"]["n_test"],
@@ -90,11 +103,19 @@ def main(argv: list[str] | None = None) -> int:
         "train_images_per_s_incl_eval": n_train / epoch["time_s"],
         "test_acc": epoch.get("test_acc"),
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = setup_device(args)
+    info = machine_info(device)
+    print_machine(info)
+    run, wall = timed_fit(args, device)
+    result = epoch_result(args, run, wall)
     for key, value in result.items():
         print(f"{key:30s} {value:.3f}" if isinstance(value, float) else f"{key:30s} {value}")
     if args.json:
-        write_json(args.json, {"machine": info, "settings": vars(args), "result": result})
-        print(f"wrote {args.json}")
+        write_report(args.json, {"machine": info, "settings": vars(args), "result": result})
     return 0
 
 
