@@ -130,49 +130,59 @@ def _train(cfg, run_dir, ctx, data, progress, header) -> None:
     dist = ctx.dist
     loaders = make_loaders(cfg, data, ctx.device, dist)
     wall0 = time.perf_counter() - progress["wall_time_s"]
-    epoch = progress["epoch"]
     num_batches = len(loaders["train"])
     try:
         for epoch in range(progress["epoch"] + 1, cfg.epochs + 1):
             t0 = time.perf_counter()
             lr = lr_at(cfg, epoch)
-            bar = _bar(cfg, epoch, loaders["train"].num_samples, dist)
 
             def save_partial(part, epoch=epoch):
                 progress["global_step"] = (epoch - 1) * num_batches + part.step
                 _mid_epoch_checkpoint(run_dir, ctx, progress, part, header, wall0)
 
-            try:
-                stats = train_one_epoch(
-                    ctx,
-                    loaders["train"].epoch(epoch - 1),
-                    epoch=epoch,
-                    lr=lr,
-                    num_batches=num_batches,
-                    bar=bar,
-                    start=progress.pop("partial", None),
-                    checkpoint_steps=cfg.checkpoint_steps,
-                    on_checkpoint=save_partial,
-                )
-            finally:
-                if bar is not None:
-                    bar.close()
+            stats = _run_epoch(cfg, ctx, loaders["train"], epoch, lr, progress, save_partial)
             record = _epoch_record(cfg, ctx, loaders, data, epoch, lr, stats)
             record["time_s"] = round(time.perf_counter() - t0, 3)
             progress["global_step"] = epoch * num_batches
             _after_epoch(cfg, run_dir, ctx, progress, record, header, wall0)
             logger.info(_epoch_line(record, cfg.epochs))
     except DivergenceError as err:
-        checkpoint = run_dir / LAST_WEIGHTS
-        at = progress.get("checkpoint_at", "after epoch 0")
-        msg = (
-            f"{err}. The last good state ({at}) is kept in {checkpoint}; lower the learning "
-            "rate (or start the coefficients further from non-residual) and retry"
-        )
-        if dist.is_main:
-            write_summary(run_dir, cfg, progress, "diverged", time.perf_counter() - wall0, msg)
+        msg = _record_divergence(cfg, run_dir, dist, progress, wall0, err)
         raise DivergenceError(msg) from None
     _finish(cfg, run_dir, ctx, progress, header, time.perf_counter() - wall0)
+
+
+def _run_epoch(cfg, ctx, loader, epoch, lr, progress, on_checkpoint) -> dict[str, float]:
+    """Train epoch `epoch` behind a progress bar, from a resumed partial epoch if any."""
+    bar = _bar(cfg, epoch, loader.num_samples, ctx.dist)
+    try:
+        return train_one_epoch(
+            ctx,
+            loader.epoch(epoch - 1),
+            epoch=epoch,
+            lr=lr,
+            num_batches=len(loader),
+            bar=bar,
+            start=progress.pop("partial", None),
+            checkpoint_steps=cfg.checkpoint_steps,
+            on_checkpoint=on_checkpoint,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _record_divergence(cfg, run_dir, dist, progress, wall0, err: DivergenceError) -> str:
+    """The message for a diverged run, also written to summary.json (rank 0)."""
+    checkpoint = run_dir / LAST_WEIGHTS
+    at = progress.get("checkpoint_at", "after epoch 0")
+    msg = (
+        f"{err}. The last good state ({at}) is kept in {checkpoint}; lower the learning "
+        "rate (or start the coefficients further from non-residual) and retry"
+    )
+    if dist.is_main:
+        write_summary(run_dir, cfg, progress, "diverged", time.perf_counter() - wall0, msg)
+    return msg
 
 
 def _epoch_record(cfg, ctx, loaders, data, epoch, lr, stats) -> dict[str, Any]:

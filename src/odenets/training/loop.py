@@ -83,33 +83,15 @@ def train_one_epoch(
     ctx.model.train()
     for group in ctx.optimizer.param_groups:
         group["lr"] = lr
-    dev = ctx.device
     start = start or EpochProgress()
-    # Rank 0 carries the sums of a resumed epoch; every rank adds its own shard's.
-    carry = ctx.dist.is_main
-    loss_sum = torch.tensor(start.loss_sum if carry else 0.0, dtype=torch.float64, device=dev)
-    correct = torch.tensor(start.correct if carry else 0, dtype=torch.int64, device=dev)
-    first_bad = torch.full((), _NO_BAD_STEP, dtype=torch.int64, device=dev)
+    loss_sum, correct, first_bad = _device_sums(ctx, start)
     seen = start.seen
     project = getattr(ctx.model, "project_", None)
     for step, (images, labels) in enumerate(batches, start=1):
         if step <= start.step:
             continue
         global_batch = labels.shape[0]
-        if ctx.dist.enabled:
-            part = ctx.dist.shard(global_batch)
-            images, labels = images[part], labels[part]
-        with autocast(dev, ctx.amp):
-            logits = ctx.net(images)
-        loss, summed = cross_entropy_shard(
-            logits, labels, global_batch=global_batch, world_size=ctx.dist.world_size
-        )
-        ctx.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        ctx.optimizer.step()
-        if project is not None:
-            with torch.no_grad():
-                project()
+        logits, labels, summed = _train_step(ctx, images, labels, project)
         first_bad = torch.where(
             torch.isfinite(summed) | (first_bad != _NO_BAD_STEP), first_bad, step
         )
@@ -121,20 +103,66 @@ def train_one_epoch(
         if save or step % ctx.check_every == 0 or step == num_batches:
             _check_finite(first_bad, ctx.dist, epoch=epoch, num_batches=num_batches)
         if save:
-            totals = all_reduce_sum(torch.stack([loss_sum, correct.double()]), ctx.dist)
-            loss_total, correct_total = totals.tolist()
-            on_checkpoint(EpochProgress(step, loss_total, int(correct_total), seen))
+            on_checkpoint(_progress_so_far(step, loss_sum, correct, seen, ctx.dist))
         if bar is not None:
-            bar.update(global_batch)
-            if step % 20 == 0 or step == num_batches:
-                n = seen / ctx.dist.world_size if ctx.dist.enabled else seen
-                bar.set_postfix(
-                    loss=f"{loss_sum.item() / n:.3f}",
-                    acc=f"{correct.item() / n:.3f}",
-                    refresh=False,
-                )
+            _update_bar(bar, step, global_batch, loss_sum, correct, seen, ctx.dist, num_batches)
     totals = all_reduce_sum(torch.stack([loss_sum, correct.double()]), ctx.dist).tolist()
     return {"train_loss": totals[0] / seen, "train_acc": totals[1] / seen, "steps": step}
+
+
+def _device_sums(ctx: StepContext, start: EpochProgress):
+    """The epoch's running loss sum, correct count and first-bad-step watch, on the device.
+
+    Rank 0 carries the sums of a resumed epoch; every rank adds its own shard's.
+    """
+    dev, carry = ctx.device, ctx.dist.is_main
+    loss_sum = torch.tensor(start.loss_sum if carry else 0.0, dtype=torch.float64, device=dev)
+    correct = torch.tensor(start.correct if carry else 0, dtype=torch.int64, device=dev)
+    first_bad = torch.full((), _NO_BAD_STEP, dtype=torch.int64, device=dev)
+    return loss_sum, correct, first_bad
+
+
+def _train_step(ctx: StepContext, images, labels, project):
+    """Forward, backward, optimizer step and projection on this rank's shard of a batch.
+
+    Returns:
+        (logits, labels) of the shard and the shard's summed cross-entropy.
+    """
+    global_batch = labels.shape[0]
+    if ctx.dist.enabled:
+        part = ctx.dist.shard(global_batch)
+        images, labels = images[part], labels[part]
+    with autocast(ctx.device, ctx.amp):
+        logits = ctx.net(images)
+    loss, summed = cross_entropy_shard(
+        logits, labels, global_batch=global_batch, world_size=ctx.dist.world_size
+    )
+    ctx.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    ctx.optimizer.step()
+    if project is not None:
+        with torch.no_grad():
+            project()
+    return logits, labels, summed
+
+
+def _progress_so_far(step, loss_sum, correct, seen, dist: DistContext) -> EpochProgress:
+    """The epoch's progress after `step`, its sums reduced over all ranks."""
+    totals = all_reduce_sum(torch.stack([loss_sum, correct.double()]), dist)
+    loss_total, correct_total = totals.tolist()
+    return EpochProgress(step, loss_total, int(correct_total), seen)
+
+
+def _update_bar(bar, step, global_batch, loss_sum, correct, seen, dist, num_batches) -> None:
+    """Advance the progress bar; its running loss and accuracy every 20 steps and at the end."""
+    bar.update(global_batch)
+    if step % 20 == 0 or step == num_batches:
+        n = seen / dist.world_size if dist.enabled else seen
+        bar.set_postfix(
+            loss=f"{loss_sum.item() / n:.3f}",
+            acc=f"{correct.item() / n:.3f}",
+            refresh=False,
+        )
 
 
 def _check_finite(first_bad: torch.Tensor, dist: DistContext, *, epoch: int, num_batches: int):

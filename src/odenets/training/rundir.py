@@ -89,27 +89,45 @@ def start_run(cfg, run_dir, header, model, optimizer, dist) -> dict[str, Any]:
     if cfg.resume and dist.is_main:
         _remove_stale_temporaries(run_dir)
     if cfg.resume and has_last:
-        tensors, state = load_train_state(run_dir)
-        _check_same_run(state, header, run_dir)
-        restore_train_state(tensors, state, model=model, optimizer=optimizer)
-        for key in ("global_step", "best_epoch", "wall_time_s"):
-            progress[key] = state[key]
-        score = state["best_score"]
-        progress["best_score"] = score if score is not None else -math.inf
-        progress["epoch"] = state["epoch"]
-        progress["last_record"] = state.get("metrics")
-        partial = state.get("partial_epoch")
-        progress["partial"] = EpochProgress(**partial) if partial else None
-        e = state["epoch"]
-        progress["checkpoint_at"] = (
-            f"epoch {e + 1}, step {partial['step']}" if partial else f"after epoch {e}"
-        )
-        barrier(dist)  # every rank has read last.* before rank 0 rewrites metrics
-        if dist.is_main:
-            write_json_atomic(run_dir / CONFIG, header)
-            _trim_metrics(run_dir, state)
-        barrier(dist)
-        return progress
+        _resume_run(run_dir, header, model, optimizer, dist, progress)
+    else:
+        _start_fresh_run(cfg, run_dir, header, model, optimizer, dist, progress)
+    return progress
+
+
+def _resume_run(run_dir, header, model, optimizer, dist, progress: dict[str, Any]) -> None:
+    """Restore model and optimizer from last.* and fill `progress` from its JSON part; rank 0
+    then rewrites config.json and drops metric lines past the checkpoint."""
+    tensors, state = load_train_state(run_dir)
+    _check_same_run(state, header, run_dir)
+    restore_train_state(tensors, state, model=model, optimizer=optimizer)
+    _progress_from_state(progress, state)
+    barrier(dist)  # every rank has read last.* before rank 0 rewrites metrics
+    if dist.is_main:
+        write_json_atomic(run_dir / CONFIG, header)
+        _trim_metrics(run_dir, state)
+    barrier(dist)
+
+
+def _progress_from_state(progress: dict[str, Any], state: dict[str, Any]) -> None:
+    """Copy a checkpoint's counters, best score, last record and partial epoch to `progress`."""
+    for key in ("global_step", "best_epoch", "wall_time_s"):
+        progress[key] = state[key]
+    score = state["best_score"]
+    progress["best_score"] = score if score is not None else -math.inf
+    progress["epoch"] = state["epoch"]
+    progress["last_record"] = state.get("metrics")
+    partial = state.get("partial_epoch")
+    progress["partial"] = EpochProgress(**partial) if partial else None
+    e = state["epoch"]
+    progress["checkpoint_at"] = (
+        f"epoch {e + 1}, step {partial['step']}" if partial else f"after epoch {e}"
+    )
+
+
+def _start_fresh_run(cfg, run_dir, header, model, optimizer, dist, progress) -> None:
+    """Rank 0 writes config.json, an empty metrics.jsonl, the epoch-0 checkpoint and a
+    "running" summary."""
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run_dir / CONFIG, header)
@@ -123,7 +141,6 @@ def start_run(cfg, run_dir, header, model, optimizer, dist) -> dict[str, Any]:
         )
         write_summary(run_dir, cfg, progress, "running", 0.0, None)
     barrier(dist)
-    return progress
 
 
 def _remove_stale_temporaries(run_dir: Path) -> None:
@@ -159,7 +176,7 @@ def _check_same_run(state: dict[str, Any], header: dict[str, Any], run_dir: Path
         warnings.warn(
             f"resuming {run_dir} with changed settings {changed}; the run will not match an "
             "uninterrupted one",
-            stacklevel=3,
+            stacklevel=4,  # the caller of start_run
         )
 
 
