@@ -133,15 +133,47 @@ def _out_path(args) -> Path:
 
 
 def _evaluate(args) -> dict:
-    import numpy as np
     import torch
 
     from odenets.device import resolve_device
     from odenets.robustness import evaluate
-    from odenets.robustness.evaluate import shard_slice
     from odenets.training import load_run, read_run
 
     infos = [read_run(p) for p in args.runs]
+    dataset = infos[0].config["dataset"]
+    _check_one_dataset(infos)
+    device = resolve_device(args.device)
+    models = [load_run(p, device=device) for p in args.runs]
+
+    images, labels = _test_split(dataset, args.data_root)
+    order, shard = _test_order(args, len(labels))
+    x = torch.from_numpy(images[order]).permute(0, 3, 1, 2).float() / 255  # (N, C, H, W)
+    y = torch.from_numpy(labels[order])
+
+    noise = "official" if args.noise_root else ("generated" if args.noise else None)
+    return evaluate(
+        models,
+        x,
+        y,
+        attacks=args.attacks,
+        eps_list=[e / 255 for e in args.eps],
+        threat_model=args.threat_model,
+        noise=noise,
+        noise_root=args.noise_root,
+        gaussian_sigmas=[s / 255 for s in args.gaussian_sigma],
+        attack_options=_attack_options(args),
+        seed=args.seed,
+        batch_size=args.batch_size,
+        indices=torch.from_numpy(order),
+        checks=not args.no_checks,
+        channels_last=args.channels_last,
+        info=_result_info(args, dataset, shard),
+        progress=sys.stderr.isatty(),
+    )
+
+
+def _check_one_dataset(infos) -> None:
+    """The runs of an ensemble were all trained on the data set of the first."""
     dataset = infos[0].config["dataset"]
     for info in infos[1:]:
         if info.config["dataset"]["name"] != dataset["name"]:
@@ -149,14 +181,19 @@ def _evaluate(args) -> dict:
                 f"runs of an ensemble must share a data set; {info.path} was trained on "
                 f"{info.config['dataset']['name']!r}, {infos[0].path} on {dataset['name']!r}"
             )
-    device = resolve_device(args.device)
-    models = [load_run(p, device=device) for p in args.runs]
 
-    images, labels = _test_split(dataset, args.data_root)
-    order = np.arange(len(labels))
-    if args.limit is not None and args.limit < len(labels):
+
+def _test_order(args, n: int):
+    """Indices of the test images to evaluate (sorted; --limit draws a seeded subset, --shard
+    takes a contiguous share) and the shard's record for eval.json (None without --shard)."""
+    import numpy as np
+
+    from odenets.robustness.evaluate import shard_slice
+
+    order = np.arange(n)
+    if args.limit is not None and args.limit < n:
         rng = np.random.default_rng(args.seed)
-        order = np.sort(rng.permutation(len(labels))[: args.limit])
+        order = np.sort(rng.permutation(n)[: args.limit])
     shard = None
     if args.shard is not None:
         start, stop = shard_slice(len(order), *args.shard)
@@ -168,36 +205,24 @@ def _evaluate(args) -> dict:
             "total": len(order),
         }
         order = order[start:stop]
-    x = torch.from_numpy(images[order]).permute(0, 3, 1, 2).float() / 255  # (N, C, H, W)
-    y = torch.from_numpy(labels[order])
+    return order, shard
 
-    noise = "official" if args.noise_root else ("generated" if args.noise else None)
+
+def _result_info(args, dataset: dict, shard: dict | None) -> dict:
+    """What eval.json records about its inputs: runs, data set, split and shard."""
+    return {
+        "runs": [str(p) for p in args.runs],
+        "dataset": dataset["name"],
+        "split": "test",
+        "shard": shard,
+    }
+
+
+def _attack_options(args) -> dict[str, dict]:
+    """Per-attack options from the flags, for the requested attacks only."""
     options = {"pgd": {"restarts": args.pgd_restarts}}
     options.update({a: {"steps": args.apgd_steps} for a in ("apgd_ce", "apgd_dlr")})
-    return evaluate(
-        models,
-        x,
-        y,
-        attacks=args.attacks,
-        eps_list=[e / 255 for e in args.eps],
-        threat_model=args.threat_model,
-        noise=noise,
-        noise_root=args.noise_root,
-        gaussian_sigmas=[s / 255 for s in args.gaussian_sigma],
-        attack_options={k: v for k, v in options.items() if k in args.attacks},
-        seed=args.seed,
-        batch_size=args.batch_size,
-        indices=torch.from_numpy(order),
-        checks=not args.no_checks,
-        channels_last=args.channels_last,
-        info={
-            "runs": [str(p) for p in args.runs],
-            "dataset": dataset["name"],
-            "split": "test",
-            "shard": shard,
-        },
-        progress=sys.stderr.isatty(),
-    )
+    return {k: v for k, v in options.items() if k in args.attacks}
 
 
 def _test_split(dataset: dict, data_root: str | None):

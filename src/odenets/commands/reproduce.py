@@ -73,28 +73,32 @@ def run(args: argparse.Namespace) -> int:
     )
     out = args.out or f"runs/{grid.preset.name}-{grid.scale}"
     if args.list_jobs:
-        jobs = prepare_folder(grid, out)
-        python = python_executable()
-        print(
-            f"# {grid.preset.name} ({grid.scale}): {len(jobs)} jobs; ensembles need every "
-            "training job before them; run the report last"
-        )
-        for job in jobs:
-            if job.is_ensemble and not jobs[job.index - 1].is_ensemble:
-                print("# after every job above:")
-            print(job_command(grid, out, job, python=python))
-        print(f"{python} -m odenets report {out}")
-        return 0
+        return _list_jobs(grid, out)
+    return _run_jobs(args, grid, out)
+
+
+def _list_jobs(grid, out: str) -> int:
+    """Print one shell command per job (ensembles after the trainings), then the report's."""
+    jobs = prepare_folder(grid, out)
+    python = python_executable()
+    print(
+        f"# {grid.preset.name} ({grid.scale}): {len(jobs)} jobs; ensembles need every "
+        "training job before them; run the report last"
+    )
+    for job in jobs:
+        if job.is_ensemble and not jobs[job.index - 1].is_ensemble:
+            print("# after every job above:")
+        print(job_command(grid, out, job, python=python))
+    print(f"{python} -m odenets report {out}")
+    return 0
+
+
+def _run_jobs(args: argparse.Namespace, grid, out: str) -> int:
+    """Run the grid (or its --shard / --job), print a line per job event and the counts, and
+    write the report after a whole grid. Exit 1 while a job of a whole grid is unfinished."""
     shard = parse_shard(args.shard) if args.shard else None
     start = time.perf_counter()
-
-    def on_event(job, state, seconds):
-        print(
-            f"[{job.index}] {job.name}: {state}" + (f" in {seconds:.0f} s" if seconds else ""),
-            flush=True,
-        )
-
-    states = run_grid(grid, out, shard=shard, only=args.job, on_event=on_event)
+    states = run_grid(grid, out, shard=shard, only=args.job, on_event=_print_event)
     counts = {s: list(states.values()).count(s) for s in sorted(set(states.values()))}
     print(
         f"{grid.preset.name} ({grid.scale}) in {out}: "
@@ -108,6 +112,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"report: {out}/report.md")
     unfinished = [n for n, s in states.items() if s not in ("finished", "diverged")]
     return 0 if not unfinished or args.job is not None or shard is not None else 1
+
+
+def _print_event(job, state, seconds) -> None:
+    print(
+        f"[{job.index}] {job.name}: {state}" + (f" in {seconds:.0f} s" if seconds else ""),
+        flush=True,
+    )
 
 
 def _list() -> int:
