@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -110,22 +109,6 @@ def time_call(fn: Callable[[], object], device: torch.device, *, repeat: int = 1
     for _ in range(repeat):
         fn()
     return time.perf_counter() - t0
-
-
-def median_time(
-    fn: Callable[[], object],
-    device: torch.device,
-    *,
-    warmup: int,
-    steps: int,
-    reps: int,
-) -> tuple[float, list[float]]:
-    """Median seconds per call over `reps` repetitions of `steps` calls, after `warmup`."""
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    per_call = [time_call(fn, device, repeat=steps) / steps for _ in range(reps)]
-    return statistics.median(per_call), per_call
 
 
 def count_flops(fn: Callable[[], object]) -> int:
