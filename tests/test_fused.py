@@ -91,3 +91,12 @@ def test_junction_coefficient_gradients_match_a_plain_reimplementation(name):
     for ours, theirs in zip(fused, plain, strict=True):
         torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
     assert any(g.abs().sum() > 0 for g in fused)
+
+
+@pytest.mark.parametrize("name", ["in_resnet20", "lambda_in_resnet20", "etd_resnet20"])
+def test_torch_compile_traces_the_training_forward_in_one_graph(name):
+    # dynamo cannot trace a custom jvp: under compile the junction must be the plain form,
+    # or every interpolating block breaks the graph (and hits the recompile limit).
+    model = odenets.create_model(name).train()
+    explained = torch._dynamo.explain(model)(torch.rand(2, 3, 32, 32))
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0)

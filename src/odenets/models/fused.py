@@ -88,8 +88,19 @@ def scaled_sum(
 ) -> torch.Tensor:
     """a·x + b·fx (b None: a·x + fx) for 0-d a and b, fused (see `_ScaledSum`).
 
-    Falls back to the plain expression when x and fx differ in shape (broadcasting).
+    The plain expression is used under `torch.compile` (dynamo cannot trace a custom `jvp`
+    and would break the graph at every block; inductor fuses the plain form itself) and
+    when x and fx differ in shape (broadcasting).
     """
-    if x.shape != fx.shape or a.dim() != 0 or (b is not None and b.dim() != 0):
+    if (
+        torch.compiler.is_compiling()
+        or x.shape != fx.shape
+        or a.dim() != 0
+        or (b is not None and b.dim() != 0)
+    ):
         return a * x + (fx if b is None else b * fx)
+    # The scalars take the dtype of the tensors they scale: under CUDA bf16 autocast a float32
+    # operand of `addcmul` (on autocast's promote list) would make every block output float32.
+    a = a.to(x.dtype)
+    b = None if b is None else b.to(fx.dtype)
     return _ScaledSum.apply(x, fx, a, b)
