@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import copy
 import functools
+import importlib
 import json
 
 import pytest
 import torch
 from _robustness_models import TinyNet, digits, train_tiny
 
+import odenets
 from odenets.models.base import channels_last_weights
-from odenets.robustness import Ensemble, evaluate, format_table, merge_shards, shard_slice
+from odenets.robustness import (
+    Ensemble,
+    correct_mask,
+    create_attack,
+    evaluate,
+    format_table,
+    merge_shards,
+    shard_slice,
+)
 from odenets.robustness.evaluate import sanity_checks
 
 FAST = {"pgd": {"steps": 5, "alpha": 0.04}, "apgd_ce": {"steps": 10}}
@@ -150,8 +160,11 @@ def test_ensemble_without_shared_normalisation_refuses_normalized_space(data):
         evaluate(ens, x, y, attacks=["fgsm"], eps_list=[0.1], threat_model="normalized")
 
 
-def test_shards_merge_to_the_unsharded_result_exactly(data):
+def test_shards_merge_to_the_unsharded_result_exactly(data, monkeypatch):
     x, y = data
+    # the ε = 1 check covers the first 40 of the 90 samples: shards 0 and 1 share them
+    evaluate_module = importlib.import_module("odenets.robustness.evaluate")
+    monkeypatch.setattr(evaluate_module, "EPS1_SAMPLES", 40)
     kw = dict(noise="generated", gaussian_sigmas=[0.2], seed=7)
     whole = _run(_trained(), x, y, **kw)
     shards = []
@@ -169,11 +182,22 @@ def test_shards_merge_to_the_unsharded_result_exactly(data):
         assert [e["correct"] for e in merged[key]] == [e["correct"] for e in whole[key]]
         assert [e["accuracy"] for e in merged[key]] == [e["accuracy"] for e in whole[key]]
     assert merged["counts"]["noise"] == whole["counts"]["noise"]
+    assert merged["counts"]["eps1"] == whole["counts"]["eps1"]
+    assert whole["counts"]["eps1"]["n"] == 40 and shards[2]["counts"]["eps1"]["n"] == 0
     assert [c["ok"] for c in merged["checks"]] == [c["ok"] for c in whole["checks"]]
     with pytest.raises(ValueError, match="exactly once"):
         merge_shards(shards[:2])
     with pytest.raises(ValueError, match="exactly once"):
         merge_shards([shards[0], shards[0], shards[2]])
+    # a shard of another evaluation set (another --limit) does not merge
+    other = copy.deepcopy(shards[1])
+    other["shard"].update(total=300, start=100, stop=200)
+    with pytest.raises(ValueError, match="different sizes"):
+        merge_shards([shards[0], other, shards[2]])
+    gap = copy.deepcopy(shards[1])
+    gap["shard"]["start"] += 1
+    with pytest.raises(ValueError, match="expected to start at 30"):
+        merge_shards([shards[0], gap, shards[2]])
 
 
 def test_shard_slices_partition_the_set():
@@ -302,3 +326,50 @@ def test_official_noise_files_are_indexed_by_sample(tmp_path):
     with pytest.raises(DataError, match="differ from the test labels"):
         evaluate(_trained(), x[:60], (y[:60] + 1) % 10, attacks=[], noise="official",
                  noise_root=tmp_path)  # fmt: skip
+
+
+def test_evaluate_gives_back_each_module_its_mode(data):
+    x, y = data
+    model = odenets.create_model("resnet20", in_chans=1, num_classes=10)
+    model.train()
+    model.blocks[0].f.bn1.eval()  # a frozen BatchNorm inside a network in train mode
+    modes = [m.training for m in model.modules()]
+    stats = {k: v.clone() for k, v in model.state_dict().items()}
+    _run(model, x[:20], y[:20], attacks=("fgsm", "pgd"), eps_list=(0.1,), checks=False)
+    assert [m.training for m in model.modules()] == modes
+    for key, value in model.state_dict().items():  # running statistics untouched
+        assert torch.equal(value, stats[key]), key
+    model.eval()
+    _run(model, x[:20], y[:20], attacks=("fgsm",), eps_list=(0.1,), checks=False)
+    assert not any(m.training for m in model.modules())
+
+
+def test_attacks_stay_float32_inside_a_callers_autocast(data):
+    x, y = data
+    model, attack = _trained(), create_attack("pgd", eps=0.1, steps=3, seed=0)
+    plain = attack(model, x[:30], y[:30])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = attack(model, x[:30], y[:30])
+        mask = correct_mask(model, inside, y[:30])
+    assert inside.dtype == torch.float32 and torch.equal(inside, plain)
+    assert torch.equal(mask, correct_mask(model, plain, y[:30]))
+
+
+def test_evaluation_runs_without_tf32_and_restores_the_flags(data):
+    x, y = data
+    model = copy.deepcopy(_trained())
+    seen = []
+    model.register_forward_pre_hook(
+        lambda *_: seen.append(
+            (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+        )
+    )
+    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        _run(model, x[:10], y[:10], attacks=("fgsm",), eps_list=(0.1,), checks=False)
+        assert seen and set(seen) == {(False, False)}
+        assert torch.backends.cuda.matmul.allow_tf32 is True
+        assert torch.backends.cudnn.allow_tf32 == before[0]
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before[1]

@@ -14,9 +14,10 @@ into shards.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -257,15 +258,10 @@ class Attack:
         if indices is None:
             indices = torch.arange(len(images))
         images = images.detach().to(self.dtype)
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.enable_grad():
-                space = Space(model, self.threat_model)
-                z_adv = self.perturb(space, space.encode(images), labels, indices.cpu())
-                return space.decode(z_adv.detach())
-        finally:
-            model.train(was_training)
+        with inference_state(model, images.device.type), torch.enable_grad():
+            space = Space(model, self.threat_model)
+            z_adv = self.perturb(space, space.encode(images), labels, indices.cpu())
+            return space.decode(z_adv.detach())
 
     def perturb(
         self, space: Space, z: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor
@@ -303,6 +299,35 @@ class Attack:
             like.shape[1:], indices, seed=self.seed, stream=stream, low=low, high=high
         )
         return noise.to(device=like.device, dtype=like.dtype)
+
+
+@contextlib.contextmanager
+def inference_state(model: nn.Module, device_type: str) -> Iterator[None]:
+    """`model` in eval mode with autocast off inside the block (attacks and accuracy are
+    float32 even inside a caller's bf16 autocast); on exit every submodule gets back its own
+    train/eval flag, so a network left partly in eval mode (e.g. frozen BatchNorm) stays so.
+    """
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        with torch.autocast(device_type, enabled=False):
+            yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+@contextlib.contextmanager
+def ieee_float32() -> Iterator[None]:
+    """float32 convolutions and matrix products without TF32 on CUDA inside the block (cuDNN
+    uses TF32 for float32 convolutions by default); the previous settings come back after."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = (cudnn.allow_tf32, matmul.allow_tf32)
+    cudnn.allow_tf32, matmul.allow_tf32 = False, False
+    try:
+        yield
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = saved
 
 
 def _check_batch(images: torch.Tensor, labels: torch.Tensor) -> None:

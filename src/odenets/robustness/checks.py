@@ -84,6 +84,8 @@ def _non_increasing_in_eps(by_key: Mapping[tuple, float], attacks: list[Mapping]
 def _eps1_near_zero(eps1: Mapping | None) -> dict:
     if eps1 is None:
         return _check("eps1_accuracy_near_zero", True, "not run")
+    if eps1["n"] == 0:
+        return _check("eps1_accuracy_near_zero", True, "no sample of this shard is checked")
     acc = frac(eps1["correct"], eps1["n"])
     detail = f"IFGSM 5 steps of 0.25 at eps = 1 on {eps1['n']} samples: accuracy {acc:.4f}"
     return _check("eps1_accuracy_near_zero", acc <= EPS1_MAX_ACC, detail)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from odenets.models.base import channels_last_weights, model_device
-from odenets.robustness.base import Attack, create_attack
+from odenets.robustness.base import Attack, create_attack, ieee_float32
 from odenets.robustness.checks import (
     EPS1_MAX_ACC,
     EPS1_SAMPLES,
@@ -110,13 +110,17 @@ def evaluate(
             layout is restored afterwards): float32 as before, up to rounding, and faster
             attacks (docs/benchmarks.md).
 
+    Every forward pass runs in eval mode and float32: autocast is off and, on CUDA, TF32 is
+    off for convolutions and matrix products. The models come back in the train/eval mode,
+    layout and precision settings they had.
+
     Returns:
         The eval.json dictionary (accuracies as fractions).
     """
     started = time.perf_counter()
     members = [models] if isinstance(models, nn.Module) else list(models)
     layout = channels_last_weights(members) if channels_last else contextlib.nullcontext()
-    with layout:
+    with layout, ieee_float32():
         result = _evaluate(
             members,
             images,
@@ -189,7 +193,8 @@ def _evaluate(
             result["worst_case"].append(worst)
             result["counts"]["nonfinite_grads"] += bad
     if checks and attacks:
-        result["counts"]["eps1"], bad = _eps1(model, images, labels, seed, run)
+        offset = (info.get("shard") or {}).get("start", 0)
+        result["counts"]["eps1"], bad = _eps1(model, images, labels, seed, run, offset)
         result["counts"]["nonfinite_grads"] += bad
     if checks:
         result["checks"] = sanity_checks(result)
@@ -297,13 +302,17 @@ def _attack_entry(attack: Attack, name: str, tm: str, eps: float, t0: float) -> 
     }
 
 
-def _eps1(model, images, labels, seed, run) -> tuple[dict, int]:
-    """The ε = 1 check: an unbounded IFGSM on the first `EPS1_SAMPLES` samples.
+def _eps1(model, images, labels, seed, run, offset: int = 0) -> tuple[dict, int]:
+    """The ε = 1 check: an unbounded IFGSM on the first `EPS1_SAMPLES` samples of the
+    evaluation set. `offset` is the position of `images[0]` in that set (a shard's start),
+    so the shards of an evaluation together attack exactly the unsharded samples.
 
     Returns:
         ({"correct", "n"} of the "counts" section, samples with non-finite input gradients).
     """
-    k = min(len(images), EPS1_SAMPLES)
+    k = max(0, min(len(images), EPS1_SAMPLES - offset))
+    if k == 0:
+        return {"correct": 0, "n": 0}, 0
     unbounded = create_attack("ifgsm", eps=1.0, alpha=0.25, steps=5, seed=seed)
     mask = correct_mask(
         model, images[:k], labels[:k], attack=unbounded, **{**run, "indices": run["indices"][:k]}

@@ -9,6 +9,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from odenets.models.base import model_device
+from odenets.robustness.base import inference_state
 
 DEFAULT_BATCH_SIZE = 500
 
@@ -45,11 +46,9 @@ def correct_mask(
     if indices is None:
         indices = torch.arange(len(images))
     device = model_device(model)
-    was_training = model.training
-    model.eval()
     out = torch.zeros(len(images), dtype=torch.bool)
     starts = range(0, len(images), batch_size)
-    try:
+    with inference_state(model, device.type):
         for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
             stop = start + batch_size
             x = images[start:stop].to(device=device, dtype=torch.float32)
@@ -58,8 +57,6 @@ def correct_mask(
                 x = attack(model, x, y, indices=indices[start:stop])
             with torch.no_grad():
                 out[start:stop] = (model(x).argmax(dim=1) == y).cpu()
-    finally:
-        model.train(was_training)
     return out
 
 

@@ -70,7 +70,29 @@ def _check_shards(shards: Sequence[Mapping]) -> int:
                 )
         if [_attack_key(a) for a in s["attacks"]] != [_attack_key(a) for a in first["attacks"]]:
             raise ValueError("shards were evaluated with different attacks or radii")
+    _check_coverage(shards)
     return count
+
+
+def _check_coverage(shards: Sequence[Mapping]) -> None:
+    """Raise unless the shards' [start, stop) slices tile one set of `total` samples, each
+    holding its own n samples (shards of another --limit or data set do not merge)."""
+    infos = sorted((s["shard"] for s in shards), key=lambda i: i["index"])
+    if any(key not in i for i in infos for key in ("start", "stop", "total")):
+        return  # shards made through the API without the slice bounds
+    totals = sorted({i["total"] for i in infos})
+    if len(totals) > 1:
+        raise ValueError(f"shards come from evaluation sets of different sizes: {totals}")
+    position = 0
+    for info, s in zip(infos, sorted(shards, key=lambda s: s["shard"]["index"]), strict=True):
+        if info["start"] != position or s["n"] != info["stop"] - info["start"]:
+            raise ValueError(
+                f"shard {info['index']}/{info['count']} holds samples [{info['start']}, "
+                f"{info['stop']}) with n = {s['n']}; expected to start at {position}"
+            )
+        position = info["stop"]
+    if position != totals[0]:
+        raise ValueError(f"the shards cover {position} of {totals[0]} samples")
 
 
 def _attack_key(entry: Mapping) -> tuple:
