@@ -55,6 +55,14 @@ def test_eps_hint_suggests_dividing_by_255():
     assert str(err.value) == expected
 
 
+@pytest.mark.parametrize("name", ["fgsm", "gaussian_noise"])
+def test_images_outside_the_pixel_range_are_refused(model, data, name):
+    x, y = data
+    attack = create_attack(name, **({"eps": 0.1} if name == "fgsm" else {}))
+    with pytest.raises(ValueError, match=r"pixels in \[0, 1\].*\[0, 255\].*Divide uint8"):
+        attack(model, x * 255, y)
+
+
 def test_unknown_attack_suggests_close_name():
     with pytest.raises(KeyError, match="Did you mean 'pgd'"):
         create_attack("pgdd", eps=0.1)

@@ -335,6 +335,13 @@ def _check_batch(images: torch.Tensor, labels: torch.Tensor) -> None:
         raise TypeError("images must be a float tensor (N, C, H, W) in [0, 1]")
     if images.dim() != 4:
         raise ValueError(f"images must have shape (N, C, H, W); got {tuple(images.shape)}")
+    if images.numel():
+        low, high = torch.aminmax(images.detach())
+        if low < 0 or high > 1:  # one host sync per batch, not per step
+            raise ValueError(
+                f"images must be pixels in [0, 1] (attacks clip to that range); got values in "
+                f"[{float(low):g}, {float(high):g}]. Divide uint8 pixels by 255."
+            )
     if labels.shape != (images.shape[0],):
         raise ValueError(
             f"labels must have shape ({images.shape[0]},) to match images; got "
