@@ -39,6 +39,13 @@ from odenets.models.base import OdeNet
 from odenets.models.registry import is_model, register_model
 
 
+@torch.compiler.disable  # untraced: dynamo would guard on the counter and recompile each call
+def _count_forward() -> None:
+    TinyNet.calls += 1
+    if TinyNet.calls == TinyNet.crash_at:
+        raise RuntimeError("simulated crash")
+
+
 class TinyNet(OdeNet):
     """conv 3x3 -> BN -> ReLU -> 2x2 pool, scaled by a learnable (1 + λ); linear head."""
 
@@ -56,9 +63,7 @@ class TinyNet(OdeNet):
         self.fc = nn.Linear(width * 16, num_classes)
 
     def forward_features(self, x):
-        TinyNet.calls += 1
-        if TinyNet.calls == TinyNet.crash_at:
-            raise RuntimeError("simulated crash")
+        _count_forward()
         x = F.adaptive_avg_pool2d(F.relu(self.bn(self.conv(x))), 4)  # (N, width, 4, 4)
         return x.flatten(1) * (1 + self.lam)
 
