@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from test_training import TINY_SOURCE, tiny_net_registered
 
@@ -21,7 +22,9 @@ from odenets.checkpoint import load_safetensors, read_json, read_jsonl
 from odenets.cli import main
 from odenets.commands.train import EXIT_DIVERGED
 from odenets.data import load_digits
+from odenets.models.base import to_channels_last
 from odenets.training import TrainConfig, fit, read_run
+from odenets.training.state import load_train_state, restore_train_state, save_train_state
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -334,3 +337,21 @@ def test_torchrun_two_processes_equal_one(tmp_path, digits_folder, script):
     for m1, m2 in zip(single.metrics, two.metrics, strict=True):
         assert m2["train_loss"] == pytest.approx(m1["train_loss"], rel=1e-4)
         assert m2["test_acc"] == pytest.approx(m1["test_acc"], abs=2 / 359)
+
+
+def test_restored_momentum_takes_the_layout_of_channels_last_weights(tmp_path):
+    def build():
+        torch.manual_seed(0)
+        model = to_channels_last(odenets.create_model("resnet20"))
+        return model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+    model, opt = build()
+    F.cross_entropy(model(torch.rand(4, 3, 32, 32)), torch.tensor([0, 1, 2, 3])).backward()
+    opt.step()
+    save_train_state(tmp_path, model=model, optimizer=opt, epoch=1, info={})
+    fresh, fresh_opt = build()
+    restore_train_state(*load_train_state(tmp_path), model=fresh, optimizer=fresh_opt)
+    buffers = [fresh_opt.state[p]["momentum_buffer"] for p in fresh.parameters() if p.dim() == 4]
+    assert buffers and all(b.is_contiguous(memory_format=torch.channels_last) for b in buffers)
+    for p, q in zip(model.parameters(), fresh.parameters(), strict=True):
+        assert torch.equal(opt.state[p]["momentum_buffer"], fresh_opt.state[q]["momentum_buffer"])

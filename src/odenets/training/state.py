@@ -166,4 +166,20 @@ def restore_train_state(
         )
     except (ValueError, KeyError) as err:
         raise CheckpointError(f"the checkpoint's optimizer state does not fit: {err}") from err
+    _match_state_layouts(optimizer)
     _set_rng_state(tensors, state["rng"])
+
+
+def _match_state_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give each per-parameter state tensor (momentum) its parameter's memory layout: loaded
+    from a checkpoint they are contiguous, which makes every later step of a channels_last
+    model mix layouts (same values, slower)."""
+    for param, entries in optimizer.state.items():
+        for name, value in entries.items():
+            if (
+                isinstance(value, torch.Tensor)
+                and value.shape == param.shape
+                and value.dim() == 4
+                and param.is_contiguous(memory_format=torch.channels_last)
+            ):
+                entries[name] = value.contiguous(memory_format=torch.channels_last)
