@@ -63,6 +63,14 @@ def test_images_outside_the_pixel_range_are_refused(model, data, name):
         attack(model, x * 255, y)
 
 
+def test_images_with_nan_are_refused(model, data):
+    x, y = data
+    x = x.clone()
+    x[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"pixels in \[0, 1\].*nan"):
+        create_attack("fgsm", eps=0.1)(model, x, y)
+
+
 def test_unknown_attack_suggests_close_name():
     with pytest.raises(KeyError, match="Did you mean 'pgd'"):
         create_attack("pgdd", eps=0.1)

@@ -64,7 +64,8 @@ def check_images(x: torch.Tensor, in_chans: int, *, check_finite: bool = True) -
             "Channels-last numpy images need .permute(0, 3, 1, 2)."
         )
     # The finiteness check is one reduction plus a host sync: skipped while tracing, and
-    # by the caller for CUDA training steps, where a sync per step costs throughput.
+    # by the caller for CUDA training steps and attack iterations, where a sync per step
+    # costs throughput.
     if check_finite and not torch.compiler.is_compiling() and not torch.isfinite(x).all():
         raise ValueError("images contain NaN or infinite values")
 
@@ -87,7 +88,10 @@ class OdeNet(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits (N, num_classes) for images (N, in_chans, H, W) in [0, 1]."""
         on_cuda = isinstance(images, torch.Tensor) and images.is_cuda
-        check_images(images, self.in_chans, check_finite=not (self.training and on_cuda))
+        # Inputs that need a gradient on CUDA are an attack's iterates, built from images the
+        # attack checked once (odenets.robustness): no sync per step for them either.
+        per_step = self.training or images.requires_grad if on_cuda else False
+        check_images(images, self.in_chans, check_finite=not per_step)
         return self.forward_normalized(self.normalize(images))
 
     def forward_normalized(self, x: torch.Tensor) -> torch.Tensor:

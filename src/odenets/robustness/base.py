@@ -337,7 +337,7 @@ def _check_batch(images: torch.Tensor, labels: torch.Tensor) -> None:
         raise ValueError(f"images must have shape (N, C, H, W); got {tuple(images.shape)}")
     if images.numel():
         low, high = torch.aminmax(images.detach())
-        if low < 0 or high > 1:  # one host sync per batch, not per step
+        if not (0 <= low and high <= 1):  # NaN fails too; one host sync per batch
             raise ValueError(
                 f"images must be pixels in [0, 1] (attacks clip to that range); got values in "
                 f"[{float(low):g}, {float(high):g}]. Divide uint8 pixels by 255."
