@@ -284,6 +284,33 @@ def test_cli_flags_map_to_fields_and_resume_reads_the_run(tmp_path, capsys):
     assert info.config["train"]["batch_size"] == 32 and len(info.metrics) == 2
 
 
+def _train_digits(out: Path, *extra: str) -> int:
+    """`odenets train` of the tiny network on the digits into `out`."""
+    args = ["train", "--model", "tiny_net", "--dataset", "digits", "--out", str(out)]
+    return main([*args, "--no-progress", *extra])
+
+
+def test_out_naming_a_file_is_refused_in_one_line(tmp_path, capsys):
+    target = tmp_path / "config.json"
+    target.write_text("{}")
+    assert _train_digits(target, "--epochs", "1") == 1
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        f"odenets train: error: --out {target} is a file; it must name a folder (new, or a run "
+        "folder to resume)"
+    ]
+    assert target.read_text() == "{}"
+
+
+def test_an_os_error_of_a_command_is_one_line(tmp_path, capsys):
+    parent = tmp_path / "file"
+    parent.write_text("")
+    assert _train_digits(parent / "run", "--epochs", "1") == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith("odenets train: error: ") and str(parent / "run") in err
+
+
 # --- DDP ----------------------------------------------------------------------------------
 
 

@@ -84,8 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (OdenetsError, ValueError, KeyError, FileNotFoundError) as err:
-        # Library errors carry a message meant for people; no traceback for those.
+    except (OdenetsError, ValueError, KeyError, OSError) as err:
+        # Library errors carry a message meant for people, and an OSError names its path;
+        # no traceback for those.
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"odenets {args.command}: error: {msg}", file=sys.stderr)
         return 1

@@ -39,7 +39,13 @@ from odenets.training.distributed import (
 )
 from odenets.training.loop import StepContext, evaluate, train_one_epoch
 from odenets.training.metrics import PROBE_IMAGES, model_metrics
-from odenets.training.rundir import run_header, start_run, state_info, write_summary
+from odenets.training.rundir import (
+    check_out_folder,
+    run_header,
+    start_run,
+    state_info,
+    write_summary,
+)
 from odenets.training.runs import (
     BEST_WEIGHTS,
     FINAL_WEIGHTS,
@@ -78,6 +84,7 @@ def fit(config: TrainConfig) -> RunInfo:
         torch.cuda.set_device(device)
     cfg = resolve_config(config, device_type=device.type)
     run_dir = Path(cfg.out)
+    check_out_folder(run_dir)
     restore = _set_determinism(cfg.deterministic, device)
     try:
         return _fit(cfg, run_dir, device, dist)

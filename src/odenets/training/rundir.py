@@ -69,6 +69,14 @@ def write_summary(run_dir, cfg, progress, status, wall_time_s, error) -> None:
     write_json_atomic(run_dir / SUMMARY, summary)
 
 
+def check_out_folder(run_dir: Path) -> None:
+    """Refuse an output path that names a file, before any data is loaded."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CheckpointError(
+            f"--out {run_dir} is a file; it must name a folder (new, or a run folder to resume)"
+        )
+
+
 def start_run(cfg, run_dir, header, model, optimizer, dist) -> dict[str, Any]:
     """Fresh run: write config.json and the epoch-0 checkpoint. Resume: restore last.*."""
     progress = {
