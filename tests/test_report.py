@@ -193,3 +193,64 @@ def test_report_command_refuses_empty_folder(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "no results in" in err and "odenets reproduce" in err
+
+
+# --- eval.json against the run's current weights ----------------------------------------
+def _train(out: Path, epochs: int, *extra: str) -> None:
+    from odenets.cli import main
+
+    args = ["train", "--model", "resnet20", "--dataset", "digits", "--train-limit", "64"]
+    args += ["--batch-size", "32", "--epochs", str(epochs), "--out", str(out), "--no-progress"]
+    assert main([*args, *extra]) == 0
+
+
+@pytest.fixture(scope="module")
+def retrained(tmp_path_factory) -> dict:
+    """A grid-like folder whose one run was evaluated after 1 epoch, then trained to 2."""
+    from odenets.cli import main
+    from odenets.experiments.jobs import Job
+    from odenets.experiments.reproduce import job_state
+
+    out = tmp_path_factory.mktemp("retrained")
+    run = out / RUNS / "digits-resnet20-seed0"
+    job = Job(0, run.name, "resnet20", "digits", "", 0, "resnet20")
+    _train(run, 1)
+    assert main(["evaluate", str(run), "--attacks", "fgsm", "--eps", "8", "--no-checks"]) == 0
+    before = job_state(out, job)
+    _train(run, 2, "--resume")
+    return {"out": out, "run": run, "before": before, "after": job_state(out, job)}
+
+
+def test_eval_json_of_older_weights_is_stale_and_left_out(retrained):
+    scored = json.loads((retrained["run"] / "eval.json").read_text())["weights"][0]
+    assert (scored["file"], scored["epoch"], scored["epochs"]) == ("final.safetensors", 1, 1)
+    # reproduce re-evaluates the job: it is trained, no longer finished
+    assert (retrained["before"], retrained["after"]) == ("finished", "trained")
+    report = build_report(retrained["out"])
+    (run,) = report.loose
+    assert run.status == "trained" and run.eval_state == "stale" and run.evaluation is None
+    assert "clean" not in run.metrics and "test" in run.metrics
+    text = render_markdown(report)
+    assert "## Stale evaluations (left out)" in text
+    assert "final.safetensors (epoch 1 of 1)" in text
+    assert "final.safetensors (epoch 2 of 2)" in text
+
+
+def test_eval_json_of_the_current_weights_counts(retrained, tmp_path):
+    from odenets.cli import main
+
+    out = tmp_path / "eval.json"
+    args = ["evaluate", str(retrained["run"]), "--attacks", "", "--no-checks", "--out", str(out)]
+    assert main(args) == 0
+    (retrained["run"] / "eval.json").write_bytes(out.read_bytes())
+    (run,) = build_report(retrained["out"]).loose
+    assert run.status == "finished" and run.eval_state == "current" and "clean" in run.metrics
+
+
+def test_eval_json_without_weights_is_of_unknown_provenance(variants_folder):
+    report = build_report(variants_folder)
+    assert {r.eval_state for r in report.mine} == {"unknown"}
+    assert report.rows[0].n_finished == 2  # still in the table
+    assert "Evaluations of unknown provenance (`cifar10-in_resnet110-seed0`" in render_markdown(
+        report
+    )

@@ -72,18 +72,62 @@ def write_job_record(grid: Grid, job: Job, folder: Path) -> None:
     write_json_atomic(folder / JOB_FILE, {**record, **asdict(job)})
 
 
+def eval_freshness(ev: dict[str, Any], run_dirs: Sequence[Path]) -> tuple[str, str]:
+    """Whether an eval.json scored the weights its run folders hold now.
+
+    Returns:
+        ("current", ""); ("stale", why) when a run's weights changed since (training went
+        on); or ("unknown", why) for an eval.json that records no weights (older odenets).
+    """
+    from odenets.errors import CheckpointError
+    from odenets.training.runs import weights_record
+
+    scored = ev.get("weights") or []
+    if not scored or len(scored) != len(run_dirs) or not all(scored):
+        return "unknown", "it records no weights (written by an older odenets)"
+    for then, run in zip(scored, run_dirs, strict=True):
+        try:
+            now = weights_record(run)
+        except CheckpointError:
+            return "stale", f"it scored {_weights_words(then)}; {Path(run).name} holds no weights"
+        if now["sha256"] != then.get("sha256"):
+            return "stale", (
+                f"it scored {_weights_words(then)} of {Path(run).name}, which now holds "
+                f"{_weights_words(now)}"
+            )
+    return "current", ""
+
+
+def _weights_words(record: dict[str, Any]) -> str:
+    epochs = f" of {record['epochs']}" if record.get("epochs") is not None else ""
+    return f"{record.get('file')} (epoch {record.get('epoch')}{epochs})"
+
+
+def _evaluated(out: Path, job: Job) -> bool:
+    """The job's eval.json exists and scored its runs' current weights (or does not say)."""
+    path = out / RUNS / job.name / "eval.json"
+    if not path.exists():
+        return False
+    members = job.members if job.is_ensemble else (job.name,)
+    state, _ = eval_freshness(read_json(path), [out / RUNS / m for m in members])
+    return state != "stale"
+
+
 def job_state(out: str | Path, job: Job) -> str:
-    """ "finished", "diverged", "failed", "trained" (not yet evaluated), "running" or "pending"."""
-    folder = Path(out) / RUNS / job.name
-    evaluated = (folder / "eval.json").exists()
+    """ "finished", "diverged", "failed", "trained" (not yet evaluated), "running" or "pending".
+
+    An eval.json that scored other weights than the run's current ones does not count.
+    """
+    out = Path(out)
+    folder = out / RUNS / job.name
     if job.is_ensemble:
-        return "finished" if evaluated else "pending"
+        return "finished" if _evaluated(out, job) else "pending"
     summary_path = folder / "summary.json"
     if not summary_path.exists():
         return "running" if (folder / "last.json").exists() else "pending"
     status = read_json(summary_path).get("status")
     if status == "finished":
-        return "finished" if evaluated else "trained"
+        return "finished" if _evaluated(out, job) else "trained"
     if status == "diverged":
         return "diverged"
     if status == "failed":

@@ -187,6 +187,30 @@ def _checks_section(report: Report) -> list[str]:
     ]
 
 
+def _provenance_section(report: Report) -> list[str]:
+    """Evaluations left out (stale: the run trained on after them) or not checkable."""
+    runs = [*report.mine, *report.foreign, *report.loose]
+    stale = [r for r in runs if r.eval_state == "stale"]
+    unknown = [f"`{r.name}`" for r in runs if r.eval_state == "unknown"]
+    out = []
+    if stale:
+        out.append("## Stale evaluations (left out)\n")
+        out.append(
+            "These eval.json files scored other weights than their runs hold now, so their "
+            "numbers are left out; evaluate the runs again (`odenets evaluate RUN`, or "
+            "`odenets reproduce`, which re-evaluates them):\n"
+        )
+        out += [f"- `{r.name}`: {r.eval_note}" for r in stale]
+        out.append("")
+    if unknown:
+        out.append(
+            f"Evaluations of unknown provenance ({', '.join(unknown)}): their eval.json "
+            "records no weights (written by an older odenets), so they could not be checked "
+            "against the runs' current weights.\n"
+        )
+    return out
+
+
 def _runs_sections(report: Report) -> list[str]:
     """Every run of this manifest, then runs of other presets, then runs with no job."""
     out = []
@@ -211,6 +235,7 @@ def render_markdown(report: Report) -> str:
     out = _tables_section(report) if report.manifest else _no_manifest_section()
     out += _figures_section(report)
     out += _checks_section(report)
+    out += _provenance_section(report)
     out += _runs_sections(report)
     out += [f"> {note}\n" for note in report.notes]
     return "\n".join(out)

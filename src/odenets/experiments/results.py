@@ -14,7 +14,7 @@ from typing import Any
 
 from odenets.checkpoint import read_json
 from odenets.errors import OdenetsError
-from odenets.experiments.grid_folder import JOB_FILE, MANIFEST
+from odenets.experiments.grid_folder import JOB_FILE, MANIFEST, eval_freshness
 
 RUN_FILES = ("summary.json", "eval.json")
 
@@ -25,9 +25,13 @@ class RunRecord:
 
     path: Path
     job: dict[str, Any]  # job.json ({} for a folder not made by `reproduce`)
-    status: str  # "finished", "diverged", "failed", "running", "trained", "evaluated"
+    status: str  # "finished", "diverged", "failed", "running", "trained", "evaluated", "stale"
     metrics: dict[str, float] = field(default_factory=dict)
-    evaluation: dict[str, Any] | None = None
+    evaluation: dict[str, Any] | None = None  # eval.json, unless it is stale
+    # Whether eval.json scored the run's current weights: "current", "stale" (its numbers
+    # are left out), "unknown" (it does not say) or "" (no eval.json); `eval_note` says why.
+    eval_state: str = ""
+    eval_note: str = ""
 
     @property
     def name(self) -> str:
@@ -48,10 +52,15 @@ def find_run_folders(folder: Path) -> list[Path]:
 
 
 def read_run(path: Path, *, eps_255: float, threat_model: str) -> RunRecord:
+    """One run folder as a record. An eval.json that scored other weights than the run's
+    current ones (training went on after it) is stale: its numbers are left out."""
     job = read_json(path / JOB_FILE) if (path / JOB_FILE).exists() else {}
     summary = read_json(path / "summary.json") if (path / "summary.json").exists() else {}
     ev = read_json(path / "eval.json") if (path / "eval.json").exists() else None
-    status = summary.get("status", "evaluated" if ev else "running")
+    freshness, note = ("", "") if ev is None else eval_freshness(ev, _scored_runs(path, job, ev))
+    if freshness == "stale":
+        ev = None
+    status = summary.get("status", "evaluated" if ev else ("stale" if freshness else "running"))
     if status == "finished" and ev is None:
         status = "trained"
     metrics: dict[str, float] = {}
@@ -62,7 +71,17 @@ def read_run(path: Path, *, eps_255: float, threat_model: str) -> RunRecord:
         metrics.update(eval_metrics(ev, eps_255=eps_255, threat_model=threat_model))
         if "test" not in metrics:
             metrics["test"] = float(ev["clean"])
-    return RunRecord(path=path, job=job, status=status, metrics=metrics, evaluation=ev)
+    return RunRecord(path, job, status, metrics, ev, eval_state=freshness, eval_note=note)
+
+
+def _scored_runs(path: Path, job: dict[str, Any], ev: dict[str, Any]) -> list[Path]:
+    """The run folders an eval.json in `path` scored: an ensemble job's members, the folder
+    itself when it is a run, else the folders eval.json names."""
+    if job.get("members"):
+        return [path.parent / m for m in job["members"]]
+    if (path / "config.json").is_file():
+        return [path]
+    return [Path(r) for r in ev.get("runs", [])]
 
 
 def eval_metrics(ev: dict[str, Any], *, eps_255: float, threat_model: str) -> dict[str, float]:

@@ -217,6 +217,8 @@ def _skeleton(
     n = len(clean_mask)
     return {
         "runs": list(info.get("runs", [])),
+        # Which weights were scored (per member): `odenets.training.load_run` notes them.
+        "weights": [getattr(m, "run_weights", None) for m in members],
         "models": [getattr(m, "model_name", type(m).__name__) for m in members],
         "ensemble": len(members) > 1,
         "dataset": info.get("dataset"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass, field
@@ -11,7 +12,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from odenets.checkpoint import PICKLE_SUFFIXES, load_safetensors, read_json, read_jsonl
+from odenets.checkpoint import (
+    PICKLE_SUFFIXES,
+    load_safetensors,
+    read_json,
+    read_jsonl,
+    sha256_file,
+)
 from odenets.errors import CheckpointError
 
 CONFIG = "config.json"
@@ -19,6 +26,7 @@ METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 FINAL_WEIGHTS = "final.safetensors"
 BEST_WEIGHTS = "best.safetensors"
+LAST_WEIGHTS = "last.safetensors"
 WEIGHTS_FORMAT = "odenets.weights"
 
 
@@ -60,10 +68,74 @@ def weights_metadata(config: dict[str, Any], **extra: Any) -> dict[str, str]:
     return meta
 
 
+def weights_file(path: str | os.PathLike, *, which: str = "auto") -> Path:
+    """The weights file of a run folder that `load_run` loads (see there for `which`).
+
+    Raises:
+        CheckpointError: the folder holds no such weights.
+    """
+    if which not in ("auto", "final", "last"):
+        raise ValueError(f"which must be 'auto', 'final' or 'last'; got {which!r}")
+    path = Path(path)
+    final, last = path / FINAL_WEIGHTS, path / LAST_WEIGHTS
+    if which == "final" or (which == "auto" and final.is_file()):
+        file = final
+    elif last.is_file():
+        file = last
+    else:
+        raise CheckpointError(f"{path} holds no weights ({FINAL_WEIGHTS} or {LAST_WEIGHTS})")
+    if not file.is_file():
+        raise CheckpointError(f"{path} holds no {file.name}")
+    return file
+
+
+def weights_record(path: str | os.PathLike, *, which: str = "auto") -> dict[str, Any]:
+    """Which weights of a run `load_run` loads, as eval.json records them.
+
+    Returns:
+        {"run": the folder, "file": "final.safetensors" | "last.safetensors", "epoch":
+        the epoch the weights are from (None if the file does not say), "epochs": the
+        planned epochs, "sha256": the file's SHA-256}.
+    """
+    from safetensors import safe_open
+
+    file = weights_file(path, which=which)
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+    except Exception as err:  # safetensors raises its own error types for bad headers
+        raise CheckpointError(f"checkpoint {file} is corrupt or truncated ({err})") from err
+    return _record(Path(path), file, meta)
+
+
+def _record(path: Path, file: Path, meta: dict[str, str]) -> dict[str, Any]:
+    """`weights_record` from the weights file's header metadata."""
+    config = read_run(path).config
+    epoch = meta.get("epoch")
+    stat = file.stat()
+    return {
+        "run": str(path),
+        "file": file.name,
+        "epoch": int(epoch) if epoch is not None else None,
+        "epochs": config.get("train", {}).get("epochs"),
+        "sha256": _sha256(str(file), stat.st_mtime_ns, stat.st_size),
+    }
+
+
+@functools.lru_cache(maxsize=256)
+def _sha256(file: str, mtime_ns: int, size: int) -> str:
+    """SHA-256 of a file, cached while its time stamp and size stay the same (the report
+    and the grid's job states check every run's weights)."""
+    return sha256_file(file)
+
+
 def load_run(
     path: str | os.PathLike, *, device: str | torch.device = "cpu", which: str = "auto"
 ) -> nn.Module:
     """The trained model of a run folder, in eval mode.
+
+    The model's `run_weights` attribute is the `weights_record` of the weights loaded
+    (eval.json records it).
 
     Args:
         path: the run folder (as given to `odenets train --out`).
@@ -83,18 +155,12 @@ def load_run(
             f"refusing to load {path}: pickle checkpoints run code when loaded; odenets "
             "loads run folders with safetensors weights"
         )
-    if which not in ("auto", "final", "last"):
-        raise ValueError(f"which must be 'auto', 'final' or 'last'; got {which!r}")
     info = read_run(path)
-    final, last = path / FINAL_WEIGHTS, path / "last.safetensors"
-    if which == "final" or (which == "auto" and final.is_file()):
-        tensors, _ = load_safetensors(final)
-        weights = tensors
-    elif last.is_file():
-        tensors, _ = load_safetensors(last)
+    file = weights_file(path, which=which)
+    tensors, meta = load_safetensors(file)
+    weights = tensors
+    if file.name == LAST_WEIGHTS:
         weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
-    else:
-        raise CheckpointError(f"{path} holds no weights ({FINAL_WEIGHTS} or last.safetensors)")
     cfg = info.config
     model = create_model(
         cfg["model"],
@@ -108,4 +174,5 @@ def load_run(
         raise CheckpointError(
             f"the weights in {path} do not fit model {cfg['model']!r}: {err}"
         ) from err
+    model.run_weights = _record(path, file, meta)
     return model.to(device).eval()
