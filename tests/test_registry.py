@@ -66,11 +66,37 @@ def test_list_models_pattern():
     assert odenets.list_models("no_such_model*") == []
 
 
-def test_unknown_override_is_rejected():
-    with pytest.raises(TypeError):
-        odenets.create_model("resnet20", no_such_option=1)
-    with pytest.raises(ValueError, match="lambda_init"):
+@pytest.mark.parametrize(
+    "name, accepted",
+    [
+        (
+            "resnet20",
+            "its keywords go to PreActResNet.__init__(), which accepts block, junction, "
+            "mean, std, lambda_init, gate besides",
+        ),
+        (
+            "nais_mlp",
+            "it accepts in_features, hidden, blocks, steps, h, act, x0, tied, stable, "
+            "eps, tol, max_steps besides",
+        ),
+    ],
+)
+def test_unknown_override_names_the_accepted_keywords(name, accepted):
+    with pytest.raises(ValueError, match="has no keyword 'foo'; ") as err:
+        odenets.create_model(name, foo=1)
+    assert accepted in str(err.value)
+    with pytest.raises(ValueError, match="lambda_init does not apply"):
         odenets.create_model("resnet20", lambda_init=(0.1, 0.2))
+
+
+def test_unknown_model_kwarg_is_one_line_in_the_cli(tmp_path, capsys):
+    from odenets.cli import main
+
+    args = ["train", "--model", "resnet20", "--dataset", "digits", "--out", str(tmp_path / "r")]
+    assert main([*args, "--model-kwargs", '{"foo": 1}', "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("odenets train: error: model 'resnet20' has no keyword 'foo'; ")
+    assert len(err.splitlines()) == 1
 
 
 def test_models_command_prints_the_table(capsys):

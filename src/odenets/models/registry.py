@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import inspect
+import re
+import sys
 from collections.abc import Callable
 
 from torch import nn
@@ -50,6 +53,8 @@ def create_model(name: str, *, num_classes: int = 10, in_chans: int = 3, **overr
 
     Raises:
         KeyError: if the name is unknown; the message suggests close matches.
+        ValueError: if an override is not a keyword of the model; the message lists those
+            it accepts.
     """
     if name not in _MODELS:
         close = difflib.get_close_matches(name, _MODELS, n=3, cutoff=0.6)
@@ -62,6 +67,54 @@ def create_model(name: str, *, num_classes: int = 10, in_chans: int = 3, **overr
         raise ValueError(f"num_classes must be >= 1; got {num_classes}")
     if in_chans < 1:
         raise ValueError(f"in_chans must be >= 1; got {in_chans}")
-    model = _MODELS[name](num_classes=num_classes, in_chans=in_chans, **overrides)
+    factory = _MODELS[name]
+    options = _keywords(factory)
+    unknown = sorted(set(overrides) - set(options or overrides))
+    if unknown:
+        raise _unknown_keywords(name, unknown, options)
+    try:
+        model = factory(num_classes=num_classes, in_chans=in_chans, **overrides)
+    except TypeError as err:
+        # A factory taking **kwargs passes them on: Python names the function that refused.
+        found = re.search(r"^([\w.]+)\(\) got an unexpected keyword argument '(\w+)'", str(err))
+        if found is None or found[2] not in overrides:
+            raise
+        options = _keywords(_resolve(found[1], err))
+        raise _unknown_keywords(name, [found[2]], options, via=found[1]) from None
     model.model_name = name
     return model
+
+
+def _unknown_keywords(name, unknown, options, via=None) -> ValueError:
+    accepts = f"its keywords go to {via}(), which accepts" if via else "it accepts"
+    return ValueError(
+        f"model {name!r} has no keyword {', '.join(map(repr, unknown))}; {accepts} "
+        f"{', '.join(options or []) or 'no others'} besides num_classes and in_chans"
+    )
+
+
+def _keywords(fn: Callable | None) -> list[str] | None:
+    """The optional keyword arguments of `fn` (None when it takes **kwargs)."""
+    if fn is None:
+        return None
+    params = inspect.signature(fn).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return [
+        p.name
+        for p in params
+        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+        and p.default is not p.empty
+        and p.name not in ("num_classes", "in_chans")
+    ]
+
+
+def _resolve(qualname: str, err: TypeError) -> Callable | None:
+    """The function named `qualname` in the module where the refused call was made."""
+    tb = err.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    obj = sys.modules.get(tb.tb_frame.f_globals.get("__name__", ""))
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+    return obj if callable(obj) else None
