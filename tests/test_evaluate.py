@@ -272,7 +272,7 @@ def test_cli_evaluate_shards_and_merge(run_dir, tmp_path, capsys):
     assert main(["evaluate", str(run_dir), *common]) == 0
     table = capsys.readouterr().out
     assert "| fgsm | pixel |" in table and "| worst case | normalized |" in table
-    whole = json.loads((run_dir / "eval.json").read_text())
+    whole = json.loads((run_dir / "eval.limit-40.json").read_text())
     assert whole["runs"] == [str(run_dir)] and whole["dataset"] == "digits"
     assert whole["n"] == 40 and whole["models"] == ["resnet20"]
     shard_files = []
@@ -287,6 +287,20 @@ def test_cli_evaluate_shards_and_merge(run_dir, tmp_path, capsys):
     merged = json.loads(out.read_text())
     assert merged["clean"] == whole["clean"] and merged["noise"] == whole["noise"]
     assert [a["correct"] for a in merged["attacks"]] == [a["correct"] for a in whole["attacks"]]
+
+
+def test_cli_limit_and_shard_leave_eval_json_alone(run_dir, capsys):
+    from odenets.cli import main
+
+    before = (run_dir / "eval.json").read_bytes() if (run_dir / "eval.json").exists() else None
+    quick = ["--attacks", "", "--no-checks"]
+    assert main(["evaluate", str(run_dir), *quick, "--limit", "20"]) == 0
+    assert main(["evaluate", str(run_dir), *quick, "--limit", "20", "--shard", "1/2"]) == 0
+    assert "eval.limit-20.json" in capsys.readouterr().out
+    assert json.loads((run_dir / "eval.limit-20.json").read_text())["n"] == 20
+    assert json.loads((run_dir / "eval.limit-20.shard-1-of-2.json").read_text())["n"] == 10
+    after = (run_dir / "eval.json").read_bytes() if (run_dir / "eval.json").exists() else None
+    assert after == before
 
 
 def test_cli_rejects_eps_in_pixel_levels_above_255(run_dir, capsys):

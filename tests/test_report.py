@@ -195,6 +195,21 @@ def test_report_command_refuses_empty_folder(tmp_path, capsys):
     assert "no results in" in err and "odenets reproduce" in err
 
 
+def test_a_row_mixing_evaluation_sizes_is_flagged(variants_folder):
+    path = variants_folder / RUNS / "cifar10-resnet110-seed1" / "eval.json"
+    write_json_atomic(path, {**json.loads(path.read_text()), "n": 20})
+    report = build_report(variants_folder)
+    rows = {r.key: r for r in report.rows}
+    assert rows["resnet110"].odd_sizes() == ([("cifar10-resnet110-seed1", 20)], 100)
+    assert rows["in_resnet110"].odd_sizes() == ([], 100)
+    text = render_markdown(report)
+    assert "**Mixed evaluation sizes**" in text
+    assert (
+        "- ResNet-110: `cifar10-resnet110-seed1` (n = 20); the row's other evaluations have "
+        "n = 100" in text
+    )
+
+
 # --- eval.json against the run's current weights ----------------------------------------
 def _train(out: Path, epochs: int, *extra: str) -> None:
     from odenets.cli import main

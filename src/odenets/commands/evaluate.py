@@ -8,8 +8,9 @@
 Radii are given in 1/255 units on the command line (--eps 8 is 8/255). Several runs are
 evaluated as one averaged-softmax ensemble, attacked as a whole. The test split of the data
 set the (first) run was trained on is used; --limit takes a fixed, seeded random subset
-(the folders of a data set may be sorted by class). Writes eval.json atomically and prints
-a markdown table.
+(the folders of a data set may be sorted by class). Writes RUN/eval.json atomically (the
+file the report reads; RUN/eval.limit-N.json with --limit, RUN/eval.shard-i-of-n.json with
+--shard) and prints a markdown table.
 """
 
 from __future__ import annotations
@@ -73,7 +74,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="channels_last weights while evaluating (default: on; float32 either way)",
     )
     parser.add_argument("--merge", nargs="+", metavar="SHARD", help="merge shard eval files")
-    parser.add_argument("--out", help="output file (default: RUN/eval.json for one run)")
+    parser.add_argument(
+        "--out",
+        help="output file (default for one run: RUN/eval.json; with --limit N or --shard i/n, "
+        "RUN/eval.limit-N.json, RUN/eval.shard-i-of-n.json or both, which the report does "
+        "not read)",
+    )
 
 
 def _names(text: str) -> list[str]:
@@ -126,10 +132,13 @@ def _out_path(args) -> Path:
         return Path(args.out)
     if len(args.runs) > 1:
         raise ValueError(f"{len(args.runs)} runs form an ensemble: give --out PATH for its result")
-    name = (
-        "eval.json" if args.shard is None else f"eval.shard-{args.shard[0]}-of-{args.shard[1]}.json"
-    )
-    return Path(args.runs[0]) / name
+    # Only a whole-test-set evaluation is the run's eval.json (what the report reads).
+    name = "eval"
+    if args.limit is not None:
+        name += f".limit-{args.limit}"
+    if args.shard is not None:
+        name += f".shard-{args.shard[0]}-of-{args.shard[1]}"
+    return Path(args.runs[0]) / f"{name}.json"
 
 
 def _evaluate(args) -> dict:

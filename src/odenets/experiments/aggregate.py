@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import statistics
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -62,6 +63,21 @@ class TableRow:
     @property
     def n_diverged(self) -> int:
         return sum(r.status == "diverged" for r in self.runs)
+
+    def odd_sizes(self) -> tuple[list[tuple[str, int]], int | None]:
+        """The done runs whose evaluation counts another number of test images than the
+        row's usual one (the most common; the largest on a tie), as (run name, n), and the
+        usual n (None when the row has no evaluation)."""
+        sizes = {
+            r.name: int(r.evaluation["n"])
+            for r in self.runs
+            if r.status in DONE and r.evaluation and r.evaluation.get("n") is not None
+        }
+        if not sizes:
+            return [], None
+        counts = Counter(sizes.values())
+        usual = max(counts, key=lambda n: (counts[n], n))
+        return [(name, n) for name, n in sizes.items() if n != usual], usual
 
 
 def _new_row(job: dict[str, Any], table) -> TableRow:

@@ -152,9 +152,25 @@ def _tables_section(report: Report) -> list[str]:
         out.append(f"## {DATASET_NAMES.get(d, d)}\n")
         out.append(rows_markdown(rows, report.metrics, paper=has_paper) + "\n")
         out.append("*" + caption(m, report.mine, d) + "*\n")
+        out += _sizes_note(rows)
         if not has_paper:
             out.append("The paper has no numbers for this data set; only ours are shown.\n")
     return out
+
+
+def _sizes_note(rows: Sequence[TableRow]) -> list[str]:
+    """A warning for the rows that average evaluations of different sizes (an `odenets
+    evaluate --limit` beside full ones)."""
+    lines = []
+    for row in rows:
+        odd, usual = row.odd_sizes()
+        if odd:
+            runs = ", ".join(f"`{name}` (n = {n})" for name, n in odd)
+            lines.append(f"- {row.label}: {runs}; the row's other evaluations have n = {usual}")
+    if not lines:
+        return []
+    head = "**Mixed evaluation sizes**: these rows average evaluations of different numbers "
+    return [head + "of test images, so the caption's n does not hold for every run:\n", *lines, ""]
 
 
 def _no_manifest_section() -> list[str]:
