@@ -245,3 +245,24 @@ def test_unknown_preset_and_missing_root_are_clear():
         load_grid("table9")
     with pytest.raises(ValueError, match="needs --data-root"):
         load_grid("inresnet-table1")
+
+
+def _list_jobs(capsys, tmp_path, *extra: str) -> tuple[int, list[str], str]:
+    args = ["reproduce", "inresnet-table1", "--scale", "paper", "--dataset", "cifar10"]
+    rc = main([*args, "--out", str(tmp_path / "out"), "--list-jobs", *extra])
+    captured = capsys.readouterr()
+    return rc, captured.out.splitlines(), captured.err
+
+
+def test_list_jobs_writes_nothing(tmp_path, capsys):
+    rc, lines, _ = _list_jobs(capsys, tmp_path, "--data-root", str(tmp_path))
+    assert rc == 0 and sum("--job" in line for line in lines) == 6 * 5
+    assert not (tmp_path / "out").exists()  # no manifest: a later run may use another scale
+
+
+def test_missing_data_root_is_refused(tmp_path, capsys):
+    rc, lines, err = _list_jobs(capsys, tmp_path, "--data-root", str(tmp_path / "nope"))
+    assert rc == 1 and lines == []
+    assert err.splitlines() == [
+        f"odenets reproduce: error: --data-root {tmp_path / 'nope'} is not an existing folder"
+    ]

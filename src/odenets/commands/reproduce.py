@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 from odenets.experiments.presets import SCALES, list_presets, load_preset
 from odenets.experiments.reproduce import (
     DATASETS,
+    expand_jobs,
     job_command,
     load_grid,
     parse_shard,
-    prepare_folder,
     python_executable,
     run_grid,
 )
@@ -62,6 +63,9 @@ def run(args: argparse.Namespace) -> int:
         return _list()
     if not args.preset:
         raise ValueError("name a preset (odenets reproduce --list shows them)")
+    for flag, root in (("--data-root", args.data_root), ("--noise-root", args.noise_root)):
+        if root is not None and not Path(root).is_dir():
+            raise ValueError(f"{flag} {root} is not an existing folder")
     grid = load_grid(
         args.preset,
         scale=args.scale,
@@ -78,8 +82,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _list_jobs(grid, out: str) -> int:
-    """Print one shell command per job (ensembles after the trainings), then the report's."""
-    jobs = prepare_folder(grid, out)
+    """Print one shell command per job (ensembles after the trainings), then the report's.
+    Writes nothing: the folder is claimed by a real run."""
+    jobs = expand_jobs(grid)
     python = python_executable()
     print(
         f"# {grid.preset.name} ({grid.scale}): {len(jobs)} jobs; ensembles need every "
