@@ -303,6 +303,21 @@ def test_cli_limit_and_shard_leave_eval_json_alone(run_dir, capsys):
     assert after == before
 
 
+@pytest.mark.parametrize("where", ["folder", "under_a_file"])
+def test_cli_refuses_an_unwritable_out_before_any_work(run_dir, tmp_path, capsys, where):
+    from odenets.cli import main
+
+    (tmp_path / "file.json").write_text("{}")
+    out = tmp_path if where == "folder" else tmp_path / "file.json" / "eval.json"
+    # A data root that does not exist: the check must come before the data is read.
+    args = ["evaluate", str(run_dir), "--out", str(out), "--data-root", str(tmp_path / "none")]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("odenets evaluate: error: --out ")
+    assert ("not a folder" if where == "folder" else "is a file, not a folder") in err
+
+
 def test_cli_rejects_eps_in_pixel_levels_above_255(run_dir, capsys):
     from odenets.cli import main
 

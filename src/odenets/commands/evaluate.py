@@ -16,6 +16,7 @@ file the report reads; RUN/eval.limit-N.json with --limit, RUN/eval.shard-i-of-n
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -110,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
     if args.merge:
         if args.runs or not args.out:
             raise ValueError("--merge takes shard files and --out, and no RUN folders")
+        _checked_out(Path(args.out))
         result = merge_shards([read_json(p) for p in args.merge])
         write_json_atomic(args.out, result)
         print(format_table(result))
@@ -129,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _out_path(args) -> Path:
     if args.out:
-        return Path(args.out)
+        return _checked_out(Path(args.out))
     if len(args.runs) > 1:
         raise ValueError(f"{len(args.runs)} runs form an ensemble: give --out PATH for its result")
     # Only a whole-test-set evaluation is the run's eval.json (what the report reads).
@@ -139,6 +141,22 @@ def _out_path(args) -> Path:
     if args.shard is not None:
         name += f".shard-{args.shard[0]}-of-{args.shard[1]}"
     return Path(args.runs[0]) / f"{name}.json"
+
+
+def _checked_out(out: Path) -> Path:
+    """`out` if a file can be written there, checked before any work is done."""
+    if out.is_dir():
+        raise ValueError(
+            f"--out must name a file, not a folder; got {out} (e.g. {out / 'eval.json'})"
+        )
+    folder = out.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # the first existing ancestor: atomic writes create the rest
+    if not folder.is_dir():
+        raise ValueError(f"--out {out}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: cannot write into {folder} (permission denied)")
+    return out
 
 
 def _evaluate(args) -> dict:
