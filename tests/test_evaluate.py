@@ -318,6 +318,22 @@ def test_cli_refuses_an_unwritable_out_before_any_work(run_dir, tmp_path, capsys
     assert ("not a folder" if where == "folder" else "is a file, not a folder") in err
 
 
+def test_cli_help_lists_gradient_attacks_and_refuses_noises_as_attacks(run_dir, capsys):
+    from odenets.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    listed = next(
+        line for line in capsys.readouterr().out.splitlines() if line.startswith("attacks:")
+    )
+    assert "fgsm" in listed and "apgd_ce" in listed
+    assert "gaussian" not in listed and "shot_noise" not in listed
+    assert main(["evaluate", str(run_dir), "--attacks", "fgsm,gaussian_noise"]) == 1
+    err = capsys.readouterr().err
+    assert "'gaussian_noise' is a noise" in err and "--noise" in err and "--gaussian-sigma" in err
+    assert "takes no eps" not in err
+
+
 def test_cli_rejects_eps_in_pixel_levels_above_255(run_dir, capsys):
     from odenets.cli import main
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 _EPILOG = """\
 attacks: {attacks}.
+noise has its own flags, not --attacks: --noise (CIFAR-C), --noise-root, --gaussian-sigma.
 --threat-model normalized is the In-ResNet authors' first release: eps and the step act on
 the normalised tensor (about 5x weaker than in pixels) and the clamp to [0, 1] happens there.
 --shard i/n (0 <= i < n) evaluates one contiguous, disjoint share of the (limited) test set
@@ -31,11 +32,10 @@ and writes counts; merge the n files with --merge. Sanity checks are printed und
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from odenets.robustness import list_attacks
     from odenets.robustness.evaluate import DEFAULT_ATTACKS
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = _EPILOG.format(attacks=", ".join(list_attacks()))
+    parser.epilog = _EPILOG.format(attacks=", ".join(_gradient_attacks()))
     parser.add_argument("runs", nargs="*", metavar="RUN", help="run folder(s); several = ensemble")
     parser.add_argument(
         "--attacks",
@@ -83,6 +83,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _gradient_attacks() -> list[str]:
+    """The registered attacks that take a radius (the others are noises)."""
+    from odenets.robustness import list_attacks
+    from odenets.robustness.base import attack_class
+
+    return [a for a in list_attacks() if attack_class(a).needs_eps]
+
+
+def _check_attack_names(names: list[str]) -> None:
+    """Refuse a noise given to --attacks, pointing to the noise flags."""
+    from odenets.robustness import list_attacks
+
+    for name in names:
+        if name in list_attacks() and name not in _gradient_attacks():
+            raise ValueError(
+                f"--attacks takes gradient attacks ({', '.join(_gradient_attacks())}); "
+                f"{name!r} is a noise: use --noise for the CIFAR-C noises at severities 1-5 "
+                "or --gaussian-sigma S for plain Gaussian noise of sigma S/255"
+            )
+
+
 def _names(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
@@ -119,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.runs:
         raise ValueError("give at least one RUN folder (or --merge SHARD.json ...)")
+    _check_attack_names(args.attacks)
     out = _out_path(args)
     started, cpu0 = time.perf_counter(), time.process_time()
     result = _evaluate(args)
