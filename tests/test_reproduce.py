@@ -266,3 +266,25 @@ def test_missing_data_root_is_refused(tmp_path, capsys):
     assert err.splitlines() == [
         f"odenets reproduce: error: --data-root {tmp_path / 'nope'} is not an existing folder"
     ]
+
+
+@pytest.mark.parametrize("seeds", ["0", "-1"])
+def test_seeds_below_one_are_refused(tmp_path, capsys, seeds):
+    rc, lines, err = _list_jobs(capsys, tmp_path, "--data-root", str(tmp_path), "--seeds", seeds)
+    assert rc == 1 and lines == []
+    assert err.splitlines() == [
+        f"odenets reproduce: error: --seeds must be >= 1 (default: the preset's); got {seeds}"
+    ]
+
+
+def test_list_jobs_of_a_shard_lists_only_its_jobs(tmp_path, capsys):
+    grid = load_grid("inresnet-ensemble", scale="paper", seeds=2, data_root=str(tmp_path))
+    jobs = expand_jobs(grid)
+    expected = select_jobs(jobs, shard=(2, 3))
+    assert 0 < len(expected) < len(jobs)
+    args = ["reproduce", "inresnet-ensemble", "--scale", "paper", "--seeds", "2", "--data-root"]
+    out = str(tmp_path / "out")
+    assert main([*args, str(tmp_path), "--out", out, "--list-jobs", "--shard", "2/3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    listed = [line for line in lines if "--job" in line]
+    assert listed == [job_command(grid, out, j, python=sys.executable) for j in expected]

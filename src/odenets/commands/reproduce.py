@@ -15,6 +15,7 @@ from odenets.experiments.reproduce import (
     parse_shard,
     python_executable,
     run_grid,
+    select_jobs,
 )
 
 
@@ -29,7 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="quick",
         help="quick: short schedule, smaller networks; paper: the paper's recipe",
     )
-    p.add_argument("--seeds", type=int, default=0, help="seeds per model (default: the preset's)")
+    p.add_argument(
+        "--seeds", type=int, default=None, help="seeds per model (default: the preset's)"
+    )
     p.add_argument(
         "--dataset",
         action="append",
@@ -63,34 +66,39 @@ def run(args: argparse.Namespace) -> int:
         return _list()
     if not args.preset:
         raise ValueError("name a preset (odenets reproduce --list shows them)")
+    if args.seeds is not None and args.seeds < 1:
+        raise ValueError(f"--seeds must be >= 1 (default: the preset's); got {args.seeds}")
     for flag, root in (("--data-root", args.data_root), ("--noise-root", args.noise_root)):
         if root is not None and not Path(root).is_dir():
             raise ValueError(f"{flag} {root} is not an existing folder")
     grid = load_grid(
         args.preset,
         scale=args.scale,
-        seeds=args.seeds,
+        seeds=args.seeds or 0,  # 0: the preset's number
         datasets=args.dataset or (),
         data_root=args.data_root,
         noise_root=args.noise_root,
         train_limit=args.train_limit,
     )
     out = args.out or f"runs/{grid.preset.name}-{grid.scale}"
+    shard = parse_shard(args.shard) if args.shard else None
     if args.list_jobs:
-        return _list_jobs(grid, out)
-    return _run_jobs(args, grid, out)
+        return _list_jobs(grid, out, shard=shard, only=args.job)
+    return _run_jobs(args, grid, out, shard)
 
 
-def _list_jobs(grid, out: str) -> int:
-    """Print one shell command per job (ensembles after the trainings), then the report's.
-    Writes nothing: the folder is claimed by a real run."""
+def _list_jobs(grid, out: str, *, shard, only) -> int:
+    """Print one shell command per job of the grid (or its --shard / --job; ensembles after
+    the trainings), then the report's. Writes nothing: the folder is claimed by a real run."""
     jobs = expand_jobs(grid)
+    chosen = select_jobs(jobs, shard=shard, only=only)
     python = python_executable()
+    part = f"shard {shard[0]}/{shard[1]}: " if shard else ""
     print(
-        f"# {grid.preset.name} ({grid.scale}): {len(jobs)} jobs; ensembles need every "
-        "training job before them; run the report last"
+        f"# {grid.preset.name} ({grid.scale}): {part}{len(chosen)} of {len(jobs)} jobs; "
+        "ensembles need every training job before them; run the report last"
     )
-    for job in jobs:
+    for job in chosen:
         if job.is_ensemble and not jobs[job.index - 1].is_ensemble:
             print("# after every job above:")
         print(job_command(grid, out, job, python=python))
@@ -98,10 +106,9 @@ def _list_jobs(grid, out: str) -> int:
     return 0
 
 
-def _run_jobs(args: argparse.Namespace, grid, out: str) -> int:
+def _run_jobs(args: argparse.Namespace, grid, out: str, shard) -> int:
     """Run the grid (or its --shard / --job), print a line per job event and the counts, and
     write the report after a whole grid. Exit 1 while a job of a whole grid is unfinished."""
-    shard = parse_shard(args.shard) if args.shard else None
     start = time.perf_counter()
     states = run_grid(grid, out, shard=shard, only=args.job, on_event=_print_event)
     counts = {s: list(states.values()).count(s) for s in sorted(set(states.values()))}
