@@ -334,11 +334,27 @@ def test_cli_help_lists_gradient_attacks_and_refuses_noises_as_attacks(run_dir, 
     assert "takes no eps" not in err
 
 
-def test_cli_rejects_eps_in_pixel_levels_above_255(run_dir, capsys):
+@pytest.mark.parametrize("eps", ["300", "-8"])
+def test_cli_rejects_eps_outside_0_255_in_the_users_numbers(run_dir, capsys, eps):
     from odenets.cli import main
 
-    assert main(["evaluate", str(run_dir), "--eps", "300", "--out", "unused.json"]) == 1
-    assert "eps must be in [0, 1]" in capsys.readouterr().err
+    assert main(["evaluate", str(run_dir), "--eps", eps, "--out", "unused.json"]) == 1
+    err = capsys.readouterr().err
+    assert f"--eps takes radii in 1/255 units from 0 to 255 (--eps 8 is 8/255); got {eps}" in err
+
+
+def test_cli_warns_that_a_fractional_eps_is_in_255ths(run_dir, tmp_path, capsys):
+    from odenets.cli import main
+
+    out = tmp_path / "e.json"
+    args = ["evaluate", str(run_dir), "--attacks", "fgsm", "--eps", "0.03,8", "--limit", "10"]
+    assert main([*args, "--no-checks", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "warning: --eps 0.03 means 0.03/255" in err and "give --eps 7.65" in err
+    assert "--eps 8 " not in err
+    assert [a["eps_255"] for a in json.loads(out.read_text())["attacks"]] == pytest.approx(
+        [0.03, 8]
+    )
 
 
 def _write_cifar_c(root, images, labels):

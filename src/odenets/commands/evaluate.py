@@ -104,6 +104,22 @@ def _check_attack_names(names: list[str]) -> None:
             )
 
 
+def _check_eps(radii: list[float]) -> None:
+    """Refuse radii outside [0, 255] (1/255 units), in the user's numbers; warn about a
+    fraction, which is almost surely meant as ε itself (0.03, not 0.03/255)."""
+    for eps in radii:
+        if not 0 <= eps <= 255:
+            raise ValueError(
+                f"--eps takes radii in 1/255 units from 0 to 255 (--eps 8 is 8/255); got {eps:g}"
+            )
+        if 0 < eps < 1:
+            print(
+                f"odenets evaluate: warning: --eps {eps:g} means {eps:g}/255 (the flag takes "
+                f"1/255 units); for a radius of {eps:g} give --eps {eps * 255:g}",
+                file=sys.stderr,
+            )
+
+
 def _names(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
@@ -141,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.runs:
         raise ValueError("give at least one RUN folder (or --merge SHARD.json ...)")
     _check_attack_names(args.attacks)
+    _check_eps(args.eps)
     out = _out_path(args)
     started, cpu0 = time.perf_counter(), time.process_time()
     result = _evaluate(args)
