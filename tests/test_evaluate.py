@@ -357,6 +357,40 @@ def test_cli_warns_that_a_fractional_eps_is_in_255ths(run_dir, tmp_path, capsys)
     )
 
 
+def test_cli_warns_about_an_unfinished_run_and_records_its_epoch(run_dir, tmp_path, capsys):
+    import shutil
+
+    from odenets.checkpoint import sha256_file
+    from odenets.cli import main
+
+    run = tmp_path / "unfinished"
+    shutil.copytree(run_dir, run)
+    (run / "final.safetensors").unlink()  # as a run stopped before its end
+    args = ["evaluate", str(run), "--attacks", "", "--no-checks", "--out", str(tmp_path / "e")]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {run} has not finished training; evaluating last.safetensors (epoch 1 " in err
+    scored = json.loads((tmp_path / "e").read_text())["weights"]
+    assert scored == [
+        {
+            "run": str(run),
+            "file": "last.safetensors",
+            "epoch": 1,
+            "epochs": 1,
+            "sha256": sha256_file(run / "last.safetensors"),
+        }
+    ]
+
+
+def test_cli_is_silent_about_a_finished_run(run_dir, tmp_path, capsys):
+    from odenets.cli import main
+
+    args = ["evaluate", str(run_dir), "--attacks", "", "--no-checks", "--out", str(tmp_path / "e")]
+    assert main(args) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert json.loads((tmp_path / "e").read_text())["weights"][0]["file"] == "final.safetensors"
+
+
 def _write_cifar_c(root, images, labels):
     """Fake official files: severity s holds the clean images darkened by 10·(s-1) levels."""
     import numpy as np

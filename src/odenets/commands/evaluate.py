@@ -28,6 +28,8 @@ noise has its own flags, not --attacks: --noise (CIFAR-C), --noise-root, --gauss
 the normalised tensor (about 5x weaker than in pixels) and the clamp to [0, 1] happens there.
 --shard i/n (0 <= i < n) evaluates one contiguous, disjoint share of the (limited) test set
 and writes counts; merge the n files with --merge. Sanity checks are printed under the table.
+A run that has not finished is evaluated at its last checkpoint (with a warning); eval.json
+records the weights scored (file, epoch, SHA-256), so the report can spot stale results.
 """
 
 
@@ -210,6 +212,8 @@ def _evaluate(args) -> dict:
     _check_one_dataset(infos)
     device = resolve_device(args.device)
     models = [load_run(p, device=device) for p in args.runs]
+    for model in models:
+        _warn_unfinished(model.run_weights)
 
     images, labels = _test_split(dataset, args.data_root)
     order, shard = _test_order(args, len(labels))
@@ -236,6 +240,18 @@ def _evaluate(args) -> dict:
         info=_result_info(args, dataset, shard),
         progress=sys.stderr.isatty(),
     )
+
+
+def _warn_unfinished(weights: dict) -> None:
+    """Say so when a run has no final weights yet: its last checkpoint is evaluated."""
+    from odenets.training.runs import FINAL_WEIGHTS
+
+    if weights["file"] != FINAL_WEIGHTS:
+        print(
+            f"odenets evaluate: warning: {weights['run']} has not finished training; "
+            f"evaluating {weights['file']} (epoch {weights['epoch']} of {weights['epochs']})",
+            file=sys.stderr,
+        )
 
 
 def _check_one_dataset(infos) -> None:
