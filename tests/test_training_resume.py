@@ -311,6 +311,27 @@ def test_an_os_error_of_a_command_is_one_line(tmp_path, capsys):
     assert err.startswith("odenets train: error: ") and str(parent / "run") in err
 
 
+def test_ctrl_c_records_interrupted_and_says_how_to_continue(tmp_path, capsys, monkeypatch):
+    fit_module = sys.modules["odenets.training.fit"]  # the package exports the function fit
+    run_epoch = fit_module._run_epoch
+
+    def ctrl_c_in_epoch_2(cfg, ctx, loader, epoch, *args):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return run_epoch(cfg, ctx, loader, epoch, *args)
+
+    monkeypatch.setattr(fit_module, "_run_epoch", ctrl_c_in_epoch_2)
+    out = tmp_path / "run"
+    assert _train_digits(out, "--epochs", "3") == 130
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == f"interrupted; continue with: odenets train --resume --out {out}"
+    summary = read_json(out / "summary.json")
+    assert (summary["status"], summary["epochs_done"]) == ("interrupted", 1)
+    monkeypatch.setattr(fit_module, "_run_epoch", run_epoch)
+    assert main(["train", "--resume", "--out", str(out), "--no-progress"]) == 0
+    assert read_json(out / "summary.json")["status"] == "finished"
+
+
 # --- DDP ----------------------------------------------------------------------------------
 
 

@@ -4,7 +4,8 @@ Every field of `odenets.training.TrainConfig` is a flag (`batch_size` -> `--batc
 flags not given keep the recipe's value (or, with --resume, the run's stored value).
 
 Exit codes: 0 finished, 1 usage/data/checkpoint error, 3 training diverged (non-finite
-loss; the last good checkpoint is kept and summary.json says "diverged").
+loss; the last good checkpoint is kept and summary.json says "diverged"), 130 interrupted
+(Ctrl-C; summary.json says "interrupted" and --resume continues).
 """
 
 from __future__ import annotations
@@ -15,18 +16,21 @@ import inspect
 import json
 import os
 import re
+import shlex
 import sys
 import types
 import typing
 from pathlib import Path
 
 EXIT_DIVERGED = 3
+EXIT_INTERRUPTED = 130  # as the shell reports a Ctrl-C
 
 _EPILOG = """\
 recipes: {recipes}. Milestones below 1 are fractions of --epochs, so the paper schedules
 scale with --epochs. Under `torchrun --nproc_per_node N odenets train ...` the same command
 trains with DistributedDataParallel (the global --batch-size is split across processes).
-exit codes: 0 finished, 1 error, {diverged} diverged (non-finite loss; last good checkpoint kept).
+exit codes: 0 finished, 1 error, {diverged} diverged (non-finite loss; last good checkpoint kept),
+130 interrupted (summary.json says "interrupted"; --resume continues).
 """
 
 
@@ -127,6 +131,11 @@ def run(args: argparse.Namespace) -> int:
     except DivergenceError as err:
         print(f"odenets train: diverged: {err}", file=sys.stderr)
         return EXIT_DIVERGED
+    except KeyboardInterrupt:
+        if main_rank:
+            resume = shlex.join(["odenets", "train", "--resume", "--out", str(config.out)])
+            print(f"interrupted; continue with: {resume}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if main_rank:
         s = info.summary
         test = s.get("final_test_acc")

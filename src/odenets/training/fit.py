@@ -153,10 +153,15 @@ def _train(cfg, run_dir, ctx, data, progress, header) -> None:
             progress["global_step"] = epoch * num_batches
             _after_epoch(cfg, run_dir, ctx, progress, record, header, wall0)
             logger.info(_epoch_line(record, cfg.epochs))
+        _finish(cfg, run_dir, ctx, progress, header, time.perf_counter() - wall0)
     except DivergenceError as err:
         msg = _record_divergence(cfg, run_dir, dist, progress, wall0, err)
         raise DivergenceError(msg) from None
-    _finish(cfg, run_dir, ctx, progress, header, time.perf_counter() - wall0)
+    except KeyboardInterrupt:
+        if dist.is_main:  # last.* holds the state to resume from
+            wall_time_s = time.perf_counter() - wall0
+            write_summary(run_dir, cfg, progress, "interrupted", wall_time_s, None)
+        raise
 
 
 def _run_epoch(cfg, ctx, loader, epoch, lr, progress, on_checkpoint) -> dict[str, float]:
