@@ -137,6 +137,26 @@ def test_drop_last_and_data_parallel_shards():
     assert set(torch.cat(seen).tolist()) == set(range(23))
 
 
+def test_data_parallel_ranks_together_are_the_single_process_batches():
+    # 11 samples over 2 ranks: 6 each, the 12th position wraps to the epoch's first sample.
+    images, labels = images_and_labels(n=11, size=6)
+    kwargs = dict(shuffle=True, augment=True, pad=2, seed=5)
+    one = DeviceLoader(images, labels, batch_size=4, **kwargs)
+    ranks = [
+        DeviceLoader(images, labels, batch_size=2, rank=r, world_size=2, **kwargs) for r in (0, 1)
+    ]
+    x1, y1 = (torch.cat(t) for t in zip(*one.epoch(2), strict=True))
+    pairs = zip(ranks[0].epoch(2), ranks[1].epoch(2), strict=True)
+    for k, ((x0, y0), (xr, yr)) in enumerate(pairs):
+        # Rank r's j-th sample is position 2 j + r of the global batch.
+        x = torch.stack([x0, xr], 1).flatten(0, 1)  # (4, C, H, W)
+        y = torch.stack([y0, yr], 1).flatten()
+        n = min(4, len(y1) - 4 * k)
+        assert torch.equal(x[:n], x1[4 * k : 4 * k + n])
+        assert torch.equal(y[:n], y1[4 * k : 4 * k + n])
+    assert torch.equal(x[n:], x1[:1]) and torch.equal(y[n:], y1[:1])
+
+
 def test_validation_split_is_seeded_stratified_and_disjoint():
     images = np.arange(200, dtype=np.uint8).reshape(200, 1, 1, 1)
     labels = np.repeat(np.arange(4), 50)

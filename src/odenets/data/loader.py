@@ -38,7 +38,7 @@ class DeviceLoader:
         channels_last: yield batches in torch.channels_last memory format.
         rank, world_size: for data-parallel training, this process sees every
             world_size-th sample of the epoch's order (padded by wrapping so ranks get
-            equally many).
+            equally many), each with the crop and flip it gets in a single process.
 
     Example:
         >>> import numpy as np
@@ -139,15 +139,17 @@ class DeviceLoader:
         n = len(self.labels)
         gen = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
         order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
+        # Drawn for the global order, then sliced with it: a sample gets the same crop and
+        # flip whatever the world size.
+        dy = torch.randint(0, 2 * self.pad + 1, (n,), generator=gen)
+        dx = torch.randint(0, 2 * self.pad + 1, (n,), generator=gen)
+        flip = torch.rand(n, generator=gen) < 0.5
+        plan = (order, dy, dx, flip)
         if self.world_size > 1:
             total = self.num_samples * self.world_size
-            order = torch.cat([order, order[: max(total - n, 0)]])[:total]
-            order = order[self.rank :: self.world_size]
-        m = len(order)
-        dy = torch.randint(0, 2 * self.pad + 1, (m,), generator=gen)
-        dx = torch.randint(0, 2 * self.pad + 1, (m,), generator=gen)
-        flip = torch.rand(m, generator=gen) < 0.5
-        return (t.to(self.device) for t in (order, dy, dx, flip))
+            plan = (torch.cat([t, t[: max(total - n, 0)]])[:total] for t in plan)
+            plan = (t[self.rank :: self.world_size] for t in plan)
+        return (t.to(self.device) for t in plan)
 
     @staticmethod
     def split(
