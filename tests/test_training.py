@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import warnings
 
@@ -259,6 +260,15 @@ def test_resume_of_finished_run_changes_nothing(finished_run):
     info = fit(tiny_config(finished_run.path, out=str(finished_run.path), epochs=6, resume=True))
     assert info.summary == finished_run.summary
     assert (finished_run.path / "final.safetensors").read_bytes() == before
+
+
+def test_resume_with_no_epochs_left_keeps_config_json(finished_run):
+    before = (finished_run.path / "config.json").read_bytes()
+    config = tiny_config(finished_run.path, out=str(finished_run.path), epochs=6, lr=0.02)
+    with pytest.warns(UserWarning, match=r"settings \['lr'\]; they are not used: no epochs"):
+        info = fit(dataclasses.replace(config, resume=True))
+    assert info.summary == finished_run.summary
+    assert (finished_run.path / "config.json").read_bytes() == before
 
 
 @pytest.mark.parametrize(

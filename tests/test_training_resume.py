@@ -219,10 +219,14 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path, capsys):
     )
     kept = ["last.safetensors", "last.json", "metrics.jsonl", "final.safetensors"]
     before = {name: (out / name).read_bytes() for name in kept}
-    with pytest.warns(UserWarning, match=r"changed settings \['lr'\]"):
-        rc = main(["train", "--out", str(out), "--resume", "--epochs", "4", "--lr", "1e6"])
+    rc = main(["train", "--out", str(out), "--resume", "--epochs", "4", "--lr", "1e6"])
     assert rc == EXIT_DIVERGED
     err = capsys.readouterr().err
+    assert (
+        f"odenets train: warning: resuming {out} with changed settings ['lr']; the run will "
+        "not match an uninterrupted one\n"
+    ) in err
+    assert "warnings.warn" not in err and "UserWarning" not in err
     assert "epoch 3, step" in err
     stored = read_json(out / "config.json")["train"]["milestones"]
     assert (
@@ -330,6 +334,20 @@ def test_ctrl_c_records_interrupted_and_says_how_to_continue(tmp_path, capsys, m
     monkeypatch.setattr(fit_module, "_run_epoch", run_epoch)
     assert main(["train", "--resume", "--out", str(out), "--no-progress"]) == 0
     assert read_json(out / "summary.json")["status"] == "finished"
+
+
+def test_resume_of_a_finished_run_with_another_lr_is_a_one_line_warning(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train_digits(out, "--epochs", "1") == 0
+    before = (out / "config.json").read_bytes()
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(out), "--lr", "0.02"]) == 0
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        f"odenets train: warning: resuming {out} with changed settings ['lr']; they are not "
+        "used: no epochs are left to train (1 done)"
+    ]
+    assert (out / "config.json").read_bytes() == before
 
 
 # --- DDP ----------------------------------------------------------------------------------

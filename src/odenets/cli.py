@@ -9,6 +9,7 @@ import importlib
 import logging
 import os
 import sys
+import warnings
 
 from odenets.errors import OdenetsError
 
@@ -72,6 +73,19 @@ def _log_to_stderr():
         log.setLevel(level)
 
 
+@contextlib.contextmanager
+def _warnings_as_lines(command: str):
+    """Warnings show as one line each, "odenets <command>: warning: <message>", without the
+    Python source line, for the command's duration."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"odenets {command}: warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -79,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        with _log_to_stderr():
+        with _log_to_stderr(), _warnings_as_lines(args.command):
             return int(args._run(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

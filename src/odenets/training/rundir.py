@@ -97,22 +97,25 @@ def start_run(cfg, run_dir, header, model, optimizer, dist) -> dict[str, Any]:
     if cfg.resume and dist.is_main:
         _remove_stale_temporaries(run_dir)
     if cfg.resume and has_last:
-        _resume_run(run_dir, header, model, optimizer, dist, progress)
+        _resume_run(cfg, run_dir, header, model, optimizer, dist, progress)
     else:
         _start_fresh_run(cfg, run_dir, header, model, optimizer, dist, progress)
     return progress
 
 
-def _resume_run(run_dir, header, model, optimizer, dist, progress: dict[str, Any]) -> None:
+def _resume_run(cfg, run_dir, header, model, optimizer, dist, progress: dict[str, Any]) -> None:
     """Restore model and optimizer from last.* and fill `progress` from its JSON part; rank 0
-    then rewrites config.json and drops metric lines past the checkpoint."""
+    then drops metric lines past the checkpoint and, if epochs are left to train, rewrites
+    config.json with the settings they will use."""
     tensors, state = load_train_state(run_dir)
-    _check_same_run(state, header, run_dir)
+    left = state["epoch"] < cfg.epochs
+    _check_same_run(state, header, run_dir, left=left)
     restore_train_state(tensors, state, model=model, optimizer=optimizer)
     _progress_from_state(progress, state)
     barrier(dist)  # every rank has read last.* before rank 0 rewrites metrics
     if dist.is_main:
-        write_json_atomic(run_dir / CONFIG, header)
+        if left:
+            write_json_atomic(run_dir / CONFIG, header)
         _trim_metrics(run_dir, state)
     barrier(dist)
 
@@ -164,7 +167,9 @@ def _identity(run: dict[str, Any]) -> dict[str, Any]:
     return {"model": run.get("model"), "model_kwargs": run.get("model_kwargs"), "dataset": dataset}
 
 
-def _check_same_run(state: dict[str, Any], header: dict[str, Any], run_dir: Path) -> None:
+def _check_same_run(
+    state: dict[str, Any], header: dict[str, Any], run_dir: Path, *, left: bool
+) -> None:
     old, new = _identity(state), _identity(header)
     for key in old:
         if old[key] != new[key]:
@@ -181,9 +186,13 @@ def _check_same_run(state: dict[str, Any], header: dict[str, Any], run_dir: Path
     skip = {"resume", "progress", "device", "epochs", "out", "checkpoint_steps"}
     changed = sorted(k for k in new if k not in skip and old.get(k) != new[k])
     if changed:
+        effect = (
+            "the run will not match an uninterrupted one"
+            if left
+            else f"they are not used: no epochs are left to train ({state['epoch']} done)"
+        )
         warnings.warn(
-            f"resuming {run_dir} with changed settings {changed}; the run will not match an "
-            "uninterrupted one",
+            f"resuming {run_dir} with changed settings {changed}; {effect}",
             stacklevel=4,  # the caller of start_run
         )
 
