@@ -6,6 +6,9 @@ world_size / global_batch, so DDP's gradient average equals the gradient of the 
 over the global batch, whatever the shard sizes. BatchNorm statistics are synchronised
 over the global batch (torch's SyncBatchNorm on CUDA, the small CPU version below for
 gloo), so N processes reproduce one process with the same global batch up to rounding.
+Rounding is not always small in the end: where a pre-activation lies within rounding of
+zero, ReLU passes its gradient in one run and not in the other, and SGD carries the
+difference on, so weights can differ visibly after a few steps.
 """
 
 from __future__ import annotations
