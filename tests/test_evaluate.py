@@ -194,6 +194,10 @@ def test_shards_merge_to_the_unsharded_result_exactly(data, monkeypatch):
     other["shard"].update(total=300, start=100, stop=200)
     with pytest.raises(ValueError, match="different sizes"):
         merge_shards([shards[0], other, shards[2]])
+    retrained = copy.deepcopy(shards[1])
+    retrained["weights"] = [{"file": "final.safetensors", "sha256": "0" * 64}]
+    with pytest.raises(ValueError, match="disagree on 'weights'"):
+        merge_shards([shards[0], retrained, shards[2]])
     gap = copy.deepcopy(shards[1])
     gap["shard"]["start"] += 1
     with pytest.raises(ValueError, match="expected to start at 30"):

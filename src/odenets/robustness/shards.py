@@ -9,7 +9,7 @@ from odenets.robustness.checks import sanity_checks
 from odenets.robustness.counts import frac, sum_entries
 from odenets.robustness.noise_accuracy import noise_section
 
-_SAME_KEYS = ("runs", "models", "ensemble", "dataset", "split", "seed")
+_SAME_KEYS = ("runs", "models", "ensemble", "dataset", "split", "seed", "weights")
 _ATTACK_KEYS = ("name", "threat_model", "eps", "steps", "alpha", "restarts")
 
 
