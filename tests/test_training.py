@@ -304,7 +304,8 @@ def test_stop_between_the_two_checkpoint_writes(tmp_path):
     fit(tiny_config(tmp_path, epochs=1, milestones=[5]))
     run = tmp_path / "run"
     old_json = (run / "last.json").read_text()
-    fit(tiny_config(tmp_path, epochs=2, milestones=[5], resume=True))
+    with pytest.warns(UserWarning, match=r"2 epochs instead of 1; .* drops after epochs \[5\]"):
+        fit(tiny_config(tmp_path, epochs=2, milestones=[5], resume=True))
     reference = load_safetensors(run / "final.safetensors")[0]
     # Rewind: epoch-2 weights but the epoch-1 last.json, and no final weights yet.
     (run / "last.json").write_text(old_json)

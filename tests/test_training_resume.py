@@ -350,6 +350,19 @@ def test_resume_of_a_finished_run_with_another_lr_is_a_one_line_warning(tmp_path
     assert (out / "config.json").read_bytes() == before
 
 
+def test_resume_with_another_model_is_refused_without_the_epochs_note(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train_digits(out, "--epochs", "1") == 0
+    capsys.readouterr()
+    rc = main(["train", "--resume", "--out", str(out), "--epochs", "3", "--model", "resnet20"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        f"odenets train: error: cannot resume {out}: it was trained with model 'tiny_net', but "
+        "this run asks for 'resnet20'. Use another --out folder."
+    ]
+
+
 # --- DDP ----------------------------------------------------------------------------------
 
 

@@ -102,22 +102,8 @@ def config_from_args(args: argparse.Namespace):
         stored = read_json(out / "config.json").get("train", {})
         values = {k: v for k, v in stored.items() if k in names}
         values.pop("progress", None)
-        _note_kept_milestones(stored, given)
     values.update(given)
     return TrainConfig(**values)
-
-
-def _note_kept_milestones(stored: dict, given: dict) -> None:
-    """A resumed run given another --epochs keeps its stored milestone epochs: say so."""
-    epochs = given.get("epochs")
-    if epochs is None or epochs == stored.get("epochs") or given.get("milestones") is not None:
-        return
-    print(
-        f"odenets train: resuming with {epochs} epochs instead of {stored.get('epochs')}; the "
-        f"learning rate still drops after epochs {stored.get('milestones')} (give "
-        "--milestones to change that)",
-        file=sys.stderr,
-    )
 
 
 def run(args: argparse.Namespace) -> int:

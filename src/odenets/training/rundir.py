@@ -195,6 +195,13 @@ def _check_same_run(
             f"resuming {run_dir} with changed settings {changed}; {effect}",
             stacklevel=4,  # the caller of start_run
         )
+    if left and new["epochs"] != old.get("epochs") and new["milestones"] == old.get("milestones"):
+        warnings.warn(
+            f"resuming with {new['epochs']} epochs instead of {old.get('epochs')}; the learning "
+            f"rate still drops after epochs {new['milestones']} (give --milestones to change "
+            "that)",
+            stacklevel=4,
+        )
 
 
 def _trim_metrics(run_dir: Path, state: dict[str, Any]) -> None:
