@@ -40,3 +40,16 @@ def test_quick_demo_writes_report_with_table_and_figures(tmp_path, capsys):
     for rel in figures:
         assert (out / rel).stat().st_size > 1000
         assert f"]({rel})" in report
+
+
+def test_a_training_run_folder_is_refused(tmp_path, capsys):
+    run = tmp_path / "r1"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    assert main(["demo", "--quick", "--out", str(run)]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [
+        f"odenets demo: error: --out {run} is a training run folder (it holds config.json); "
+        "give the demo a folder of its own"
+    ]
+    assert captured.out == "" and [p.name for p in run.iterdir()] == ["config.json"]
