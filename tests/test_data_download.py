@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -174,4 +175,16 @@ def test_cli_download_reports_the_error_without_traceback(tmp_path, capsys):
 def test_http_error_is_named_and_leaves_nothing(tmp_path):
     with Server() as server, pytest.raises(DataError, match=r"/missing failed: HTTP 404"):
         download_file(server.url.rsplit("/", 1)[0] + "/missing", tmp_path / "f", md5=MD5)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_no_connection_mentions_no_partial_file(tmp_path):
+    with socket.socket() as s:  # a port nothing listens on: the connection is refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/cifar-10-python.tar.gz"
+    with pytest.raises(DataError) as info:
+        download_file(url, tmp_path / "file.tar.gz", md5=MD5, retries=0, progress=False)
+    message = str(info.value)
+    assert message.startswith(f"downloading {url} failed (") and "partial" not in message
     assert list(tmp_path.iterdir()) == []

@@ -107,6 +107,8 @@ def download_file(
                     break
                 raise DataError(f"downloading {url} failed: HTTP {err.code} {err.reason}") from err
             done = part.stat().st_size if part.exists() else 0
+            if attempt == retries and not part.exists():
+                raise DataError(f"downloading {url} failed ({err}); nothing was received") from err
             if attempt == retries:
                 raise DataError(
                     f"downloading {url} was interrupted after {done:,} bytes ({err}); the "
