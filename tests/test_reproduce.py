@@ -288,3 +288,11 @@ def test_list_jobs_of_a_shard_lists_only_its_jobs(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     listed = [line for line in lines if "--job" in line]
     assert listed == [job_command(grid, out, j, python=sys.executable) for j in expected]
+
+
+def test_ensemble_caption_states_no_seed_count():
+    from odenets.experiments.paper import get_table
+
+    protocol = get_table("inresnet-ensemble").protocol  # captions runs of any --seeds
+    assert "Ensembles average the predictions of one model per seed" in protocol
+    assert not any(f"{n} seeds" in protocol for n in range(1, 100))

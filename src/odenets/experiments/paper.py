@@ -215,8 +215,8 @@ register_table(
         title="In-ResNet, single models and ensembles of 5 runs, CIFAR-10, 110 layers (%)",
         source=INRESNET_SOURCE,
         protocol=INRESNET_PROTOCOL
-        + " Ensembles average the predictions of the 5 seeds' models; the attack sees the "
-        "whole ensemble.",
+        + " Ensembles average the predictions of one model per seed; the attack sees the whole "
+        "ensemble.",
         metrics=ROBUSTNESS_METRICS,
         labels={
             **{k: f"{v} (single)" for k, v in _INRESNET_LABELS.items()},
