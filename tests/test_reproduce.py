@@ -296,3 +296,16 @@ def test_ensemble_caption_states_no_seed_count():
     protocol = get_table("inresnet-ensemble").protocol  # captions runs of any --seeds
     assert "Ensembles average the predictions of one model per seed" in protocol
     assert not any(f"{n} seeds" in protocol for n in range(1, 100))
+
+
+def test_a_training_run_folder_is_refused_as_the_grid_folder(tmp_path, capsys):
+    run = tmp_path / "r1"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    args = ["reproduce", "inresnet-table1", "--scale", "quick", "--dataset", "cifar10"]
+    assert main([*args, "--out", str(run), "--data-root", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"odenets reproduce: error: --out {run} is a training run folder (it holds config.json); "
+        "give the grid a folder of its own"
+    ]
+    assert [p.name for p in run.iterdir()] == ["config.json"]

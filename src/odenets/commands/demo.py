@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 from odenets.experiments.demo import TABLE_EPS, demo_grid
+from odenets.experiments.grid_folder import check_not_a_run_folder
 from odenets.experiments.report import write_report
 from odenets.experiments.reproduce import run_grid
 
@@ -24,11 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.epochs < 1:
         raise ValueError(f"--epochs must be >= 1; got {args.epochs}")
-    if (Path(args.out) / "config.json").is_file():
-        raise ValueError(
-            f"--out {args.out} is a training run folder (it holds config.json); give the demo "
-            "a folder of its own"
-        )
+    check_not_a_run_folder(args.out, "demo")
     grid = demo_grid(quick=args.quick, epochs=args.epochs)
     start = time.perf_counter()
     print(

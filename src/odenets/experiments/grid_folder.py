@@ -44,11 +44,21 @@ def read_manifest(out: Path) -> dict[str, Any] | None:
     return read_json(path) if path.exists() else None
 
 
+def check_not_a_run_folder(out: str | Path, what: str) -> None:
+    """Refuse a training run folder (it holds config.json) as the folder of a grid."""
+    if (Path(out) / "config.json").is_file():
+        raise OdenetsError(
+            f"--out {out} is a training run folder (it holds config.json); give the {what} "
+            "a folder of its own"
+        )
+
+
 def prepare_folder(grid: Grid, out: str | Path) -> list[Job]:
     """Check `out` holds this preset at this scale (or nothing), write the manifest, and
-    return the jobs. A folder of another preset or scale is refused: results of different
-    grids are never mixed in one folder."""
+    return the jobs. A folder of another preset or scale, or a training run folder, is
+    refused: results of different grids are never mixed in one folder."""
     out = Path(out)
+    check_not_a_run_folder(out, "grid")
     jobs = expand_jobs(grid)
     old = read_manifest(out)
     if old is not None and (old.get("preset"), old.get("scale")) != (
