@@ -488,6 +488,10 @@ def test_crash_inside_an_epoch_resumes_from_the_mid_epoch_checkpoint(tmp_path):
     state = read_json(tmp_path / "run" / "last.json")
     assert state["epoch"] == 1 and state["partial_epoch"]["step"] == 10
     assert state["global_step"] == 23 + 10
+    # fewer epochs than the checkpoint has begun would save half an epoch as the final weights
+    with pytest.raises(CheckpointError, match="inside epoch 2; give --epochs 2 or more"):
+        fit(tiny_config(tmp_path, epochs=1, checkpoint_steps=5, resume=True))
+    assert read_json(tmp_path / "run" / "last.json") == state
     info = fit(tiny_config(tmp_path, epochs=2, checkpoint_steps=5, resume=True))
     final = load_safetensors(info.path / "final.safetensors")[0]
     expected = load_safetensors(reference.path / "final.safetensors")[0]
@@ -495,6 +499,12 @@ def test_crash_inside_an_epoch_resumes_from_the_mid_epoch_checkpoint(tmp_path):
     for got, want in zip(info.metrics, reference.metrics, strict=True):
         assert got["train_loss"] == want["train_loss"] and got["train_acc"] == want["train_acc"]
         assert got["test_acc"] == want["test_acc"]
+
+
+def test_resume_with_fewer_epochs_than_trained_is_refused(tmp_path):
+    fit(tiny_config(tmp_path, epochs=2))
+    with pytest.raises(CheckpointError, match="after epoch 2; give --epochs 2 or more"):
+        fit(tiny_config(tmp_path, epochs=1, resume=True))
 
 
 def test_kill_between_final_weights_and_summary(tmp_path):

@@ -9,9 +9,10 @@ Layout of a results folder (``--out``)::
     report.md / .csv / .json, figures/    written by `odenets report`
 
 A job is finished when its `summary.json` says "finished" and its `eval.json` exists and
-scored the run's current weights (an ensemble job: when its `eval.json` exists); finished and diverged jobs are never run again,
-an interrupted one resumes from its last checkpoint. Each job is also one self-contained
-shell command (`job_command`), so a scheduler can run the grid on many machines.
+scored the run's current weights (an ensemble job: when its `eval.json` exists); finished
+and diverged jobs are never run again, an interrupted one resumes from its last checkpoint.
+Each job is also one self-contained shell command (`job_command`), so a scheduler can run
+the grid on many machines.
 
 This module holds the grid runner (shards, skipping what is done) and re-exports the
 pieces: `jobs` (Grid, Job, expand_jobs), `grid_folder` (manifest, job state),

@@ -108,6 +108,13 @@ def _resume_run(cfg, run_dir, header, model, optimizer, dist, progress: dict[str
     then drops metric lines past the checkpoint and, if epochs are left to train, rewrites
     config.json with the settings they will use."""
     tensors, state = load_train_state(run_dir)
+    done = state["epoch"] + (1 if state.get("partial_epoch") else 0)  # epochs begun
+    if cfg.epochs < done:
+        raise CheckpointError(
+            f"cannot resume {run_dir} with epochs {cfg.epochs}: its checkpoint is "
+            f"{'inside' if state.get('partial_epoch') else 'after'} epoch {done}; give "
+            f"--epochs {done} or more"
+        )
     left = state["epoch"] < cfg.epochs
     _check_same_run(state, header, run_dir, left=left)
     restore_train_state(tensors, state, model=model, optimizer=optimizer)
