@@ -283,7 +283,8 @@ def test_cli_evaluate_shards_and_merge(run_dir, tmp_path, capsys):
     for i in range(2):
         path = tmp_path / f"s{i}.json"
         assert (
-            main(["evaluate", str(run_dir), *common, "--shard", f"{i}/2", "--out", str(path)]) == 0
+            main(["evaluate", str(run_dir), *common, "--shard", f"{i + 1}/2", "--out", str(path)])
+            == 0
         )
         shard_files.append(str(path))
     out = tmp_path / "merged.json"
@@ -305,6 +306,19 @@ def test_cli_limit_and_shard_leave_eval_json_alone(run_dir, capsys):
     assert json.loads((run_dir / "eval.limit-20.shard-1-of-2.json").read_text())["n"] == 10
     after = (run_dir / "eval.json").read_bytes() if (run_dir / "eval.json").exists() else None
     assert after == before
+
+
+def test_cli_shards_count_from_one_as_in_reproduce(run_dir, capsys):
+    from odenets.cli import main
+
+    quick = ["--attacks", "", "--no-checks", "--limit", "20"]
+    assert main(["evaluate", str(run_dir), *quick, "--shard", "2/2"]) == 0
+    shard = json.loads((run_dir / "eval.limit-20.shard-2-of-2.json").read_text())["shard"]
+    assert (shard["index"], shard["start"], shard["stop"]) == (1, 10, 20)  # 0-based inside
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["evaluate", str(run_dir), *quick, "--shard", "0/2"])
+    assert "--shard i/n needs 1 <= i <= n; got '0/2'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("where", ["folder", "under_a_file"])

@@ -26,8 +26,8 @@ attacks: {attacks}.
 noise has its own flags, not --attacks: --noise (CIFAR-C), --noise-root, --gaussian-sigma.
 --threat-model normalized is the In-ResNet authors' first release: eps and the step act on
 the normalised tensor (about 5x weaker than in pixels) and the clamp to [0, 1] happens there.
---shard i/n (0 <= i < n) evaluates one contiguous, disjoint share of the (limited) test set
-and writes counts; merge the n files with --merge. Sanity checks are printed under the table.
+--shard i/n (1 <= i <= n, as in odenets reproduce) evaluates one contiguous, disjoint share
+of the (limited) test set and writes counts; merge the n files with --merge. Sanity checks are printed under the table.
 A run that has not finished is evaluated at its last checkpoint (with a warning); eval.json
 records the weights scored (file, epoch, SHA-256), so the report can spot stale results.
 """
@@ -68,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of random starts and noise")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda:N")
     parser.add_argument("--data-root", help="data folder (default: the run's config.json)")
-    parser.add_argument("--shard", type=_shard, help="i/n: evaluate shard i of n (0-based)")
+    parser.add_argument("--shard", type=_shard, help="i/n: evaluate shard i of n (1 <= i <= n)")
     parser.add_argument("--no-checks", action="store_true", help="skip the sanity checks")
     parser.add_argument(
         "--channels-last",
@@ -134,13 +134,15 @@ def _radii(text: str) -> list[float]:
 
 
 def _shard(text: str) -> tuple[int, int]:
+    """'i/n' (1-based, as `odenets reproduce --shard`) -> (i - 1, n), the 0-based index that
+    eval.json and `shard_slice` use."""
+    from odenets.experiments.reproduce import parse_shard
+
     try:
-        index, count = (int(t) for t in text.split("/"))
+        index, count = parse_shard(text)
     except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected i/n such as 0/4; got {text!r}") from err
-    if count < 1 or not 0 <= index < count:
-        raise argparse.ArgumentTypeError(f"shard must be i/n with 0 <= i < n; got {text!r}")
-    return index, count
+        raise argparse.ArgumentTypeError(str(err)) from err
+    return index - 1, count
 
 
 def run(args: argparse.Namespace) -> int:
@@ -180,7 +182,7 @@ def _out_path(args) -> Path:
     if args.limit is not None:
         name += f".limit-{args.limit}"
     if args.shard is not None:
-        name += f".shard-{args.shard[0]}-of-{args.shard[1]}"
+        name += f".shard-{args.shard[0] + 1}-of-{args.shard[1]}"
     return Path(args.runs[0]) / f"{name}.json"
 
 
