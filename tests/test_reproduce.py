@@ -230,13 +230,15 @@ def test_bad_shard_is_refused(bad):
         parse_shard(bad)
 
 
-def test_job_command_is_self_contained():
+def test_job_command_is_self_contained(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative paths become absolute (jobs may start elsewhere)
     grid = load_grid("inresnet-ensemble", scale="paper", seeds=3, data_root="my data")
     job = expand_jobs(grid)[4]
     cmd = job_command(grid, "runs/ens", job, python="python")
     assert cmd == (
-        "python -m odenets reproduce inresnet-ensemble --out runs/ens --scale paper --seeds 3 "
-        "--data-root 'my data' --dataset cifar10 --job 4"
+        f"python -m odenets reproduce inresnet-ensemble --out {tmp_path / 'runs/ens'} "
+        f"--scale paper --seeds 3 --data-root '{tmp_path / 'my data'}' --dataset cifar10 "
+        "--job 4"
     )
 
 

@@ -11,19 +11,29 @@ from odenets.experiments.jobs import Grid, Job
 
 
 def job_command(grid: Grid, out: str | Path, job: Job, *, python: str = "") -> str:
-    """One self-contained shell command that runs `job` (for a SLURM array, GNU parallel)."""
-    argv = [python or "python", "-m", "odenets", "reproduce", grid.preset_ref or grid.preset.name]
-    argv += ["--out", str(out), "--scale", grid.scale, "--seeds", str(grid.n_seeds)]
+    """One self-contained shell command that runs `job` (for a SLURM array, GNU parallel).
+
+    Paths are absolute, so the command works from whatever folder a scheduler starts it in.
+    """
+    preset = grid.preset_ref or grid.preset.name
+    if Path(preset).is_file():  # a preset given as a TOML file, not a registered name
+        preset = str(Path(preset).resolve())
+    argv = [python or "python", "-m", "odenets", "reproduce", preset]
+    argv += ["--out", _absolute(out), "--scale", grid.scale, "--seeds", str(grid.n_seeds)]
     if grid.data_root is not None:
-        argv += ["--data-root", str(grid.data_root)]
+        argv += ["--data-root", _absolute(grid.data_root)]
     if grid.noise_root is not None:
-        argv += ["--noise-root", str(grid.noise_root)]
+        argv += ["--noise-root", _absolute(grid.noise_root)]
     if grid.train_limit:
         argv += ["--train-limit", str(grid.train_limit)]
     for d in grid.resolved_datasets:
         argv += ["--dataset", d]
     argv += ["--job", str(job.index)]
     return shlex.join(argv)
+
+
+def _absolute(path: str | Path) -> str:
+    return str(Path(path).resolve())
 
 
 def python_executable() -> str:
