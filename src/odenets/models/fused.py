@@ -34,8 +34,9 @@ class _ScaledSum(torch.autograd.Function):
 
     The plain expression costs two elementwise kernels forward and, backward, a product
     and a sum for each of dL/da and dL/db; here the forward is one `addcmul` and each
-    scalar gradient one dot product. Forward-mode (`torch.func.jvp`), `vmap`, double
-    backward and `torch.compile` work as for the plain expression.
+    scalar gradient one dot product. Forward-mode (`torch.func.jvp`), `vmap` and double
+    backward work as for the plain expression; under `torch.compile`, `scaled_sum` uses
+    the plain expression instead (see there).
     """
 
     generate_vmap_rule = True
