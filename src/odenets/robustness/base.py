@@ -303,31 +303,24 @@ class Attack:
 
 @contextlib.contextmanager
 def inference_state(model: nn.Module, device_type: str) -> Iterator[None]:
-    """`model` in eval mode with autocast off inside the block (attacks and accuracy are
-    float32 even inside a caller's bf16 autocast); on exit every submodule gets back its own
-    train/eval flag, so a network left partly in eval mode (e.g. frozen BatchNorm) stays so.
+    """`model` in eval mode and IEEE float32 inside the block: autocast is off (attacks and
+    accuracy stay float32 inside a caller's bf16 autocast) and so is TF32 on CUDA (cuDNN
+    uses it for float32 convolutions by default). On exit every submodule gets back its own
+    train/eval flag (a network left partly in eval mode, e.g. frozen BatchNorm, stays so)
+    and the TF32 settings are restored.
     """
     modes = [(module, module.training) for module in model.modules()]
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    tf32 = (cudnn.allow_tf32, matmul.allow_tf32)
     model.eval()
+    cudnn.allow_tf32, matmul.allow_tf32 = False, False
     try:
         with torch.autocast(device_type, enabled=False):
             yield
     finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = tf32
         for module, training in modes:
             module.training = training
-
-
-@contextlib.contextmanager
-def ieee_float32() -> Iterator[None]:
-    """float32 convolutions and matrix products without TF32 on CUDA inside the block (cuDNN
-    uses TF32 for float32 convolutions by default); the previous settings come back after."""
-    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    saved = (cudnn.allow_tf32, matmul.allow_tf32)
-    cudnn.allow_tf32, matmul.allow_tf32 = False, False
-    try:
-        yield
-    finally:
-        cudnn.allow_tf32, matmul.allow_tf32 = saved
 
 
 def _check_batch(images: torch.Tensor, labels: torch.Tensor) -> None:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from odenets.models.base import channels_last_weights, model_device
-from odenets.robustness.base import Attack, create_attack, ieee_float32
+from odenets.robustness.base import Attack, create_attack
 from odenets.robustness.checks import (
     EPS1_MAX_ACC,
     EPS1_SAMPLES,
@@ -120,7 +120,7 @@ def evaluate(
     started = time.perf_counter()
     members = [models] if isinstance(models, nn.Module) else list(models)
     layout = channels_last_weights(members) if channels_last else contextlib.nullcontext()
-    with layout, ieee_float32():
+    with layout:
         result = _evaluate(
             members,
             images,
