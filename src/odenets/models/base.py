@@ -90,7 +90,7 @@ class OdeNet(nn.Module):
         on_cuda = isinstance(images, torch.Tensor) and images.is_cuda
         # Inputs that need a gradient on CUDA are an attack's iterates, built from images the
         # attack checked once (odenets.robustness): no sync per step for them either.
-        per_step = self.training or images.requires_grad if on_cuda else False
+        per_step = on_cuda and (self.training or images.requires_grad)
         check_images(images, self.in_chans, check_finite=not per_step)
         return self.forward_normalized(self.normalize(images))
 
@@ -154,15 +154,20 @@ class OdeNet(nn.Module):
         ]
 
 
+def _convolution_tensors(models: Sequence[nn.Module]) -> list[torch.Tensor]:
+    """The 4-D parameters and buffers of `models`, each once (shared modules included)."""
+    tensors = {id(t): t for m in models for t in (*m.parameters(), *m.buffers()) if t.dim() == 4}
+    return list(tensors.values())
+
+
 def to_channels_last(model: nn.Module) -> nn.Module:
     """channels_last for every 4-D parameter and buffer of `model`, in place.
 
     `Module.to(memory_format=torch.channels_last)` refuses models holding 5-D tensors (the
     stacked per-step kernels of untied NAIS blocks); those are left as they are.
     """
-    for t in [*model.parameters(), *model.buffers()]:
-        if t.dim() == 4:
-            t.data = t.data.contiguous(memory_format=torch.channels_last)
+    for t in _convolution_tensors([model]):
+        t.data = t.data.contiguous(memory_format=torch.channels_last)
     return model
 
 
@@ -173,16 +178,13 @@ def channels_last_weights(models: Sequence[nn.Module]) -> Iterator[None]:
     The tensors that were in another layout get it back on exit (their values copied back,
     so nothing done to them inside the block is lost); the modules are otherwise untouched.
     """
-    changed: list[tuple[torch.Tensor, torch.Tensor]] = []
-    seen: set[int] = set()
-    for model in models:
-        for t in (*model.parameters(), *model.buffers()):
-            if t.dim() != 4 or id(t) in seen:
-                continue
-            seen.add(id(t))
-            if not t.is_contiguous(memory_format=torch.channels_last):
-                changed.append((t, t.data))
-                t.data = t.data.contiguous(memory_format=torch.channels_last)
+    changed = [
+        (t, t.data)
+        for t in _convolution_tensors(models)
+        if not t.is_contiguous(memory_format=torch.channels_last)
+    ]
+    for t, data in changed:
+        t.data = data.contiguous(memory_format=torch.channels_last)
     try:
         yield
     finally:
