@@ -105,12 +105,11 @@ def weights_record(path: str | os.PathLike, *, which: str = "auto") -> dict[str,
             meta = dict(f.metadata() or {})
     except Exception as err:  # safetensors raises its own error types for bad headers
         raise CheckpointError(f"checkpoint {file} is corrupt or truncated ({err})") from err
-    return _record(Path(path), file, meta)
+    return _record(Path(path), file, meta, read_run(path).config)
 
 
-def _record(path: Path, file: Path, meta: dict[str, str]) -> dict[str, Any]:
-    """`weights_record` from the weights file's header metadata."""
-    config = read_run(path).config
+def _record(path: Path, file: Path, meta: dict[str, str], config: dict) -> dict[str, Any]:
+    """`weights_record` from the weights file's header metadata and the run's config."""
     epoch = meta.get("epoch")
     stat = file.stat()
     return {
@@ -174,5 +173,5 @@ def load_run(
         raise CheckpointError(
             f"the weights in {path} do not fit model {cfg['model']!r}: {err}"
         ) from err
-    model.run_weights = _record(path, file, meta)
+    model.run_weights = _record(path, file, meta, cfg)
     return model.to(device).eval()
