@@ -27,7 +27,8 @@ noise has its own flags, not --attacks: --noise (CIFAR-C), --noise-root, --gauss
 --threat-model normalized is the In-ResNet authors' first release: eps and the step act on
 the normalised tensor (about 5x weaker than in pixels) and the clamp to [0, 1] happens there.
 --shard i/n (1 <= i <= n, as in odenets reproduce) evaluates one contiguous, disjoint share
-of the (limited) test set and writes counts; merge the n files with --merge. Sanity checks are printed under the table.
+of the (limited) test set and writes counts; merge the n files with --merge. Sanity checks
+are printed under the table.
 A run that has not finished is evaluated at its last checkpoint (with a warning); eval.json
 records the weights scored (file, epoch, SHA-256), so the report can spot stale results.
 """
