@@ -133,13 +133,16 @@ def evaluate_job(grid: Grid, job: Job, out: Path) -> None:
     write_json_atomic(folder / "eval.json", result)
 
 
-def run_job(grid: Grid, out: str | Path, job: Job) -> str:
-    """Bring one job to its end state; returns the state reached (see `job_state`)."""
+def run_job(grid: Grid, out: str | Path, job: Job, *, train_only: bool = False) -> str:
+    """Bring one job to its end state (with `train_only`: to "trained", an ensemble to
+    "waiting"); returns the state reached (see `job_state`)."""
     out = Path(out)
     folder = out / RUNS / job.name
     state = job_state(out, job)
     if state in END_STATES:
         return state
+    if train_only and job.is_ensemble:
+        return "waiting"
     if job.is_ensemble:
         missing = [m for m in job.members if not (out / RUNS / m / "eval.json").exists()]
         if missing:
@@ -154,5 +157,7 @@ def run_job(grid: Grid, out: str | Path, job: Job) -> str:
             return state
         if state != "trained":
             raise OdenetsError(f"training of job {job.index} ({job.name}) did not finish")
+    if train_only:
+        return state
     evaluate_job(grid, job, out)
     return "finished"
