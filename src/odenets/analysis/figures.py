@@ -43,6 +43,7 @@ def load_test_images(
         limit: number of images (None: all); the subset depends only on `seed`.
     """
     from odenets.data import load_dataset
+    from odenets.data.splits import subset_indices
     from odenets.training import read_run
 
     datasets = [read_run(r).config["dataset"] for r in run_dirs]
@@ -51,11 +52,7 @@ def load_test_images(
         raise ValueError(f"runs were trained on different data sets {sorted(names)}; give one")
     ds = datasets[0]
     data = load_dataset(ds["name"], root=data_root or ds.get("root"), split="test")
-    index = np.arange(len(data))
-    if limit is not None and limit < len(data):
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1; got {limit}")
-        index = np.sort(np.random.default_rng(seed).permutation(len(data))[:limit])
+    index = subset_indices(len(data), limit, seed)
     raw = data.images[index]
     images = torch.from_numpy(raw).permute(0, 3, 1, 2).float().div(255)  # (N, C, H, W)
     labels = torch.from_numpy(data.labels[index]).long()
