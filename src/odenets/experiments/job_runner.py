@@ -65,16 +65,14 @@ def train_job(grid: Grid, job: Job, folder: Path) -> None:
 def _test_subset(dataset: dict[str, Any], data_root: str | None, limit: int, seed: int):
     """The test images (N, C, H, W) float in [0, 1], their labels (N,) and their indices (N,)
     in the test split: all of it, or the seeded subset of `limit` images in split order."""
-    import numpy as np
     import torch
 
     from odenets.data import load_dataset
+    from odenets.data.splits import subset_indices
 
     root = data_root if data_root is not None and dataset["name"] != "digits" else None
     test = load_dataset(dataset["name"], root=root or dataset.get("root"), split="test")
-    order = np.arange(len(test.labels))
-    if limit and limit < len(order):
-        order = np.sort(np.random.default_rng(seed).permutation(len(order))[:limit])
+    order = subset_indices(len(test.labels), limit or None, seed)  # limit 0: the whole split
     images = torch.from_numpy(test.images[order]).permute(0, 3, 1, 2).float() / 255  # (N,C,H,W)
     labels = torch.from_numpy(test.labels[order])
     return images, labels, torch.from_numpy(order)
@@ -133,13 +131,16 @@ def evaluate_job(grid: Grid, job: Job, out: Path) -> None:
     write_json_atomic(folder / "eval.json", result)
 
 
-def run_job(grid: Grid, out: str | Path, job: Job) -> str:
-    """Bring one job to its end state; returns the state reached (see `job_state`)."""
+def run_job(grid: Grid, out: str | Path, job: Job, *, train_only: bool = False) -> str:
+    """Bring one job to its end state (with `train_only`: to "trained", an ensemble to
+    "waiting"); returns the state reached (see `job_state`)."""
     out = Path(out)
     folder = out / RUNS / job.name
     state = job_state(out, job)
     if state in END_STATES:
         return state
+    if train_only and job.is_ensemble:
+        return "waiting"
     if job.is_ensemble:
         missing = [m for m in job.members if not (out / RUNS / m / "eval.json").exists()]
         if missing:
@@ -154,5 +155,7 @@ def run_job(grid: Grid, out: str | Path, job: Job) -> str:
             return state
         if state != "trained":
             raise OdenetsError(f"training of job {job.index} ({job.name}) did not finish")
+    if train_only:
+        return state
     evaluate_job(grid, job, out)
     return "finished"
