@@ -72,6 +72,13 @@ class _PackageAttack(Attack):
         """The package's `AutoAttack` object for the network in the threat model's space."""
         raise NotImplementedError
 
+    @staticmethod
+    def forward(space: Space):
+        """z -> logits as the package calls it; input gradients come back in the standard
+        layout (channels_last weights would otherwise give channels_last gradients, which
+        the package's `.view` calls refuse)."""
+        return lambda z: space.logits(_StandardLayoutGrad.apply(z))
+
     def perturb(self, space: Space, z, labels, indices):
         adversary = self.adversary(space, z.device)
         devices = [z.device] if z.device.type == "cuda" else []
@@ -196,7 +203,7 @@ class AutoAttack(_PackageAttack):
     def adversary(self, space: Space, device: torch.device):
         attacks = list(self.sub_attacks) if self.version == "custom" else None
         adversary = self.package.AutoAttack(
-            space.logits,
+            self.forward(space),
             norm="Linf",
             eps=self.eps,
             version=self.version,
@@ -242,7 +249,7 @@ class Square(_PackageAttack):
 
     def adversary(self, space: Space, device: torch.device):
         adversary = self.package.AutoAttack(
-            space.logits,
+            self.forward(space),
             norm="Linf",
             eps=self.eps,
             version="custom",
@@ -252,6 +259,18 @@ class Square(_PackageAttack):
         )
         adversary.square.n_queries = self.queries
         return adversary
+
+
+class _StandardLayoutGrad(torch.autograd.Function):
+    """Identity whose backward makes the gradient contiguous (standard layout)."""
+
+    @staticmethod
+    def forward(ctx, z):
+        return z.view_as(z)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous()
 
 
 @contextlib.contextmanager

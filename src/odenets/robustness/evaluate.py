@@ -124,7 +124,8 @@ def evaluate(
         checks: run the sanity checks (including a small ε = 1 attack).
         masking: gather the evidence of the gradient-masking diagnostics (input-gradient
             norms; PGD with 5x the steps and with 3 restarts at the smallest radius of the
-            first threat model, when pgd is among the attacks) and, with `checks`, give the diagnostics and a verdict.
+            first threat model, when pgd is among the attacks) and, with `checks`, give
+            the diagnostics and a verdict.
         info: metadata stored as is: "runs", "dataset", "split", "shard".
         channels_last: evaluate with the networks' 4-D weights in channels_last (their
             layout is restored afterwards): float32 as before, up to rounding, and faster

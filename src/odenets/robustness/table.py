@@ -66,7 +66,9 @@ def _settings(name: str, entries: list[Mapping]) -> str:
         return f"{name}: {first['queries']} queries (gradient-free)"
     words = f"{name}: "
     if first.get("base"):
-        words += f"{first['base']} crafted on {first.get('source') or 'a surrogate'}, "
+        source = first.get("source") or ["a surrogate"]
+        source = ", ".join(source) if isinstance(source, list) else source
+        words += f"{first['base']} crafted on {source}, "
     if first.get("loss"):
         return words + f"{first['steps']} steps, initial step 2ε halved by its schedule"
     if first.get("steps") == 1 and first.get("alpha") == first.get("eps"):
