@@ -64,7 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--pgd-restarts", type=int, default=1, help="random restarts of pgd")
     parser.add_argument("--apgd-steps", type=int, default=100, help="iterations of APGD (100)")
-    parser.add_argument("--limit", type=int, help="evaluate a seeded random subset of N images")
+    parser.add_argument(
+        "--limit", type=_positive_int, help="evaluate a seeded random subset of N images"
+    )
     parser.add_argument("--batch-size", type=int, default=500, help="batch size (default: 500)")
     parser.add_argument("--seed", type=int, default=0, help="seed of random starts and noise")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda:N")
@@ -146,6 +148,16 @@ def _shard(text: str) -> tuple[int, int]:
     return index - 1, count
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive number of images; got {value}")
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
     from odenets.checkpoint import read_json, write_json_atomic
     from odenets.robustness import format_table, merge_shards
@@ -174,12 +186,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _out_path(args) -> Path:
+    from odenets.training.run_folder import EVAL
+
     if args.out:
         return _checked_out(Path(args.out))
     if len(args.runs) > 1:
         raise ValueError(f"{len(args.runs)} runs form an ensemble: give --out PATH for its result")
     # Only a whole-test-set evaluation is the run's eval.json (what the report reads).
-    name = "eval"
+    name = Path(EVAL).stem
     if args.limit is not None:
         name += f".limit-{args.limit}"
     if args.shard is not None:

@@ -11,11 +11,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from odenets.checkpoint import write_json_atomic
 from odenets.device import resolve_device
 from odenets.errors import OdenetsError
 from odenets.experiments.grid_folder import END_STATES, RUNS, job_state, write_job_record
 from odenets.experiments.jobs import Grid, Job
+from odenets.training.run_folder import EVAL, LockedError, RunFolder, hold_lock
 
 log = logging.getLogger(__name__)
 
@@ -130,18 +130,35 @@ def evaluate_job(grid: Grid, job: Job, out: Path) -> None:
         data_root=grid.data_root,
         noise_root=grid.noise_root if grid.eval_settings.noise else None,
     )
-    write_json_atomic(folder / "eval.json", result)
+    RunFolder(folder).write_eval(result)
+
+
+JOB_LOCK = ".job.lock"
 
 
 def run_job(grid: Grid, out: str | Path, job: Job) -> str:
-    """Bring one job to its end state; returns the state reached (see `job_state`)."""
+    """Bring one job to its end state; returns the state reached (see `job_state`), or
+    "locked" when another process (on this machine or another sharing the folder) holds
+    the job: N processes on one grid folder split its jobs, none run twice."""
     out = Path(out)
     folder = out / RUNS / job.name
-    state = job_state(out, job)
+    if job_state(out, job) in END_STATES:
+        return job_state(out, job)
+    try:
+        with hold_lock(folder / JOB_LOCK, what=f"job {job.index} ({job.name})"):
+            return _run_locked_job(grid, out, job)
+    except LockedError as err:
+        log.info("skipping job %s: %s", job.name, err)
+        return "locked"
+
+
+def _run_locked_job(grid: Grid, out: Path, job: Job) -> str:
+    folder = out / RUNS / job.name
+    state = job_state(out, job)  # again: another process may have finished it meanwhile
     if state in END_STATES:
         return state
     if job.is_ensemble:
-        missing = [m for m in job.members if not (out / RUNS / m / "eval.json").exists()]
+        missing = [m for m in job.members if not RunFolder(out / RUNS / m).has(EVAL)]
         if missing:
             log.warning("ensemble %s waits for runs %s", job.name, ", ".join(missing))
             return "waiting"

@@ -50,6 +50,8 @@ class TrainConfig:
     test_limit: int | None = None  # evaluate on a fixed seeded subset of this many images
     out: str = "runs/run"  # run folder (config.json, metrics.jsonl, checkpoints, summary)
     resume: bool = False  # continue from out/last.* instead of refusing a non-empty folder
+    restart: bool = False  # start over in a folder holding a run (its weights are deleted)
+    verify: bool = True  # check a CIFAR archive's official md5 (off: a known private copy)
 
     # --- recipe: None below means "the recipe's value" ------------------------------------
     recipe: str | None = None  # see list_recipes(); None: the data set's paper recipe
