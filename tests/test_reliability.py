@@ -581,11 +581,12 @@ def test_locked_job_is_skipped_not_run(tmp_path, monkeypatch):
 
 
 @contextlib.contextmanager
-def _small_disk(path: Path, size_kib: int):
-    """A tmpfs of `size_kib` at `path` when this process may mount one, else None."""
+def _small_disk(path: Path, size_kib: int, *, mount: bool):
+    """A tmpfs of `size_kib` at `path` when asked and this process may mount one."""
     path.mkdir()
     mounted = (
-        os.geteuid() == 0
+        mount
+        and os.geteuid() == 0
         and shutil.which("mount")
         and subprocess.run(
             ["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(path)],
@@ -597,22 +598,26 @@ def _small_disk(path: Path, size_kib: int):
         yield mounted
     finally:
         if mounted:
-            subprocess.run(["umount", str(path)], check=True)
+            subprocess.run(["umount", "-l", str(path)], check=True)
 
 
-def test_full_disk_fails_cleanly_and_the_checkpoint_stays_intact(tmp_path, monkeypatch):
+@pytest.mark.parametrize("disk_kind", ["tmpfs", "injected"])
+def test_full_disk_fails_cleanly_and_the_checkpoint_stays_intact(tmp_path, monkeypatch, disk_kind):
     import odenets.checkpoint as checkpoint
 
     disk = tmp_path / "disk"
-    with _small_disk(disk, 72) as mounted:
+    with _small_disk(disk, 160, mount=disk_kind == "tmpfs") as mounted:
+        if disk_kind == "tmpfs" and not mounted:
+            pytest.skip("not run: this process may not mount a tmpfs (the injected case runs)")
         run = disk / "run"
         if mounted:  # a real full disk: fill it up after epoch 1
             fit(tiny(run, epochs=1))
             filler = disk / "filler"
-            with open(filler, "wb") as f, contextlib.suppress(OSError):
+            fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+            with contextlib.suppress(OSError):  # until the disk is full
                 while True:
-                    f.write(b"\0" * 1024)
-                    f.flush()
+                    os.write(fd, b"\0" * 512)
+            os.close(fd)
         else:  # no mount here: new files fail as on a full disk (rewrites in place work)
             fit(tiny(run, epochs=1))
 
@@ -625,7 +630,7 @@ def test_full_disk_fails_cleanly_and_the_checkpoint_stays_intact(tmp_path, monke
             fit(tiny(run, epochs=2, resume=True))
         message = str(caught.value)
         assert "could not write" in message and str(run) in message
-        assert "The last checkpoint (after epoch 1)" in message and "is intact" in message
+        assert "The last checkpoint" in message and "is intact" in message
         assert "\n" not in message
         summary = read_json(run / "summary.json")
         assert summary["status"] == "failed" and "No space left on device" in summary["error"]
@@ -705,3 +710,60 @@ def sha_md5(path: Path) -> str:
     import hashlib
 
     return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+# --- silently wrong inputs are errors ------------------------------------------------------
+
+
+@pytest.mark.parametrize("limit", ["0", "-5"])
+def test_evaluate_limit_must_be_positive(finished, limit, capsys):
+    with pytest.raises(SystemExit):
+        main(["evaluate", str(finished), "--limit", limit])
+    assert f"must be a positive number of images; got {int(limit)}" in capsys.readouterr().err
+
+
+def test_image_folder_with_test_classes_missing_from_train(tmp_path):
+    from PIL import Image
+
+    from odenets.data import load_image_folder
+
+    for split, classes in (("train", ["ant", "bee"]), ("test", ["ant", "bee", "cat"])):
+        for name in classes:
+            (tmp_path / split / name).mkdir(parents=True)
+            Image.new("RGB", (4, 4)).save(tmp_path / split / name / "0.png")
+    with pytest.raises(DataError, match=r"test has classes with no folder in .*train: \['cat'\]"):
+        load_image_folder(tmp_path, split="test")
+
+
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        (torch.tensor([0.0, 1.0]), "labels must be an integer tensor .* got torch.float32"),
+        (torch.tensor([0, 10]), r"labels must be in 0..9 \(the model has 10 classes\); got 0..10"),
+        (torch.tensor([-1, 3]), r"labels must be in 0..9 .*; got -1..3"),
+        (torch.tensor([0, 1, 2]), r"labels must have shape \(2,\), one per image; got \(3,\)"),
+    ],
+)
+def test_bad_labels_are_refused_by_evaluate(labels, message):
+    from odenets import create_model
+    from odenets.robustness import evaluate
+
+    model = create_model("tiny_net", num_classes=10, in_chans=1, width=2)
+    with pytest.raises(ValueError, match=message):
+        evaluate(model, torch.rand(2, 1, 8, 8), labels, attacks=["fgsm"], checks=False)
+
+
+@pytest.mark.parametrize("value", ["ten", 0, 2.5, True])
+def test_num_classes_must_be_a_positive_int(value):
+    from odenets import create_model
+
+    with pytest.raises(ValueError, match=f"num_classes must be a positive integer; got {value!r}"):
+        create_model("resnet20", num_classes=value)
+
+
+@pytest.mark.parametrize("bad", [(float("nan"), 0.5), (0.1, float("inf"))])
+def test_lambda_init_must_be_finite(bad):
+    from odenets import create_model
+
+    with pytest.raises(ValueError, match="lambda_init must be finite numbers"):
+        create_model("in_resnet20", lambda_init=bad)

@@ -118,7 +118,11 @@ def _fit_locked(cfg, run: RunFolder, device, dist, data) -> RunInfo:
         nesterov=cfg.nesterov,
         weight_decay=cfg.weight_decay,
     )
-    progress = start_run(cfg, run, header, model, optimizer, dist)
+    try:
+        progress = start_run(cfg, run, header, model, optimizer, dist)
+    except FileWriteError as err:  # resuming rewrites config.json and metrics.jsonl first
+        msg = _record_write_failure(cfg, run, dist, None, time.perf_counter(), err)
+        raise CheckpointError(msg) from err
     done = progress.epoch >= cfg.epochs and run.has(FINAL_WEIGHTS)
     if done and run.read_summary().get("status") == "finished":
         return read_run(run.path)  # else a kill hit the last writes: redo them (no epochs)
@@ -205,16 +209,20 @@ def _record_divergence(cfg, run: RunFolder, dist, progress, wall0, err: Divergen
 
 def _record_write_failure(cfg, run: RunFolder, dist, progress, wall0, err: OSError) -> str:
     """The message for a file that could not be written (full disk, I/O error); summary.json
-    says "failed" with it, rewritten in place if there is no room for a new file."""
+    says "failed" with it, rewritten in place if there is no room for a new file.
+    `progress` is None when the failure came before the checkpoint was read."""
     file = err.filename or "a file of the run"
+    at = f" ({progress.checkpoint_at})" if progress is not None else ""
     msg = (
-        f"could not write {file}: {err.strerror or err}. The last checkpoint "
-        f"({progress.checkpoint_at}) in {run.file(LAST_WEIGHTS)} is intact; free space (or "
-        "fix the cause) and continue with --resume"
+        f"could not write {file}: {err.strerror or err}. The last checkpoint{at} in "
+        f"{run.file(LAST_WEIGHTS)} is intact; free space (or fix the cause) and continue "
+        "with --resume"
     )
-    if dist.is_main:
+    if dist.is_main and run.has(SUMMARY):
         wall_time_s = time.perf_counter() - wall0
         try:
+            if progress is None:
+                raise OSError("no progress to summarise")
             write_summary(run, cfg, progress, "failed", wall_time_s, msg)
         except (OSError, OdenetsError):
             summary = {**_old_summary(run), "status": "failed", "error": msg}
