@@ -285,14 +285,10 @@ def _check_one_dataset(infos) -> None:
 def _test_order(args, n: int):
     """Indices of the test images to evaluate (sorted; --limit draws a seeded subset, --shard
     takes a contiguous share) and the shard's record for eval.json (None without --shard)."""
-    import numpy as np
-
+    from odenets.data.splits import subset_indices
     from odenets.robustness.evaluate import shard_slice
 
-    order = np.arange(n)
-    if args.limit is not None and args.limit < n:
-        rng = np.random.default_rng(args.seed)
-        order = np.sort(rng.permutation(n)[: args.limit])
+    order = subset_indices(n, args.limit, args.seed)
     shard = None
     if args.shard is not None:
         start, stop = shard_slice(len(order), *args.shard)

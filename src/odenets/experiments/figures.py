@@ -65,16 +65,18 @@ def draw_figures(report: Any) -> tuple[list[tuple[str, str]], list[str]]:
     runs = [r for r in (report.mine or report.loose) if r.status in ("finished", "evaluated")]
     ev = (report.manifest or {}).get("evaluate", {})
     eps = (ev.get("eps") or [8])[0]
+    # The grid's attack setting, for the figures that take it (ensemble-gain).
+    setting = {"eps_255": float(eps), "threat_model": ev.get("threat_model", "pixel")}
     figures, notes = [], []
     for kind, title in TITLES.items():
         inputs = _inputs(kind, runs, report)
         if not inputs:
             continue
         out_dir = folder / FIGURES_DIR
+        figure = FIGURE_KINDS[kind]
+        options = {k: v for k, v in setting.items() if k in figure.options}
         try:
-            paths = FIGURE_KINDS[kind].draw(
-                inputs, out_dir, eps_255=float(eps), threat_model=ev.get("threat_model", "pixel")
-            )
+            paths = figure.draw(inputs, out_dir, **options)
         except Exception as err:  # a figure must never cost the tables
             warnings.warn(f"figure {kind!r} not drawn: {err}", stacklevel=2)
             notes.append(f"Figure '{kind}' was not drawn: {err}")

@@ -65,16 +65,14 @@ def train_job(grid: Grid, job: Job, folder: Path) -> None:
 def _test_subset(dataset: dict[str, Any], data_root: str | None, limit: int, seed: int):
     """The test images (N, C, H, W) float in [0, 1], their labels (N,) and their indices (N,)
     in the test split: all of it, or the seeded subset of `limit` images in split order."""
-    import numpy as np
     import torch
 
     from odenets.data import load_dataset
+    from odenets.data.splits import subset_indices
 
     root = data_root if data_root is not None and dataset["name"] != "digits" else None
     test = load_dataset(dataset["name"], root=root or dataset.get("root"), split="test")
-    order = np.arange(len(test.labels))
-    if limit and limit < len(order):
-        order = np.sort(np.random.default_rng(seed).permutation(len(order))[:limit])
+    order = subset_indices(len(test.labels), limit or None, seed)  # limit 0: the whole split
     images = torch.from_numpy(test.images[order]).permute(0, 3, 1, 2).float() / 255  # (N,C,H,W)
     labels = torch.from_numpy(test.labels[order])
     return images, labels, torch.from_numpy(order)
@@ -136,27 +134,30 @@ def evaluate_job(grid: Grid, job: Job, out: Path) -> None:
 JOB_LOCK = ".job.lock"
 
 
-def run_job(grid: Grid, out: str | Path, job: Job) -> str:
-    """Bring one job to its end state; returns the state reached (see `job_state`), or
-    "locked" when another process (on this machine or another sharing the folder) holds
-    the job: N processes on one grid folder split its jobs, none run twice."""
+def run_job(grid: Grid, out: str | Path, job: Job, *, train_only: bool = False) -> str:
+    """Bring one job to its end state (with `train_only`: to "trained", an ensemble to
+    "waiting"); returns the state reached (see `job_state`), or "locked" when another
+    process (on this machine or another sharing the folder) holds the job: N processes on
+    one grid folder split its jobs, none run twice."""
     out = Path(out)
     folder = out / RUNS / job.name
     if job_state(out, job) in END_STATES:
         return job_state(out, job)
     try:
         with hold_lock(folder / JOB_LOCK, what=f"job {job.index} ({job.name})"):
-            return _run_locked_job(grid, out, job)
+            return _run_locked_job(grid, out, job, train_only=train_only)
     except LockedError as err:
         log.info("skipping job %s: %s", job.name, err)
         return "locked"
 
 
-def _run_locked_job(grid: Grid, out: Path, job: Job) -> str:
+def _run_locked_job(grid: Grid, out: Path, job: Job, *, train_only: bool) -> str:
     folder = out / RUNS / job.name
     state = job_state(out, job)  # again: another process may have finished it meanwhile
     if state in END_STATES:
         return state
+    if train_only and job.is_ensemble:
+        return "waiting"
     if job.is_ensemble:
         missing = [m for m in job.members if not RunFolder(out / RUNS / m).has(EVAL)]
         if missing:
@@ -171,5 +172,7 @@ def _run_locked_job(grid: Grid, out: Path, job: Job) -> str:
             return state
         if state != "trained":
             raise OdenetsError(f"training of job {job.index} ({job.name}) did not finish")
+    if train_only:
+        return state
     evaluate_job(grid, job, out)
     return "finished"

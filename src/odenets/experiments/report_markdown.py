@@ -112,6 +112,8 @@ def _ours_sentence(manifest: dict[str, Any]) -> str:
     scale_words = {
         "quick": " (shorter schedule and shallower networks than the paper: differences are "
         "expected)",
+        "cpu": " (the largest grid a 2-core CPU affords: shallower networks, a compressed "
+        "schedule and fewer seeds than the paper; its column is for the paper's depth)",
         "paper": " (the paper's recipe)",
     }.get(manifest["scale"], "")
     train = ", ".join(f"{k} = {v}" for k, v in (manifest.get("train") or {}).items())

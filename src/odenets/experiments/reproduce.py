@@ -112,19 +112,24 @@ def run_grid(
     shard: tuple[int, int] | None = None,
     only: int | None = None,
     on_event: Callable[[Job, str, float], None] | None = None,
+    train_only: bool = False,
 ) -> dict[str, str]:
-    """Run every selected job not yet finished; returns job name -> state reached."""
+    """Run every selected job not yet finished; returns job name -> state reached.
+
+    With `train_only`, trainings are brought to their end and nothing is evaluated (ensemble
+    jobs wait): a later call without it evaluates the trained runs.
+    """
     jobs = prepare_folder(grid, out)
     states = {}
     for job in select_jobs(jobs, shard=shard, only=only):
         before = job_state(out, job)
         start = time.perf_counter()
-        if before in END_STATES:
+        if before in END_STATES or (train_only and before == "trained"):
             states[job.name] = before
             if on_event:
                 on_event(job, f"skipped ({before})", 0.0)
             continue
-        states[job.name] = run_job(grid, out, job)
+        states[job.name] = run_job(grid, out, job, train_only=train_only)
         if on_event:
             on_event(job, states[job.name], time.perf_counter() - start)
     return states

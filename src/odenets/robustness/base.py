@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from odenets.errors import UnknownNameError
+
 THREAT_MODELS = ("pixel", "normalized")
 
 _ATTACKS: dict[str, type[Attack]] = {}
@@ -51,7 +53,9 @@ def attack_class(name: str) -> type[Attack]:
     if name not in _ATTACKS:
         close = difflib.get_close_matches(name, _ATTACKS, n=3, cutoff=0.6)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise KeyError(f"unknown attack {name!r}.{hint} Available: {', '.join(list_attacks())}")
+        raise UnknownNameError(
+            f"unknown attack {name!r}.{hint} Available: {', '.join(list_attacks())}"
+        )
     return _ATTACKS[name]
 
 

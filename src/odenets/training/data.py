@@ -45,7 +45,9 @@ def load_data(cfg: TrainConfig) -> dict[str, Any]:
 def _subset(images: np.ndarray, labels: np.ndarray, limit: int | None):
     if limit is None or limit >= len(labels):
         return images, labels
-    idx = np.sort(np.random.default_rng(SUBSET_SEED).permutation(len(labels))[:limit])
+    from odenets.data.splits import subset_indices
+
+    idx = subset_indices(len(labels), limit, SUBSET_SEED)
     return images[idx], labels[idx]
 
 
