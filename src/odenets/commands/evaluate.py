@@ -74,6 +74,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard", type=_shard, help="i/n: evaluate shard i of n (1 <= i <= n)")
     parser.add_argument("--no-checks", action="store_true", help="skip the sanity checks")
     parser.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="do not check a CIFAR archive's official md5 (a known private copy; also "
+        "skipped for runs trained with --no-verify)",
+    )
+    parser.add_argument(
         "--channels-last",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -232,7 +238,8 @@ def _evaluate(args) -> dict:
     for model in models:
         _warn_unfinished(model.run_weights)
 
-    images, labels = _test_split(dataset, args.data_root)
+    verify = not args.no_verify and infos[0].config["train"].get("verify", True)
+    images, labels = _test_split(dataset, args.data_root, verify=verify)
     order, shard = _test_order(args, len(labels))
     x = torch.from_numpy(images[order]).permute(0, 3, 1, 2).float() / 255  # (N, C, H, W)
     y = torch.from_numpy(labels[order])
@@ -320,9 +327,10 @@ def _attack_options(args) -> dict[str, dict]:
     return {k: v for k, v in options.items() if k in args.attacks}
 
 
-def _test_split(dataset: dict, data_root: str | None):
+def _test_split(dataset: dict, data_root: str | None, *, verify: bool = True):
     from odenets.data import load_dataset
 
     root = data_root if data_root is not None else dataset.get("root")
-    test = load_dataset(dataset["name"], root=root, split="test")
+    kwargs = {"verify": verify} if dataset["name"] in ("cifar10", "cifar100") else {}
+    test = load_dataset(dataset["name"], root=root, split="test", **kwargs)
     return test.images, test.labels

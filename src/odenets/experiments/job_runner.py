@@ -62,7 +62,9 @@ def train_job(grid: Grid, job: Job, folder: Path) -> None:
         log.warning("run %s diverged: %s", job.name, err)
 
 
-def _test_subset(dataset: dict[str, Any], data_root: str | None, limit: int, seed: int):
+def _test_subset(
+    dataset: dict[str, Any], data_root: str | None, limit: int, seed: int, *, verify: bool = True
+):
     """The test images (N, C, H, W) float in [0, 1], their labels (N,) and their indices (N,)
     in the test split: all of it, or the seeded subset of `limit` images in split order."""
     import torch
@@ -71,7 +73,8 @@ def _test_subset(dataset: dict[str, Any], data_root: str | None, limit: int, see
     from odenets.data.splits import subset_indices
 
     root = data_root if data_root is not None and dataset["name"] != "digits" else None
-    test = load_dataset(dataset["name"], root=root or dataset.get("root"), split="test")
+    kwargs = {"verify": verify} if dataset["name"] in ("cifar10", "cifar100") else {}
+    test = load_dataset(dataset["name"], root=root or dataset.get("root"), split="test", **kwargs)
     order = subset_indices(len(test.labels), limit or None, seed)  # limit 0: the whole split
     images = torch.from_numpy(test.images[order]).permute(0, 3, 1, 2).float() / 255  # (N,C,H,W)
     labels = torch.from_numpy(test.labels[order])
@@ -95,10 +98,12 @@ def evaluate_run(
     from odenets.robustness import evaluate
     from odenets.training import load_run, read_run
 
-    dataset = read_run(run_dirs[0]).config["dataset"]
+    config = read_run(run_dirs[0]).config
+    dataset = config["dataset"]
     device = resolve_device("auto")
     models = [load_run(p, device=device) for p in run_dirs]
-    images, labels, indices = _test_subset(dataset, data_root, settings.limit, seed)
+    verify = config["train"].get("verify", True)  # off for a run trained with --no-verify
+    images, labels, indices = _test_subset(dataset, data_root, settings.limit, seed, verify=verify)
     steps = {"steps": settings.steps} if settings.steps else {}
     noise = ("official" if noise_root else "generated") if settings.noise else None
     return evaluate(
