@@ -268,7 +268,7 @@ def _evaluate(args) -> dict:
 
 def _warn_unfinished(weights: dict) -> None:
     """Say so when a run has no final weights yet: its last checkpoint is evaluated."""
-    from odenets.training.runs import FINAL_WEIGHTS
+    from odenets.training.run_folder import FINAL_WEIGHTS
 
     if weights["file"] != FINAL_WEIGHTS:
         print(

@@ -13,25 +13,9 @@ from torch import nn
 
 from odenets.checkpoint import PICKLE_SUFFIXES
 from odenets.errors import CheckpointError
-from odenets.training.run_folder import (
-    BEST_WEIGHTS,
-    CONFIG,
-    EVAL,
-    FINAL_WEIGHTS,
-    LAST_WEIGHTS,
-    METRICS,
-    SUMMARY,
-    RunFolder,
-)
+from odenets.training.run_folder import FINAL_WEIGHTS, LAST_WEIGHTS, RunFolder
 
 __all__ = [
-    "BEST_WEIGHTS",
-    "CONFIG",
-    "EVAL",
-    "FINAL_WEIGHTS",
-    "LAST_WEIGHTS",
-    "METRICS",
-    "SUMMARY",
     "RunInfo",
     "load_run",
     "read_run",
