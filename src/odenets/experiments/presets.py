@@ -133,8 +133,6 @@ def parse_preset(data: dict[str, Any], *, source: str = "") -> Preset:
             raise ValueError(f"preset {where}: row {row.key!r} is an ensemble of unknown row")
     train, evaluate, scale_seeds, scale_rows, scale_datasets = {}, {}, {}, {}, {}
     for scale, settings in data["scale"].items():
-        if scale not in SCALES:
-            raise ValueError(f"preset {where}: unknown scale {scale!r}; known: {', '.join(SCALES)}")
         unknown = set(settings) - {"train", "evaluate", "seeds", "rows", "datasets"}
         if unknown:
             raise ValueError(

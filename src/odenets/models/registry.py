@@ -67,7 +67,8 @@ def create_model(name: str, *, num_classes: int = 10, in_chans: int = 3, **overr
         The model, in training mode, taking images in [0, 1] of shape (N, in_chans, H, W).
 
     Raises:
-        KeyError: if the name is unknown; the message suggests close matches.
+        UnknownNameError (a KeyError): if the name is unknown; the message suggests close
+            matches.
         ValueError: if an override is not a keyword of the model (or of the callable it
             passes its keywords to, see `register_model`); the message lists those it accepts.
     """
