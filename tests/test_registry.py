@@ -142,7 +142,7 @@ def restore_registries():
             283_354,
             "In-ResNet-gating-sig-20: (1 - sigmoid(W x + b)) ⊙ x + f.",
         ),
-        ("etd_resnet20", 272_384, "ETD-ResNet-20: e^(-λ) x + (1 - e^(-λ)) / λ · f."),
+        ("etd_resnet20", 272_384, "ETD-ResNet-20: e^(-λ) x + (1 - e^(-λ)) / λ · (1 + λ) f."),
     ],
 )
 def test_generated_factories_keep_their_size_and_docstring(name, parameters, doc):
