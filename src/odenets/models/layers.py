@@ -9,7 +9,8 @@ variants differ in one small module each, chosen by name from `JUNCTIONS`:
     in_resnet_sig         (1 - λ) x + f,            λ = sigmoid(d)
     in_resnet_gating      (1 - λ(x)) ⊙ x + f,       λ(x) = ReLU(W x + b)
     in_resnet_gating_sig  (1 - λ(x)) ⊙ x + f,       λ(x) = sigmoid(W x + b)
-    etd_resnet            e^{-λ} x + (1 - e^{-λ}) / λ · f,   λ = ReLU(k)  (exact ETD, ρ = 1)
+    etd_resnet            e^{-λ} x + (1 - e^{-λ}) / λ · (1 + λ) f,  λ = ReLU(k)  (exact ETD,
+                          ρ(λ) = 1 + λ)
 
 A junction takes `(x, fx)`, both (N, C, H, W), and returns x_{n+1}. Interpolating junctions
 hold their raw coefficient parameters (`coefficient_parameters()`) and report the effective
@@ -240,14 +241,17 @@ def etd_phi(lam: torch.Tensor) -> torch.Tensor:
 
 @register_junction("etd_resnet")
 class ETDJunction(_ScalarJunction):
-    """Exact first-order exponential time differencing of dx/dt = -λ x + f with Δt = 1:
-    x_{n+1} = e^{-λ} x_n + (1 - e^{-λ}) / λ · f_n(x_n), ρ(λ) = 1.
+    """Exact first-order exponential time differencing of dx/dt = -λ x + ρ(λ) f with Δt = 1:
+    x_{n+1} = e^{-λ} x_n + (1 - e^{-λ}) / λ · ρ(λ) f_n(x_n), ρ(λ) = 1 + λ.
 
-    [decision] λ = ReLU(k) with raw k = λ (as λ-In-ResNet): damping stays non-negative, and
-    weight decay pulls λ toward 0 (the residual end). At λ = 0 the update is x + f exactly.
+    [decision] ρ(λ) = 1 + λ meets the paper's condition (7), ρ → 1 as λ → 0 and ρ ~ λ as
+    λ → ∞, so the block runs from x + f (λ = 0, exactly) to the non-residual f (λ → ∞: the
+    factor of f, (1 - e^{-λ})(1 + λ) / λ, tends to 1 and e^{-λ} to 0). With ρ = 1 a large λ
+    would send the block to 0 instead. λ = ReLU(k) with raw k = λ (as λ-In-ResNet): damping
+    stays non-negative, and weight decay pulls λ toward 0 (the residual end).
     """
 
-    model_doc = "ETD-ResNet-{depth}: e^(-λ) x + (1 - e^(-λ)) / λ · f."
+    model_doc = "ETD-ResNet-{depth}: e^(-λ) x + (1 - e^(-λ)) / λ · (1 + λ) f."
 
     def lambda_of(self, k):
         return F.relu(k)
@@ -256,7 +260,7 @@ class ETDJunction(_ScalarJunction):
         return lam.clone()
 
     def combine(self, x, fx, lam):
-        return scaled_sum(x, fx, torch.exp(-lam), etd_phi(lam))
+        return scaled_sum(x, fx, torch.exp(-lam), etd_phi(lam) * (1 + lam))
 
 
 class _GatingJunction(Junction):

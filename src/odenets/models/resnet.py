@@ -16,7 +16,8 @@ residual block (λ = 0) and a plain layer x_{n+1} = f_n(x_n) (λ = 1):
     λ-In-ResNet:  x_{n+1} = (1 - ReLU(λ_n)) x_n + (1 + ReLU(λ_n)) f_n(x_n)      (ρ = λ + 1)
     general:      x_{n+1} = (1 - act(d(x_n))) x_n + f_n(x_n), act in {ReLU, sigmoid},
                   d = λ_n (a scalar) or d(x) = W_d x + b_d (gating)
-    ETD:          x_{n+1} = e^{-λ_n} x_n + (1 - e^{-λ_n}) / λ_n · f_n(x_n)       (ρ = 1)
+    ETD:          x_{n+1} = e^{-λ_n} x_n + (1 - e^{-λ_n}) / λ_n · (1 + λ_n) f_n(x_n)
+                                                                   (ρ = λ + 1; f as λ → ∞)
 
 One block class serves every variant: the residual function f (basic or bottleneck) and a
 small junction (`odenets.models.layers`) that combines x_n and f_n(x_n). The registry holds
