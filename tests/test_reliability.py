@@ -702,8 +702,40 @@ def test_archive_md5_is_verified_once_and_no_verify_is_recorded(tmp_path, monkey
     os.utime(archive, ns=(1, 1))
     load_cifar("cifar10", tmp_path, split="test")
     assert len(hashed) == 1  # a new time stamp is hashed again
-    config = TrainConfig(verify=False)
-    assert dataclasses.asdict(config)["verify"] is False  # config.json's "train" records it
+
+
+def test_training_refuses_an_unofficial_archive_unless_no_verify_which_is_recorded(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setenv("ODENETS_CACHE", str(tmp_path / "cache"))
+    images = np.zeros((2, 3072), np.uint8)
+    _tiny_cifar10_archive(tmp_path, py2_pickle({b"data": images, b"labels": [1, 2]}))
+    settings = dict(dataset="cifar10", data_root=str(tmp_path), epochs=1, batch_size=2)
+    with pytest.raises(DataError, match="is not the official"):
+        fit(tiny(tmp_path / "refused", **settings))
+    assert not (tmp_path / "refused").exists()
+    code = main(
+        [
+            "train",
+            "--model",
+            "tiny_net",
+            "--dataset",
+            "cifar10",
+            "--data-root",
+            str(tmp_path),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "2",
+            "--no-verify",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
+    assert code == 0
+    assert read_json(tmp_path / "run" / "config.json")["train"]["verify"] is False
+    # evaluate follows the run: the private copy is not checked again
+    assert main(["evaluate", str(tmp_path / "run"), "--attacks", "fgsm", "--no-checks"]) == 0
 
 
 def sha_md5(path: Path) -> str:
