@@ -79,6 +79,7 @@ class TrainConfig:
     amp: bool | None = None  # bf16 autocast for forward passes
     channels_last: bool | None = None  # NHWC memory format for convolutions
     compile: bool | None = None  # torch.compile the training forward
+    cuda_graphs: bool = False  # CUDA graphs (compile "reduce-overhead"); off until measured
     eval_batch_size: int = 1000  # batch of the per-epoch test evaluation (no gradients)
     checkpoint_steps: int | None = None  # also save last.* every N steps; None: CPU 200, CUDA 0
 
