@@ -59,6 +59,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard", default=None, help="run slice i of n of the jobs, e.g. 2/4")
     p.add_argument("--job", type=int, default=None, help="run only job K (see --list-jobs)")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    p.add_argument(
+        "--jobs-per-device",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run N jobs at once on each device, one process each (default: one by one)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,6 +73,10 @@ def run(args: argparse.Namespace) -> int:
         return _list()
     if not args.preset:
         raise ValueError("name a preset (odenets reproduce --list shows them)")
+    if args.jobs_per_device < 0:
+        raise ValueError(
+            f"--jobs-per-device must be >= 1 (0: one by one); got {args.jobs_per_device}"
+        )
     if args.seeds is not None and args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1 (default: the preset's); got {args.seeds}")
     for flag, root in (("--data-root", args.data_root), ("--noise-root", args.noise_root)):
@@ -110,7 +121,14 @@ def _run_jobs(args: argparse.Namespace, grid, out: str, shard) -> int:
     """Run the grid (or its --shard / --job), print a line per job event and the counts, and
     write the report after a whole grid. Exit 1 while a job of a whole grid is unfinished."""
     start = time.perf_counter()
-    states = run_grid(grid, out, shard=shard, only=args.job, on_event=_print_event)
+    states = run_grid(
+        grid,
+        out,
+        shard=shard,
+        only=args.job,
+        on_event=_print_event,
+        jobs_per_device=args.jobs_per_device,
+    )
     counts = {s: list(states.values()).count(s) for s in sorted(set(states.values()))}
     print(
         f"{grid.preset.name} ({grid.scale}) in {out}: "
