@@ -60,6 +60,8 @@ def machine_info(device: torch.device) -> dict:
         "cpu": cpu_model(),
         "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        # The vector ISA torch dispatches to: bf16 is fast on CPU only with AVX-512 (BF16/AMX).
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "python": platform.python_version(),
         "torch_version": torch.__version__,
         "odenets_version": odenets.__version__,
@@ -134,7 +136,9 @@ def measure_peak_tflops(
     configuration says how much of what this machine can actually do is used.
     """
     if size is None:
-        size = 8192 if device.type == "cuda" else 2048
+        # A CPU without native bf16 matmul (AVX2 only) runs bf16 at ~1 GFLOP/s: a 2048 matrix
+        # would take minutes per product, and 512 already shows the peak.
+        size = 8192 if device.type == "cuda" else (2048 if dtype == torch.float32 else 512)
     gen = torch.Generator(device="cpu").manual_seed(0)
     a = torch.randn(size, size, generator=gen).to(device=device, dtype=dtype)
     b = torch.randn(size, size, generator=gen).to(device=device, dtype=dtype)

@@ -100,3 +100,31 @@ def test_torch_compile_traces_the_training_forward_in_one_graph(name):
     model = odenets.create_model(name).train()
     explained = torch._dynamo.explain(model)(torch.rand(2, 3, 32, 32))
     assert (explained.graph_count, explained.graph_break_count) == (1, 0)
+
+
+def test_bf16_coefficient_gradient_accumulates_in_float32():
+    # 2^20 products of 1: a bf16 accumulator stops at 256 (8 mantissa bits); the junction's
+    # dL/da must be the exact count, as in float32.
+    x = torch.ones(16, 16, 64, 64, dtype=torch.bfloat16)
+    fx = torch.zeros_like(x)
+    a = torch.tensor(0.5, requires_grad=True)
+    out = scaled_sum(x, fx, a)
+    out.backward(torch.ones_like(out))
+    assert a.grad.item() == x.numel()
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_bf16_coefficient_gradients_match_float64(channels_last):
+    gen = torch.Generator().manual_seed(3)
+    shape = (4, 8, 6, 6)
+    x64, f64, g64 = (torch.randn(shape, generator=gen, dtype=torch.float64) for _ in range(3))
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x, f, g = (t.to(torch.bfloat16).contiguous(memory_format=fmt) for t in (x64, f64, g64))
+    a = torch.tensor(0.7, requires_grad=True)
+    b = torch.tensor(1.3, requires_grad=True)
+    scaled_sum(x, f, a, b).backward(g)
+    # Reference: the same bf16-rounded inputs, summed in float64.
+    want_a = (g.double() * x.double()).sum().item()
+    want_b = (g.double() * f.double()).sum().item()
+    assert a.grad.item() == pytest.approx(want_a, rel=1e-2, abs=0.2)
+    assert b.grad.item() == pytest.approx(want_b, rel=1e-2, abs=0.2)

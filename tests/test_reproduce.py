@@ -313,6 +313,71 @@ def test_a_training_run_folder_is_refused_as_the_grid_folder(tmp_path, capsys):
     assert [p.name for p in run.iterdir()] == ["config.json"]
 
 
+def test_cpu_scale_of_table1_is_the_56_layer_grid(tmp_path):
+    grid = load_grid("inresnet-table1", scale="cpu", data_root=tmp_path, datasets=["folder"])
+    jobs = expand_jobs(grid)
+    assert [(j.name, j.model) for j in jobs] == [
+        ("folder-resnet110-seed0", "resnet56"),
+        ("folder-in_resnet110-seed0", "in_resnet56"),
+        ("folder-lambda_in_resnet110-seed0", "lambda_in_resnet56"),
+    ]
+    # Without --dataset the scale's own data set list applies (CIFAR-10 only).
+    assert load_grid("inresnet-table1", scale="cpu", data_root=tmp_path).resolved_datasets == (
+        "cifar10",
+    )
+    overrides = grid.train_overrides
+    assert overrides["epochs"] == 15 and overrides["amp"] is False
+    from odenets.training.config import TrainConfig, lr_at, resolve_config
+
+    config = resolve_config(TrainConfig(recipe="paper-cifar10", **overrides), device_type="cpu")
+    assert (config.lr, config.momentum, config.weight_decay, config.batch_size) == (
+        0.1,
+        0.9,
+        1e-4,
+        128,
+    )
+    lrs = [round(lr_at(config, e), 6) for e in range(1, 16)]
+    assert lrs == [0.1] * 8 + [0.01] * 4 + [0.001] * 3
+    settings = grid.eval_settings
+    assert settings.limit == 1000 and sorted(settings.eps) == [1, 2, 4, 8]
+    assert "apgd_ce" in settings.attacks
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ("[scale.cpu]\nrows = ['nope']\nevaluate = {}\n", "unknown rows ['nope']"),
+        ("[scale.cpu]\nepochs = 3\nevaluate = {}\n", "unknown fields ['epochs']"),
+    ],
+)
+def test_bad_scale_sections_are_refused(bad, message):
+    from odenets._toml import loads
+    from odenets.experiments.presets import parse_preset
+
+    text = 'name = "x"\n[[rows]]\nkey = "a"\nmodel = "resnet20"\n' + bad
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        parse_preset(loads(text), source="x.toml")
+
+
+def test_train_only_trains_and_a_later_call_evaluates(tiny, capsys):
+    out = tiny["base"] / "train-only"
+    args = [*_args(tiny, out), "--seeds", "1"]
+    assert main(["reproduce", *args, "--train-only"]) == 0
+    printed = capsys.readouterr().out
+    for name in RUN_NAMES[::2]:
+        assert (out / RUNS / name / "final.safetensors").exists()
+        assert not (out / RUNS / name / "eval.json").exists()
+        assert f"{name}: trained" in printed
+    assert not (out / "report.md").exists()
+    stamps = (out / RUNS / RUN_NAMES[0] / "final.safetensors").stat().st_mtime_ns
+    assert main(["reproduce", *args]) == 0
+    for name in RUN_NAMES[::2]:
+        assert (out / RUNS / name / "eval.json").exists()
+    # The trained weights were evaluated, not trained again.
+    assert (out / RUNS / RUN_NAMES[0] / "final.safetensors").stat().st_mtime_ns == stamps
+    assert (out / "report.md").exists()
+
+
 def test_jobs_per_device_gives_the_serial_results(tiny, killed_and_rerun, capsys, monkeypatch):
     """Two jobs at a time, one process and one thread each: the same weights and evaluations
     as the serial run."""

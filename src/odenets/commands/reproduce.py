@@ -28,7 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--scale",
         choices=SCALES,
         default="quick",
-        help="quick: short schedule, smaller networks; paper: the paper's recipe",
+        help="quick: short schedule, smaller networks; cpu: the largest grid a 2-core CPU "
+        "trains in hours (presets that have one); paper: the paper's recipe (default: quick)",
     )
     p.add_argument(
         "--seeds", type=int, default=None, help="seeds per model (default: the preset's)"
@@ -59,6 +60,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard", default=None, help="run slice i of n of the jobs, e.g. 2/4")
     p.add_argument("--job", type=int, default=None, help="run only job K (see --list-jobs)")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    p.add_argument(
+        "--train-only",
+        action="store_true",
+        help="train (or resume) the runs and stop; a later call without it evaluates them",
+    )
     p.add_argument(
         "--jobs-per-device",
         type=int,
@@ -127,6 +133,7 @@ def _run_jobs(args: argparse.Namespace, grid, out: str, shard) -> int:
         shard=shard,
         only=args.job,
         on_event=_print_event,
+        train_only=args.train_only,
         jobs_per_device=args.jobs_per_device,
     )
     counts = {s: list(states.values()).count(s) for s in sorted(set(states.values()))}
@@ -135,12 +142,17 @@ def _run_jobs(args: argparse.Namespace, grid, out: str, shard) -> int:
         + ", ".join(f"{n} {s}" for s, n in counts.items())
         + f" ({time.perf_counter() - start:.0f} s)"
     )
-    if args.job is None and shard is None and not args.no_report:
+    if args.job is None and shard is None and not args.no_report and not args.train_only:
         from odenets.experiments.report import write_report
 
         write_report(out)
         print(f"report: {out}/report.md")
-    unfinished = [n for n, s in states.items() if s not in ("finished", "diverged")]
+    done = (
+        ("finished", "diverged", "trained", "waiting")
+        if args.train_only
+        else ("finished", "diverged")
+    )
+    unfinished = [n for n, s in states.items() if s not in done]
     return 0 if not unfinished or args.job is not None or shard is not None else 1
 
 
@@ -155,12 +167,12 @@ def _list() -> int:
     for name in list_presets():
         preset = load_preset(name)
         n_models = sum(1 for r in preset.rows if not r.ensemble_of)
-        seeds = {s: preset.scale_seeds.get(s, preset.seeds) for s in SCALES}
-        hours = preset.gpu_hours
+        scales = [s for s in SCALES if s in preset.evaluate]
+        seeds = ", ".join(f"{s} {preset.scale_seeds.get(s, preset.seeds)}" for s in scales)
+        hours = ", ".join(f"{s} ~{preset.gpu_hours[s]:g} h" for s in scales)
         print(f"{name:20s} {preset.description}")
         print(
-            f"{'':20s} data: {', '.join(preset.datasets)}; {n_models} models; seeds: quick "
-            f"{seeds['quick']}, paper {seeds['paper']}; rough GPU time: quick ~{hours['quick']:g} "
-            f"h, paper ~{hours['paper']:g} h (estimates)"
+            f"{'':20s} data: {', '.join(preset.datasets)}; {n_models} models; seeds: {seeds}; "
+            f"rough GPU time: {hours} (estimates)"
         )
     return 0

@@ -40,9 +40,11 @@ def run_pool(
     *,
     jobs_per_device: int,
     on_event: Callable[[Job, str, float], None] | None = None,
+    train_only: bool = False,
 ) -> dict[str, str]:
     """Run `jobs` (of `grid`, folder `out`) `jobs_per_device` at a time on each device;
-    returns job name -> state reached ("failed" where a process ended without its job)."""
+    returns job name -> state reached ("failed" where a process ended without its job).
+    With `train_only` each process only trains (`--train-only`) and ensembles wait."""
     if jobs_per_device < 1:
         raise ValueError(f"--jobs-per-device must be >= 1; got {jobs_per_device}")
     out = Path(out)
@@ -53,18 +55,19 @@ def run_pool(
     todo = []
     for job in jobs:
         before = job_state(out, job)
-        if before in END_STATES:
+        if before in END_STATES or (train_only and before == "trained"):
             states[job.name] = before
             if on_event:
                 on_event(job, f"skipped ({before})", 0.0)
         else:
             todo.append(job)
-    for wave in ([j for j in todo if not j.is_ensemble], [j for j in todo if j.is_ensemble]):
-        states.update(_run_wave(grid, out, wave, slots, threads, on_event))
+    waves = [[j for j in todo if not j.is_ensemble], [j for j in todo if j.is_ensemble]]
+    for wave in waves[:1] if train_only else waves:
+        states.update(_run_wave(grid, out, wave, slots, threads, on_event, train_only))
     return states
 
 
-def _run_wave(grid, out, jobs, slots, threads, on_event) -> dict[str, str]:
+def _run_wave(grid, out, jobs, slots, threads, on_event, train_only) -> dict[str, str]:
     states: dict[str, str] = {}
     queue = list(jobs)
     running: dict[int, tuple[subprocess.Popen, Job, float, object]] = {}  # slot -> process
@@ -73,7 +76,7 @@ def _run_wave(grid, out, jobs, slots, threads, on_event) -> dict[str, str]:
         for slot, device in enumerate(slots):
             if slot not in running and queue:
                 job = queue.pop(0)
-                running[slot] = _start(grid, out, job, device, threads)
+                running[slot] = _start(grid, out, job, device, threads, train_only)
         time.sleep(0.2)
         for slot, (proc, job, start, log) in list(running.items()):
             if proc.poll() is None:
@@ -81,7 +84,7 @@ def _run_wave(grid, out, jobs, slots, threads, on_event) -> dict[str, str]:
             log.close()
             del running[slot]
             state = job_state(out, job)
-            if proc.returncode != 0 and state not in END_STATES:
+            if proc.returncode != 0 and state not in (*END_STATES, "trained"):
                 state = "failed"
             states[job.name] = state
             if on_event:
@@ -89,7 +92,7 @@ def _run_wave(grid, out, jobs, slots, threads, on_event) -> dict[str, str]:
     return states
 
 
-def _start(grid, out, job, device, threads):
+def _start(grid, out, job, device, threads, train_only):
     env = dict(os.environ)
     if device is not None:
         env["CUDA_VISIBLE_DEVICES"] = device
@@ -98,7 +101,11 @@ def _start(grid, out, job, device, threads):
     cmd = job_command(grid, out, job, python=python_executable())
     log = open(out / LOGS / f"{job.name}.log", "ab")  # noqa: SIM115 - closed when it ends
     proc = subprocess.Popen(
-        shlex.split(cmd), env=env, stdout=log, stderr=subprocess.STDOUT, cwd=os.getcwd()
+        shlex.split(cmd) + (["--train-only"] if train_only else []),
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=os.getcwd(),
     )
     return proc, job, time.perf_counter(), log
 

@@ -69,7 +69,7 @@ class Grid:
 
     @property
     def resolved_datasets(self) -> tuple[str, ...]:
-        return self.datasets or self.preset.datasets
+        return self.datasets or self.preset.datasets_for(self.scale)
 
     @property
     def train_overrides(self) -> dict[str, Any]:
@@ -158,7 +158,7 @@ def expand_jobs(grid: Grid) -> list[Job]:
     training, ensembles = [], []
     for dataset in grid.resolved_datasets:
         paper = paper_dataset_for(dataset, grid.preset)
-        for row in grid.preset.rows:
+        for row in grid.preset.rows_for(grid.scale):
             if row.ensemble_of:
                 ensembles.append(_ensemble_spec(grid, row, dataset, paper))
             else:

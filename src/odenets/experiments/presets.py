@@ -2,9 +2,12 @@
 
 A preset names the paper table it reproduces, the data sets, the number of seeds, and for
 each scale (``paper``: the published recipe; ``quick``: a short schedule on smaller
-networks) the training overrides and the evaluation settings. Each ``[[rows]]`` entry is one
-row of the table: a model (``model`` at paper scale, ``quick_model`` at quick scale) with
-optional constructor overrides (``kwargs``), or ``ensemble_of`` another row.
+networks; ``cpu``: the largest grid a 2-core CPU trains in hours, where a preset has one)
+the training overrides and the evaluation settings. A scale may also narrow the grid to some
+rows (``rows = [keys]``) and data sets (``datasets = [...]``). Each ``[[rows]]`` entry is one
+row of the table: a model (``model`` at paper scale, ``quick_model`` / ``cpu_model`` at the
+quick / cpu scales) with optional constructor overrides (``kwargs``), or ``ensemble_of``
+another row.
 
 Packaged presets live in ``odenets/experiments/presets/*.toml``; a path to a TOML file of the
 same shape works wherever a preset name does.
@@ -18,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from odenets._toml import TOMLDecodeError, loads
+from odenets.errors import UnknownNameError
 
-SCALES = ("quick", "paper")
+SCALES = ("quick", "cpu", "paper")
 
 
 @dataclass(frozen=True)
@@ -41,12 +45,14 @@ class Row:
     key: str  # row key of the paper table, e.g. "in_resnet110" or "in_resnet110@0.20-0.25"
     model: str = ""  # registry name at paper scale
     quick_model: str = ""  # registry name at quick scale ("" = same as model)
+    cpu_model: str = ""  # registry name at cpu scale ("" = same as model)
     kwargs: dict[str, Any] = field(default_factory=dict)  # create_model overrides
     ensemble_of: str = ""  # row key whose seeds form the ensemble
     label: str = ""  # name shown in reports when the paper table has none for this row
 
     def model_for(self, scale: str) -> str:
-        return (self.quick_model or self.model) if scale == "quick" else self.model
+        scaled = {"quick": self.quick_model, "cpu": self.cpu_model}.get(scale, "")
+        return scaled or self.model
 
 
 @dataclass(frozen=True)
@@ -61,13 +67,24 @@ class Preset:
     evaluate: dict[str, EvalSettings]  # scale -> evaluation settings
     gpu_hours: dict[str, float]  # scale -> rough estimate for the whole grid
     scale_seeds: dict[str, int] = field(default_factory=dict)  # scale -> seeds, if not `seeds`
+    scale_rows: dict[str, tuple[str, ...]] = field(default_factory=dict)  # scale -> row keys
+    scale_datasets: dict[str, tuple[str, ...]] = field(default_factory=dict)  # scale -> sets
     source: str = ""  # the file it was read from
+
+    def rows_for(self, scale: str) -> tuple[Row, ...]:
+        """The rows of the grid at `scale`: all, unless the scale names some."""
+        keys = self.scale_rows.get(scale)
+        return self.rows if keys is None else tuple(r for r in self.rows if r.key in keys)
+
+    def datasets_for(self, scale: str) -> tuple[str, ...]:
+        """The data sets of the grid at `scale`: the preset's, unless the scale names some."""
+        return self.scale_datasets.get(scale) or self.datasets
 
     def row(self, key: str) -> Row:
         for row in self.rows:
             if row.key == key:
                 return row
-        raise KeyError(f"preset {self.name!r} has no row {key!r}")
+        raise UnknownNameError(f"preset {self.name!r} has no row {key!r}")
 
 
 def _preset_dir():
@@ -89,7 +106,7 @@ def load_preset(name_or_path: str | Path) -> Preset:
     else:
         entry = _preset_dir() / f"{name_or_path}.toml"
         if not entry.is_file():
-            raise KeyError(
+            raise UnknownNameError(
                 f"unknown preset {str(name_or_path)!r}; known: {', '.join(list_presets())} "
                 "(or give the path of a preset .toml file)"
             )
@@ -114,11 +131,23 @@ def parse_preset(data: dict[str, Any], *, source: str = "") -> Preset:
     for row in rows:
         if row.ensemble_of and row.ensemble_of not in keys:
             raise ValueError(f"preset {where}: row {row.key!r} is an ensemble of unknown row")
-    train, evaluate, scale_seeds = {}, {}, {}
+    train, evaluate, scale_seeds, scale_rows, scale_datasets = {}, {}, {}, {}, {}
     for scale, settings in data["scale"].items():
+        unknown = set(settings) - {"train", "evaluate", "seeds", "rows", "datasets"}
+        if unknown:
+            raise ValueError(
+                f"preset {where}: [scale.{scale}] has unknown fields {sorted(unknown)}"
+            )
         train[scale] = dict(settings.get("train", {}))
         if "seeds" in settings:
             scale_seeds[scale] = int(settings["seeds"])
+        if "rows" in settings:
+            missing = sorted(set(settings["rows"]) - set(keys))
+            if missing:
+                raise ValueError(f"preset {where}: [scale.{scale}] names unknown rows {missing}")
+            scale_rows[scale] = tuple(settings["rows"])
+        if "datasets" in settings:
+            scale_datasets[scale] = tuple(settings["datasets"])
         ev = dict(settings.get("evaluate", {}))
         unknown = set(ev) - set(EvalSettings.__dataclass_fields__)
         if unknown:
@@ -143,6 +172,8 @@ def parse_preset(data: dict[str, Any], *, source: str = "") -> Preset:
         evaluate=evaluate,
         gpu_hours={s: float(data.get(f"gpu_hours_{s}", 0.0)) for s in SCALES},
         scale_seeds=scale_seeds,
+        scale_rows=scale_rows,
+        scale_datasets=scale_datasets,
         source=source,
     )
 

@@ -113,27 +113,37 @@ def run_grid(
     shard: tuple[int, int] | None = None,
     only: int | None = None,
     on_event: Callable[[Job, str, float], None] | None = None,
+    train_only: bool = False,
     jobs_per_device: int = 0,
 ) -> dict[str, str]:
     """Run every selected job not yet finished; returns job name -> state reached.
 
-    `jobs_per_device` N >= 1 runs N jobs at once on each device, each in its own process
-    (`job_pool`); 0 runs them one by one in this process.
+    With `train_only`, trainings are brought to their end and nothing is evaluated (ensemble
+    jobs wait): a later call without it evaluates the trained runs. `jobs_per_device` N >= 1
+    runs N jobs at once on each device, each in its own process (`job_pool`); 0 runs them
+    one by one in this process.
     """
     jobs = prepare_folder(grid, out)
     if jobs_per_device:
         chosen = select_jobs(jobs, shard=shard, only=only)
-        return run_pool(grid, out, chosen, jobs_per_device=jobs_per_device, on_event=on_event)
+        return run_pool(
+            grid,
+            out,
+            chosen,
+            jobs_per_device=jobs_per_device,
+            on_event=on_event,
+            train_only=train_only,
+        )
     states = {}
     for job in select_jobs(jobs, shard=shard, only=only):
         before = job_state(out, job)
         start = time.perf_counter()
-        if before in END_STATES:
+        if before in END_STATES or (train_only and before == "trained"):
             states[job.name] = before
             if on_event:
                 on_event(job, f"skipped ({before})", 0.0)
             continue
-        states[job.name] = run_job(grid, out, job)
+        states[job.name] = run_job(grid, out, job, train_only=train_only)
         if on_event:
             on_event(job, states[job.name], time.perf_counter() - start)
     return states
