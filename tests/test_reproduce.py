@@ -376,3 +376,32 @@ def test_train_only_trains_and_a_later_call_evaluates(tiny, capsys):
     # The trained weights were evaluated, not trained again.
     assert (out / RUNS / RUN_NAMES[0] / "final.safetensors").stat().st_mtime_ns == stamps
     assert (out / "report.md").exists()
+
+
+def test_jobs_per_device_gives_the_serial_results(tiny, killed_and_rerun, capsys, monkeypatch):
+    """Two jobs at a time, one process and one thread each: the same weights and evaluations
+    as the serial run."""
+    from odenets.checkpoint import load_safetensors
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    out = tiny["base"] / "pooled"
+    assert main(["reproduce", *_args(tiny, out), "--jobs-per-device", "2"]) == 0
+    printed = capsys.readouterr().out
+    ref = killed_and_rerun["out"]
+    for k, name in enumerate(RUN_NAMES):
+        assert f"[{k}] {name}: finished" in printed
+        assert (out / "logs" / f"{name}.log").is_file()
+        got = load_safetensors(out / RUNS / name / "final.safetensors")[0]
+        want = load_safetensors(ref / RUNS / name / "final.safetensors")[0]
+        assert got.keys() == want.keys()
+        assert all(got[key].equal(want[key]) for key in want), name
+        a = json.loads((out / RUNS / name / "eval.json").read_text())
+        b = json.loads((ref / RUNS / name / "eval.json").read_text())
+        assert (a["clean"], a["attacks"]) != (None, None)
+        assert a["clean"] == b["clean"]
+        assert [x["correct"] for x in a["attacks"]] == [x["correct"] for x in b["attacks"]]
+
+
+def test_jobs_per_device_below_zero_is_refused(tmp_path, capsys):
+    assert main(["reproduce", "inresnet-table1", "--jobs-per-device", "-1"]) != 0
+    assert "--jobs-per-device must be >= 1" in capsys.readouterr().err

@@ -65,6 +65,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="train (or resume) the runs and stop; a later call without it evaluates them",
     )
+    p.add_argument(
+        "--jobs-per-device",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run N jobs at once on each device, one process each (default: one by one)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,6 +79,10 @@ def run(args: argparse.Namespace) -> int:
         return _list()
     if not args.preset:
         raise ValueError("name a preset (odenets reproduce --list shows them)")
+    if args.jobs_per_device < 0:
+        raise ValueError(
+            f"--jobs-per-device must be >= 1 (0: one by one); got {args.jobs_per_device}"
+        )
     if args.seeds is not None and args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1 (default: the preset's); got {args.seeds}")
     for flag, root in (("--data-root", args.data_root), ("--noise-root", args.noise_root)):
@@ -117,7 +128,13 @@ def _run_jobs(args: argparse.Namespace, grid, out: str, shard) -> int:
     write the report after a whole grid. Exit 1 while a job of a whole grid is unfinished."""
     start = time.perf_counter()
     states = run_grid(
-        grid, out, shard=shard, only=args.job, on_event=_print_event, train_only=args.train_only
+        grid,
+        out,
+        shard=shard,
+        only=args.job,
+        on_event=_print_event,
+        train_only=args.train_only,
+        jobs_per_device=args.jobs_per_device,
     )
     counts = {s: list(states.values()).count(s) for s in sorted(set(states.values()))}
     print(

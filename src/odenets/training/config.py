@@ -95,6 +95,7 @@ class TrainConfig:
     amp: bool | None = _field(None, "bf16 autocast for forward passes")
     channels_last: bool | None = _field(None, "NHWC memory format for convolutions")
     compile: bool | None = _field(None, "torch.compile the training forward")
+    cuda_graphs: bool = _field(False, "CUDA graphs (compile reduce-overhead); off until measured")
     eval_batch_size: int = _field(1000, "batch of the per-epoch test evaluation (no gradients)")
     checkpoint_steps: int | None = _field(
         None, "also save last.* every N steps; None: CPU 200, CUDA 0"

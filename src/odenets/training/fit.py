@@ -32,6 +32,7 @@ from odenets.training.distributed import (
     convert_sync_batchnorm,
     init_distributed,
 )
+from odenets.training.fast_path import FastPath
 from odenets.training.loop import StepContext, evaluate, train_one_epoch
 from odenets.training.metrics import PROBE_IMAGES, model_metrics
 from odenets.training.run_folder import (
@@ -126,15 +127,17 @@ def _fit_locked(cfg, run: RunFolder, device, dist, data) -> RunInfo:
     done = progress.epoch >= cfg.epochs and run.has(FINAL_WEIGHTS)
     if done and run.read_summary().get("status") == "finished":
         return read_run(run.path)  # else a kill hit the last writes: redo them (no epochs)
+    fast = _fast_path(cfg, model, device, dist, run, header)
     ctx = StepContext(
         model=model,
-        net=_wrap(model, cfg, device, dist),
-        eval_net=torch.compile(model) if cfg.compile else model,
+        net=fast.net,
+        eval_net=fast.eval_net,
         optimizer=optimizer,
         device=device,
-        amp=cfg.amp,
+        amp=fast.amp,
         dist=dist,
         check_every=1 if device.type == "cpu" else 100,
+        fast_path=fast,
     )
     _train(cfg, run, ctx, data, progress, header)
     return read_run(run.path)
@@ -250,14 +253,16 @@ def _epoch_record(cfg, ctx, loaders, data, epoch, lr, stats) -> dict[str, Any]:
     evals = {}
     for split in ("val", "test"):
         if split in loaders:
-            evals[split] = evaluate(
-                ctx.model,
-                loaders[split],
-                device=ctx.device,
-                amp=ctx.amp,
-                dist=ctx.dist,
-                total=data[f"n_{split}"],
-                forward=ctx.eval_net,
+            evals[split] = ctx.guarded(
+                lambda split=split: evaluate(
+                    ctx.model,
+                    loaders[split],
+                    device=ctx.device,
+                    amp=ctx.amp,
+                    dist=ctx.dist,
+                    total=data[f"n_{split}"],
+                    forward=ctx.eval_net,
+                )
             )
             record[f"{split}_loss"] = evals[split]["loss"]
             record[f"{split}_acc"] = evals[split]["acc"]
@@ -346,16 +351,34 @@ def _param_groups(model, cfg) -> list[dict]:
     return [{"params": list(model.parameters()), "weight_decay": cfg.weight_decay}]
 
 
-def _wrap(model, cfg, device, dist):
-    net = model
-    if dist.enabled:
+def _fast_path(cfg, model, device, dist, run, header) -> FastPath:
+    """The fast-path features of the run; config.json's "fast_path" records what runs (on a
+    fallback, rank 0 rewrites it with the configuration that continues)."""
+
+    def wrap(net):
+        if not dist.enabled:
+            return net
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [device.index] if device.type == "cuda" else None
-        net = DistributedDataParallel(model, device_ids=ids)
-    if cfg.compile:
-        net = torch.compile(net)
-    return net
+        return DistributedDataParallel(net, device_ids=ids)
+
+    def record(settings) -> None:
+        header["fast_path"] = settings
+        if dist.is_main:
+            run.write_config(header)
+
+    fast = FastPath(
+        model=model,
+        wrap=wrap,
+        device=device,
+        amp=cfg.amp,
+        compile=cfg.compile,
+        cuda_graphs=cfg.cuda_graphs,
+        on_change=record,
+    )
+    record(fast.settings())
+    return fast
 
 
 def _set_determinism(deterministic: bool, device: torch.device):

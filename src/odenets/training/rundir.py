@@ -228,9 +228,10 @@ def _check_same_run(
             f"cannot resume {run_dir} inside epoch {state['epoch'] + 1} with batch_size "
             f"{new['batch_size']}: the checkpoint counts steps of batch {old.get('batch_size')}"
         )
+    # cuda_graphs changes how steps are launched, not what they compute.
     skip = {
         *("resume", "restart", "verify", "progress", "device", "epochs", "out"),
-        "checkpoint_steps",
+        *("checkpoint_steps", "cuda_graphs"),
     }
     changed = sorted(k for k in new if k not in skip and old.get(k) != new[k])
     if changed:
