@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from odenets.commands import add_cache_arguments
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
@@ -31,6 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         ),
     )
     c.add_argument("--root", required=True, help="data folder of the clean test set")
+    add_cache_arguments(c)
     c.add_argument("--dataset", choices=("cifar10", "cifar100", "folder"), default="cifar10")
     c.add_argument("--out", required=True, help="folder to write the .npy files into")
     c.add_argument("--seed", type=int, default=0, help="base seed of the noise")
