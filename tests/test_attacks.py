@@ -36,8 +36,11 @@ def data():
     return x[:96], y[:96]
 
 
+PACKAGE_ATTACKS = ["autoattack", "square"]  # run by pyautoattack (tests/test_autoattack.py)
+
+
 def test_registry_has_every_attack_and_noise():
-    assert set(list_attacks()) == set(GRADIENT_ATTACKS) | set(NOISES)
+    assert set(list_attacks()) == set(GRADIENT_ATTACKS) | set(NOISES) | set(PACKAGE_ATTACKS)
 
 
 @pytest.mark.parametrize("eps", [8, 1.5, -0.1])
@@ -203,18 +206,47 @@ def test_normalized_fgsm_matches_hand_computation():
     assert torch.allclose(pixel[0].flatten(), torch.tensor([0.55 + eps, 0.60 - eps]), atol=1e-6)
 
 
-def test_normalized_ifgsm_default_step_is_2_over_255():
+def test_normalized_ifgsm_default_step_is_2_over_255_at_the_authors_setting():
     x, y = torch.tensor([[[[0.55, 0.60]]]]), torch.tensor([1])
     eps = 8 / 255
-    one_step = create_attack("ifgsm", eps=eps, steps=1, threat_model="normalized")
-    adv = one_step(_Linear(), x, y)
-    assert one_step.alpha == 2 / 255
-    expected = torch.tensor([0.55 + 2 / 255 * 0.25, 0.60 - 2 / 255 * 0.25])
-    assert torch.allclose(adv.flatten(), expected, atol=1e-6)
-    twenty = create_attack("ifgsm", eps=eps, threat_model="normalized")(_Linear(), x, y)
+    twenty = create_attack("ifgsm", eps=eps, threat_model="normalized")
+    assert twenty.alpha == pytest.approx(2 / 255, rel=1e-12)
+    adv = twenty(_Linear(), x, y)
     assert torch.allclose(
-        twenty.flatten(), x.flatten() + torch.tensor([1, -1]) * eps * 0.25, atol=1e-6
+        adv.flatten(), x.flatten() + torch.tensor([1, -1]) * eps * 0.25, atol=1e-6
     )
+    one_step = create_attack("ifgsm", eps=eps, steps=1, alpha=2 / 255, threat_model="normalized")
+    expected = torch.tensor([0.55 + 2 / 255 * 0.25, 0.60 - 2 / 255 * 0.25])
+    assert torch.allclose(one_step(_Linear(), x, y).flatten(), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("name", "threat_model", "eps_255", "steps", "alpha_255"),
+    [
+        ("pgd", "pixel", 8, 20, 1.0),  # the authors' setting: unchanged
+        ("pgd", "pixel", 16, 20, 2.0),
+        ("ifgsm", "pixel", 2, 20, 0.25),
+        ("ifgsm", "pixel", 8, 10, 2.0),
+        ("pgd_start_centred", "pixel", 8, 20, 1.0),
+        ("pgd", "normalized", 8, 20, 2.0),  # the authors' first release: unchanged
+        ("ifgsm", "normalized", 4, 20, 1.0),
+    ],
+)
+def test_default_step_scales_with_eps(name, threat_model, eps_255, steps, alpha_255):
+    attack = create_attack(name, eps=eps_255 / 255, steps=steps, threat_model=threat_model)
+    assert attack.alpha * 255 == pytest.approx(alpha_255, rel=1e-12)
+    assert create_attack(name, eps=eps_255 / 255, alpha=0.5 / 255).alpha == 0.5 / 255
+
+
+def test_default_step_crosses_a_large_ball():
+    """At ε = 32/255, 20 steps of 1/255 could move a pixel by 20/255 at most; α = 2.5·ε/20
+    reaches the border of the ball (a linear model: the gradient sign never changes)."""
+    x, y = torch.full((1, 1, 1, 2), 0.5), torch.tensor([1])
+    eps = 32 / 255
+    adv = create_attack("ifgsm", eps=eps)(_Linear(), x, y)
+    assert torch.allclose((adv - x).abs(), torch.full_like(x, eps), atol=1e-6)
+    fixed = create_attack("ifgsm", eps=eps, alpha=1 / 255)(_Linear(), x, y)
+    assert torch.allclose((fixed - x).abs(), torch.full_like(x, 20 / 255), atol=1e-6)
 
 
 def test_normalized_needs_a_model_with_normalize():

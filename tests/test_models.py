@@ -148,8 +148,35 @@ def test_etd_block_matches_formula():
         x = torch.randn(2, block.f.conv2.out_channels, 8, 8)
         with torch.no_grad():
             fx = block.f(x).double()
-            expected = torch.exp(-lam) * x.double() + (1 - torch.exp(-lam)) / lam * fx
+            rho = 1 + lam
+            expected = torch.exp(-lam) * x.double() + (1 - torch.exp(-lam)) / lam * rho * fx
             assert torch.allclose(block(x).double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def _etd_block_output(lam: float):
+    """(x, f(x), block output) of the first interpolating ETD block with λ set to `lam`."""
+    torch.manual_seed(0)
+    block = odenets.create_model("etd_resnet20").eval().interpolating_blocks()[0]
+    with torch.no_grad():
+        block.junction.k.fill_(lam)
+        x = torch.randn(2, block.f.conv2.out_channels, 8, 8)
+        return x, block.f(x), block(x)
+
+
+def test_etd_block_is_residual_at_lambda_zero():
+    x, fx, out = _etd_block_output(0.0)
+    assert torch.equal(out, x + fx)
+
+
+def test_etd_block_tends_to_the_non_residual_f_as_lambda_grows():
+    """ρ(λ) = 1 + λ: the factor of f, (1 - e^{-λ})(1 + λ)/λ, tends to 1 and e^{-λ} to 0, so
+    the block tends to f (with ρ = 1 it would tend to 0: f/λ)."""
+    gaps = []
+    for lam in (10.0, 100.0, 1000.0):
+        _, fx, out = _etd_block_output(lam)
+        gaps.append(((out - fx).norm() / fx.norm()).item())
+        assert gaps[-1] <= 1.01 / lam  # |e^{-λ} x| + f/λ, relative to |f|
+    assert gaps[0] > gaps[1] > gaps[2]
 
 
 @pytest.mark.parametrize("lam", [0.0, 1e-8, 1e-6, 5e-5, 2e-4, 1e-3, 0.1, 1.0, 10.0, -1e-5])

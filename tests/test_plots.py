@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from odenets.analysis.figures import FIGURE_KINDS
 from odenets.cli import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -197,3 +198,30 @@ def test_one_call_helpers_used_by_the_report(tiny_runs, eval_files, tmp_path):
     ]
     assert [p.name for p in written] == ["coefficients.png", "rc.png", "depth.png"]
     _check_pngs(tmp_path, ["coefficients", "rc", "depth", "depth_images"])
+
+
+@pytest.mark.parametrize("name", sorted(FIGURE_KINDS))
+def test_each_figure_gets_only_the_options_it_takes(name):
+    import inspect
+
+    from odenets.cli import build_parser
+    from odenets.commands.plot import _options
+
+    kind = FIGURE_KINDS[name]
+    params = inspect.signature(kind.draw).parameters
+    # No **kwargs to swallow a misspelt option; every option it declares is a keyword of
+    # the function and a flag of `odenets plot`.
+    assert not any(p.kind is p.VAR_KEYWORD for p in params.values())
+    keywords = {n for n, p in params.items() if p.kind is p.KEYWORD_ONLY}
+    flags = _options(build_parser().parse_args(["plot", name, "run"]))
+    assert set(kind.options) <= keywords and set(kind.options) <= set(flags)
+    assert keywords & set(flags) <= set(kind.options)  # no flag it could take is left out
+
+
+def test_a_misspelt_figure_option_is_an_error(tmp_path):
+    runs = [tmp_path / "run"]  # refused before any run is read
+    with pytest.raises(TypeError, match="unexpected keyword argument 'radius255'"):
+        FIGURE_KINDS["input-landscape"].draw(runs, tmp_path, radius255=16.0)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'alpha'"):
+        FIGURE_KINDS["coefficients"].draw(runs, tmp_path, alpha=1.0)
+    assert not any(tmp_path.iterdir())

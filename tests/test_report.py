@@ -269,3 +269,34 @@ def test_eval_json_without_weights_is_of_unknown_provenance(variants_folder):
     assert "Evaluations of unknown provenance (`cifar10-in_resnet110-seed0`" in render_markdown(
         report
     )
+
+
+def test_report_figures_get_only_the_options_they_take(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from odenets.analysis import figures as analysis_figures
+    from odenets.experiments import figures as report_figures
+
+    calls = {}
+
+    def kind(name, options):
+        def draw(inputs, out_dir, **kwargs):
+            assert set(kwargs) <= set(options)  # what a figure without **kwargs would refuse
+            calls[name] = kwargs
+            return []
+
+        return analysis_figures.FigureKind(draw, "runs", name, options)
+
+    fake = {
+        name: kind(name, analysis_figures.FIGURE_KINDS[name].options)
+        for name in report_figures.TITLES
+    }
+    monkeypatch.setattr(analysis_figures, "FIGURE_KINDS", fake)
+    monkeypatch.setattr(report_figures, "_inputs", lambda kind, runs, report: ["input"])
+    run = SimpleNamespace(status="finished")
+    manifest = {"evaluate": {"eps": [4], "threat_model": "normalized"}}
+    report = SimpleNamespace(folder=tmp_path, mine=[run], loose=[], manifest=manifest)
+    figures, notes = report_figures.draw_figures(report)
+    assert notes == [] and set(calls) == set(report_figures.TITLES)
+    assert calls["ensemble-gain"] == {"eps_255": 4.0, "threat_model": "normalized"}
+    assert calls["coefficients"] == {} and calls["depth"] == {}

@@ -346,7 +346,6 @@ def test_cpu_scale_of_table1_is_the_56_layer_grid(tmp_path):
 @pytest.mark.parametrize(
     "bad, message",
     [
-        ("[scale.tiny]\nevaluate = {}\n", "unknown scale 'tiny'"),
         ("[scale.cpu]\nrows = ['nope']\nevaluate = {}\n", "unknown rows ['nope']"),
         ("[scale.cpu]\nepochs = 3\nevaluate = {}\n", "unknown fields ['epochs']"),
     ],

@@ -274,3 +274,27 @@ def test_project_walks_a_whole_model_and_stable_false_is_left_free():
         fro = torch.linalg.matrix_norm(block.r.mT @ block.r)
         assert (fro <= (1 - 2 * block.eps) * (1 + 1e-6)).all()
     assert all(torch.equal(a, b) for a, b in zip(before, free.parameters(), strict=True))
+
+
+def test_one_spectral_radius_routine():
+    # The stage Jacobian's power method and the analysis figures share stability's routine.
+    import odenets.analysis
+
+    assert odenets.analysis.spectral_radius is stability.spectral_radius
+    # Known answer: a diagonal map's radius is its largest |entry|, per sample.
+    scale = torch.tensor([[0.3, -0.8, 0.5], [2.0, 0.1, -1.5]], dtype=torch.float64)
+    v0 = _randn((2, 3), torch.Generator().manual_seed(0))
+    rho = stability.spectral_radius(lambda v: scale * v, v0, iters=400)
+    torch.testing.assert_close(
+        rho, torch.tensor([0.8, 2.0], dtype=torch.float64), rtol=1e-3, atol=0
+    )
+    with pytest.raises(ValueError, match="iters must be >= 2; got 1"):
+        stability.spectral_radius(lambda v: v, v0, iters=1)
+    # The "power" method is that routine on the block's Jacobian-vector product.
+    block, x, u = conv_draw(0, 0.5)
+    bu = block.input_term(u)[0].detach()
+    gen = torch.Generator().manual_seed(7)
+    start = torch.randn(x.shape, generator=gen, dtype=x.dtype)
+    direct = stability.spectral_radius(lambda v: block.state_jvp(x, bu, v, 0), start, iters=50)
+    power = stability.state_jacobian_spectral_radius(block, x, u, method="power", iters=50, seed=7)
+    torch.testing.assert_close(power, direct, rtol=0, atol=0)

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import odenets
-from odenets.checkpoint import load_safetensors, read_json, read_jsonl
+from odenets.checkpoint import load_safetensors, read_json, read_jsonl, sha256_file
 from odenets.data import load_digits
 from odenets.errors import CheckpointError
 from odenets.training import (
@@ -200,7 +200,12 @@ def test_run_folder_contents(finished_run):
         "last.json",
         "final.safetensors",
         "summary.json",
+        "digests.json",  # the SHA-256 of every weights file
+        ".lock",  # the training's flock (released with its process)
     }
+    digests = read_json(path / "digests.json")
+    assert set(digests) == {"last.safetensors", "final.safetensors"}
+    assert digests["final.safetensors"] == {"sha256": sha256_file(path / "final.safetensors")}
     config = read_json(path / "config.json")
     assert config["model"] == "tiny_net" and config["seed"] == 0
     assert config["dataset"]["name"] == "digits" and config["dataset"]["num_classes"] == 10

@@ -99,9 +99,35 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (OdenetsError, ValueError, KeyError, OSError) as err:
-        # Library errors carry a message meant for people, and an OSError names its path;
-        # no traceback for those.
+    except Exception as err:
+        if not _is_user_error(err):
+            raise  # a bug: its traceback is what a report needs
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"odenets {args.command}: error: {msg}", file=sys.stderr)
         return 1
+
+
+def _is_user_error(err: BaseException) -> bool:
+    """Whether `err` is a message meant for people, shown as one line with exit code 1:
+
+    - odenets' own errors (`OdenetsError`: data, checkpoint and unknown-name errors);
+    - a ValueError raised by odenets code, the library's way to refuse a value (the message
+      names the value and what is accepted);
+    - an OSError, which names its path.
+
+    Anything else is a bug and keeps its traceback: a TypeError, a KeyError other than an
+    unknown name, a ValueError raised inside torch, numpy or the standard library.
+    """
+    if isinstance(err, (OdenetsError, OSError)):
+        return True
+    return isinstance(err, ValueError) and _raised_in_odenets(err)
+
+
+def _raised_in_odenets(err: BaseException) -> bool:
+    tb = err.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    module = tb.tb_frame.f_globals.get("__name__", "")
+    return module == "odenets" or module.startswith("odenets.")

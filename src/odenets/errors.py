@@ -5,6 +5,11 @@ class OdenetsError(Exception):
     """Base class of odenets' own errors."""
 
 
+class UnknownNameError(OdenetsError, KeyError):
+    """A name is not in its registry (model, attack, preset, paper table); the message lists
+    the known names or suggests close ones."""
+
+
 class DataError(OdenetsError, ValueError):
     """A data file or folder is missing, corrupt, or not in the expected layout."""
 

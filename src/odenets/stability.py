@@ -20,6 +20,8 @@ optimiser step.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -28,6 +30,7 @@ __all__ = [
     "project_fc_",
     "project_conv_",
     "state_jacobian_spectral_radius",
+    "spectral_radius",
     "input_output_gain_bound",
     "input_operator_norm",
 ]
@@ -145,7 +148,8 @@ def state_jacobian_spectral_radius(
 
     Methods:
         "exact": the dense per-sample J and `torch.linalg.eigvals`.
-        "power": Gelfand's formula ρ(J) = lim ‖J^k v‖^{1/k}, by power iteration on J itself
+        "power": Gelfand's formula ρ(J) = lim ‖J^k v‖^{1/k} (`spectral_radius`), by power
+            iteration on J itself
             with Jacobian-vector products: v ← Jv / ‖Jv‖, and the estimate is the geometric
             mean of the growth factors ‖Jv‖ over the second half of the iterations. This
             targets the dominant eigenvalue magnitude even for a non-symmetric J with a
@@ -186,20 +190,42 @@ def _radius_exact(block, x, bu, step) -> torch.Tensor:
 
 
 def _radius_power(block, x, bu, step, *, iters, seed) -> torch.Tensor:
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    v0 = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+    return spectral_radius(lambda v: block.state_jvp(x, bu, v, step), v0, iters=iters)
+
+
+def spectral_radius(
+    matvec: Callable[[torch.Tensor], torch.Tensor], v0: torch.Tensor, *, iters: int = 200
+) -> torch.Tensor:
+    """Spectral radius of a batch of square linear maps J by Gelfand's formula.
+
+    ρ(J) = lim ‖Jᵏ v‖^(1/k): iterate v <- J v / ‖J v‖ and take the geometric mean of the
+    growth factors over the second half of the iterations, which also converges when the
+    dominant eigenvalues are a complex pair (single ratios then oscillate). The stage
+    Jacobian's "power" method and `odenets.analysis.jacobian.nais_active_radii` use it.
+
+    Args:
+        matvec: v (N, *shape) -> J v (N, *shape), per sample.
+        v0: (N, *shape) random start vectors.
+        iters: iterations, at least 2.
+
+    Returns:
+        (N,) estimates of ρ(J), in v0's dtype.
+    """
     if iters < 2:
         raise ValueError(f"iters must be >= 2; got {iters}")
-    shape = (-1, *[1] * (x.dim() - 1))
-    gen = torch.Generator(device=x.device).manual_seed(seed)
-    v = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
-    v = v / _norms(v).view(shape)
-    log_growth = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    shape = (-1, *[1] * (v0.dim() - 1))
+    tiny = torch.finfo(v0.dtype).tiny
+    v = v0 / _norms(v0).clamp_min(tiny).view(shape)
+    log_growth = torch.zeros(v0.shape[0], dtype=v0.dtype, device=v0.device)
     burn_in = iters // 2
     for i in range(iters):
-        jv = block.state_jvp(x, bu, v, step)
-        norm = _norms(jv).clamp_min(torch.finfo(x.dtype).tiny)
+        w = matvec(v)
+        norm = _norms(w).clamp_min(tiny)
         if i >= burn_in:
             log_growth += norm.log()
-        v = jv / norm.view(shape)
+        v = w / norm.view(shape)
     return (log_growth / (iters - burn_in)).exp()
 
 

@@ -1,8 +1,10 @@
 """One function per figure kind: load runs or eval.json files, compute, draw, save.
 
-`FIGURE_KINDS` maps each kind of `odenets plot KIND` to its function and to what its inputs
-are ("runs": run folders; "evals": eval.json files or folders holding one). Every function
-returns the paths it wrote (PNG and PDF of each figure).
+`FIGURE_KINDS` maps each kind of `odenets plot KIND` to its function, to what its inputs
+are ("runs": run folders; "evals": eval.json files or folders holding one) and to the
+options it takes; `odenets plot` passes a figure those and no others, and a function takes
+no `**kwargs`, so a misspelt option is an error. Every function returns the paths it wrote
+(PNG and PDF of each figure).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ def load_test_images(
         limit: number of images (None: all); the subset depends only on `seed`.
     """
     from odenets.data import load_dataset
+    from odenets.data.splits import subset_indices
     from odenets.training import read_run
 
     datasets = [read_run(r).config["dataset"] for r in run_dirs]
@@ -51,11 +54,7 @@ def load_test_images(
         raise ValueError(f"runs were trained on different data sets {sorted(names)}; give one")
     ds = datasets[0]
     data = load_dataset(ds["name"], root=data_root or ds.get("root"), split="test")
-    index = np.arange(len(data))
-    if limit is not None and limit < len(data):
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1; got {limit}")
-        index = np.sort(np.random.default_rng(seed).permutation(len(data))[:limit])
+    index = subset_indices(len(data), limit, seed)
     raw = data.images[index]
     images = torch.from_numpy(raw).permute(0, 3, 1, 2).float().div(255)  # (N, C, H, W)
     labels = torch.from_numpy(data.labels[index]).long()
@@ -83,7 +82,7 @@ def run_labels(run_dirs: Sequence[str | Path]) -> list[str]:
     return labels
 
 
-def coefficients_figure(run_dirs: Sequence[str | Path], out_dir: str | Path, **_) -> list[Path]:
+def coefficients_figure(run_dirs: Sequence[str | Path], out_dir: str | Path) -> list[Path]:
     """λ_n per block (mean and spread over seeds) and over epochs."""
     from odenets.analysis import plots
     from odenets.analysis.coefficients import run_coefficients
@@ -105,7 +104,6 @@ def input_landscape_figure(
     points: int = 21,
     points_2d: int = 11,
     device: str = "auto",
-    **_,
 ) -> list[Path]:
     """Input-space loss curves (and surfaces) of several models on the same noisy images."""
     from odenets.analysis import plots
@@ -155,7 +153,6 @@ def weight_landscape_figure(
     points: int = 21,
     points_2d: int = 11,
     device: str = "auto",
-    **_,
 ) -> list[Path]:
     """Weight-space loss along filter-normalised directions, 1-D and 2-D, per model."""
     from odenets.analysis import plots
@@ -197,7 +194,6 @@ def ensemble_gain_figure(
     *,
     eps_255: float = 8.0,
     threat_model: str = "pixel",
-    **_,
 ) -> list[Path]:
     """Ensemble minus single-model accuracy per metric and model family (paper's Fig. 2)."""
     from odenets.analysis import plots
@@ -212,7 +208,7 @@ def ensemble_gain_figure(
     )
 
 
-def robustness_curves_figure(eval_paths: Sequence[str | Path], out_dir: str | Path, **_):
+def robustness_curves_figure(eval_paths: Sequence[str | Path], out_dir: str | Path):
     """Accuracy against ε per attack and against severity per noise, per evaluation."""
     from odenets.analysis import plots
     from odenets.analysis.robustness_results import load_eval, robustness_curves
@@ -232,7 +228,6 @@ def depth_figure(
     max_steps: int = 50,
     extremes: int = 8,
     device: str = "auto",
-    **_,
 ) -> list[Path]:
     """Per-image depth of each NAIS run: histogram, per class, extreme images."""
     from odenets.analysis import plots, plots_nais
@@ -271,7 +266,6 @@ def dynamics_figure(
     steps: int = 30,
     block: int = 0,
     device: str = "auto",
-    **_,
 ) -> list[Path]:
     """The poster's 1-D tanh block, and (given NAIS runs) a trained block's state changes."""
     from odenets.analysis import plots, plots_nais
@@ -299,7 +293,6 @@ def stability_figure(
     seed: int = 0,
     iters: int = 30,
     device: str = "auto",
-    **_,
 ) -> list[Path]:
     """Per-block stage-Jacobian spectral radius (NAIS) or block-Jacobian norm (ResNets)."""
     from odenets.analysis import plots, plots_nais
@@ -318,27 +311,50 @@ class FigureKind:
     draw: Callable[..., list[Path]]
     inputs: str  # "runs" (run folders), "evals" (eval.json files) or "optional-runs"
     help: str
+    options: tuple[str, ...] = ()  # the keywords of `draw` that `odenets plot` passes
 
+
+_IMAGES = ("data_root", "limit", "seed")  # options of every figure that loads test images
 
 FIGURE_KINDS: dict[str, FigureKind] = {
     "coefficients": FigureKind(coefficients_figure, "runs", "learned λ_n per block and epoch"),
     "input-landscape": FigureKind(
-        input_landscape_figure, "runs", "loss along attack/random input directions, noisy inputs"
+        input_landscape_figure,
+        "runs",
+        "loss along attack/random input directions, noisy inputs",
+        (*_IMAGES, "noise", "severity", "radius_255", "points", "points_2d", "device"),
     ),
     "weight-landscape": FigureKind(
-        weight_landscape_figure, "runs", "loss along filter-normalised weight directions"
+        weight_landscape_figure,
+        "runs",
+        "loss along filter-normalised weight directions",
+        (*_IMAGES, "alpha", "points", "points_2d", "device"),
     ),
     "ensemble-gain": FigureKind(
-        ensemble_gain_figure, "evals", "ensemble minus single-model accuracy per metric"
+        ensemble_gain_figure,
+        "evals",
+        "ensemble minus single-model accuracy per metric",
+        ("eps_255", "threat_model"),
     ),
     "robustness-curves": FigureKind(
         robustness_curves_figure, "evals", "accuracy vs ε per attack, vs severity per noise"
     ),
-    "depth": FigureKind(depth_figure, "runs", "NAIS-Net per-image depth"),
+    "depth": FigureKind(
+        depth_figure,
+        "runs",
+        "NAIS-Net per-image depth",
+        (*_IMAGES, "tol", "max_steps", "device"),
+    ),
     "dynamics": FigureKind(
-        dynamics_figure, "optional-runs", "1-D tanh block; trained NAIS block state changes"
+        dynamics_figure,
+        "optional-runs",
+        "1-D tanh block; trained NAIS block state changes",
+        (*_IMAGES, "steps", "block", "device"),
     ),
     "stability": FigureKind(
-        stability_figure, "runs", "per-block Jacobian spectral radius / spectral norm"
+        stability_figure,
+        "runs",
+        "per-block Jacobian spectral radius / spectral norm",
+        (*_IMAGES, "iters", "device"),
     ),
 }

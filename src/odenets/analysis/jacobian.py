@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from odenets.analysis._common import block_inputs, eval_mode
+from odenets.stability import spectral_radius, state_jacobian_spectral_radius
 
 
 def _per_sample_norm(v: torch.Tensor) -> torch.Tensor:
@@ -51,36 +52,6 @@ def power_iteration(
         w = rmatvec(matvec(v))
         v = w / _per_sample_norm(w).clamp_min(tiny)
     return matvec(v).flatten(1).norm(dim=1)
-
-
-def spectral_radius(
-    matvec: Callable[[torch.Tensor], torch.Tensor], v0: torch.Tensor, *, iters: int = 200
-) -> torch.Tensor:
-    """Spectral radius of a batch of square linear maps by Gelfand's formula.
-
-    ρ(J) = lim ‖Jᵏ v‖^(1/k): iterate v <- J v / ‖J v‖ and take the geometric mean of the
-    growth factors over the second half of the iterations, which also converges when the
-    dominant eigenvalues are a complex pair (single ratios then oscillate).
-
-    Args:
-        matvec: v (N, *shape) -> J v (N, *shape), per sample.
-        v0: (N, *shape) random start vectors.
-
-    Returns:
-        (N,) estimates of ρ(J).
-    """
-    if iters < 2:
-        raise ValueError(f"iters must be >= 2; got {iters}")
-    tiny = torch.finfo(v0.dtype).tiny
-    v = v0 / _per_sample_norm(v0).clamp_min(tiny)
-    log_growth = torch.zeros(len(v0), dtype=v0.dtype, device=v0.device)
-    for i in range(iters):
-        w = matvec(v)
-        norm = _per_sample_norm(w).clamp_min(tiny)
-        if i >= iters // 2:
-            log_growth += norm.flatten().log()
-        v = w / norm
-    return (log_growth / (iters - iters // 2)).exp()
 
 
 def jacobian_spectral_norm(
@@ -142,8 +113,6 @@ def nais_spectral_radii(model: nn.Module, images: torch.Tensor) -> np.ndarray:
     Returns:
         (N, len(model.nais_blocks())) float64 array.
     """
-    from odenets.stability import state_jacobian_spectral_radius
-
     nais = model.nais_blocks()
     with eval_mode(model):
         inputs = block_inputs(model, images, nais)

@@ -2,6 +2,8 @@
 
     odenets evaluate RUN [RUN ...] [--attacks fgsm,ifgsm,pgd,apgd_ce] [--eps 2,4,8]
         [--threat-model pixel|normalized|pixel,normalized] [--noise] [--noise-root DIR]
+        [--steps N] [--alpha A] [--transfer-from SURROGATE_RUN] [--square-queries Q]
+        [--autoattack-version standard|plus|rand|custom] [--autoattack-attacks a,b]
         [--limit N] [--batch-size B] [--seed S] [--shard i/n] [--out PATH]
     odenets evaluate --merge SHARD.json [SHARD.json ...] --out eval.json
 
@@ -30,7 +32,10 @@ noise has its own flags, not --attacks: --noise (CIFAR-C), --noise-root, --gauss
 the normalised tensor (about 5x weaker than in pixels) and the clamp to [0, 1] happens there.
 --shard i/n (1 <= i <= n, as in odenets reproduce) evaluates one contiguous, disjoint share
 of the (limited) test set and writes counts; merge the n files with --merge. Sanity checks
-are printed under the table.
+are printed under the table, then the gradient-masking verdict and its evidence.
+--attacks autoattack (the official AutoAttack) and square (gradient-free) need the optional
+package: pip install "odenets[autoattack]". --transfer-from crafts --transfer-attacks on the
+surrogate run and scores them on RUN, in every --threat-model.
 A run that has not finished is evaluated at its last checkpoint (with a warning); eval.json
 records the weights scored (file, epoch, SHA-256), so the report can spot stale results.
 """
@@ -64,9 +69,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--gaussian-sigma", type=_radii, default=[], help="plain Gaussian noise levels in 1/255"
     )
+    parser.add_argument(
+        "--steps", type=int, help="iterations of ifgsm, pgd, pgd_start_centred (default: 20)"
+    )
+    parser.add_argument(
+        "--alpha",
+        type=float,
+        help="their step in 1/255 units (default: 2.5·ε/steps in pixels, 1/255 at ε = 8/255 "
+        "with 20 steps; 5·ε/steps normalized)",
+    )
     parser.add_argument("--pgd-restarts", type=int, default=1, help="random restarts of pgd")
     parser.add_argument("--apgd-steps", type=int, default=100, help="iterations of APGD (100)")
-    parser.add_argument("--limit", type=int, help="evaluate a seeded random subset of N images")
+    parser.add_argument(
+        "--autoattack-version",
+        default="standard",
+        choices=["standard", "plus", "rand", "custom"],
+        help="version of --attacks autoattack (default: standard)",
+    )
+    parser.add_argument(
+        "--autoattack-attacks",
+        type=_names,
+        help="sub-attacks of --autoattack-version custom, e.g. apgd-ce,apgd-t,fab-t,square",
+    )
+    parser.add_argument(
+        "--square-queries", type=int, default=5000, help="queries of --attacks square (5000)"
+    )
+    parser.add_argument(
+        "--transfer-from",
+        metavar="SURROGATE_RUN",
+        help="run folder of a surrogate: --transfer-attacks crafted on it are scored on RUN",
+    )
+    parser.add_argument(
+        "--transfer-attacks",
+        type=_names,
+        default=["pgd", "apgd_ce"],
+        help="attacks crafted on the surrogate (default: pgd,apgd_ce)",
+    )
+    parser.add_argument(
+        "--masking-checks",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="gradient-masking diagnostics: input-gradient norms, PGD with 5x steps and with "
+        "3 restarts at the smallest radius (default: on)",
+    )
+    parser.add_argument(
+        "--limit", type=_positive_int, help="evaluate a seeded random subset of N images"
+    )
     parser.add_argument("--batch-size", type=int, default=500, help="batch size (default: 500)")
     parser.add_argument("--seed", type=int, default=0, help="seed of random starts and noise")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda:N")
@@ -74,6 +122,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_cache_arguments(parser)
     parser.add_argument("--shard", type=_shard, help="i/n: evaluate shard i of n (1 <= i <= n)")
     parser.add_argument("--no-checks", action="store_true", help="skip the sanity checks")
+    parser.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="do not check a CIFAR archive's official md5 (a known private copy; also "
+        "skipped for runs trained with --no-verify)",
+    )
     parser.add_argument(
         "--channels-last",
         action=argparse.BooleanOptionalAction,
@@ -149,6 +203,16 @@ def _shard(text: str) -> tuple[int, int]:
     return index - 1, count
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive number of images; got {value}")
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
     from odenets.checkpoint import read_json, write_json_atomic
     from odenets.robustness import format_table, merge_shards
@@ -165,7 +229,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.runs:
         raise ValueError("give at least one RUN folder (or --merge SHARD.json ...)")
     _check_attack_names(args.attacks)
+    _check_attack_names(args.transfer_attacks)
     _check_eps(args.eps)
+    if args.alpha is not None:
+        _check_eps([args.alpha])
     out = _out_path(args)
     started, cpu0 = time.perf_counter(), time.process_time()
     result = _evaluate(args)
@@ -177,12 +244,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _out_path(args) -> Path:
+    from odenets.training.run_folder import EVAL
+
     if args.out:
         return _checked_out(Path(args.out))
     if len(args.runs) > 1:
         raise ValueError(f"{len(args.runs)} runs form an ensemble: give --out PATH for its result")
     # Only a whole-test-set evaluation is the run's eval.json (what the report reads).
-    name = "eval"
+    name = Path(EVAL).stem
     if args.limit is not None:
         name += f".limit-{args.limit}"
     if args.shard is not None:
@@ -213,15 +282,18 @@ def _evaluate(args) -> dict:
     from odenets.robustness import evaluate
     from odenets.training import load_run, read_run
 
-    infos = [read_run(p) for p in args.runs]
+    surrogate_runs = [args.transfer_from] if args.transfer_from else []
+    infos = [read_run(p) for p in [*args.runs, *surrogate_runs]]
     dataset = infos[0].config["dataset"]
     _check_one_dataset(infos)
     device = resolve_device(args.device)
     models = [load_run(p, device=device) for p in args.runs]
-    for model in models:
+    surrogates = [load_run(p, device=device) for p in surrogate_runs]
+    for model in [*models, *surrogates]:
         _warn_unfinished(model.run_weights)
 
-    images, labels = _test_split(dataset, args.data_root)
+    verify = not args.no_verify and infos[0].config["train"].get("verify", True)
+    images, labels = _test_split(dataset, args.data_root, verify=verify)
     order, shard = _test_order(args, len(labels))
     x = torch.from_numpy(images[order]).permute(0, 3, 1, 2).float() / 255  # (N, C, H, W)
     y = torch.from_numpy(labels[order])
@@ -238,10 +310,13 @@ def _evaluate(args) -> dict:
         noise_root=args.noise_root,
         gaussian_sigmas=[s / 255 for s in args.gaussian_sigma],
         attack_options=_attack_options(args),
+        transfer_from=surrogates or None,
+        transfer_attacks=args.transfer_attacks,
         seed=args.seed,
         batch_size=args.batch_size,
         indices=torch.from_numpy(order),
         checks=not args.no_checks,
+        masking=args.masking_checks,
         channels_last=args.channels_last,
         info=_result_info(args, dataset, shard),
         progress=sys.stderr.isatty(),
@@ -250,7 +325,7 @@ def _evaluate(args) -> dict:
 
 def _warn_unfinished(weights: dict) -> None:
     """Say so when a run has no final weights yet: its last checkpoint is evaluated."""
-    from odenets.training.runs import FINAL_WEIGHTS
+    from odenets.training.run_folder import FINAL_WEIGHTS
 
     if weights["file"] != FINAL_WEIGHTS:
         print(
@@ -261,27 +336,24 @@ def _warn_unfinished(weights: dict) -> None:
 
 
 def _check_one_dataset(infos) -> None:
-    """The runs of an ensemble were all trained on the data set of the first."""
+    """The runs of an ensemble (and a surrogate) were all trained on the first's data set."""
     dataset = infos[0].config["dataset"]
     for info in infos[1:]:
         if info.config["dataset"]["name"] != dataset["name"]:
             raise ValueError(
-                f"runs of an ensemble must share a data set; {info.path} was trained on "
-                f"{info.config['dataset']['name']!r}, {infos[0].path} on {dataset['name']!r}"
+                "runs of an ensemble or a surrogate must share a data set; "
+                f"{info.path} was trained on {info.config['dataset']['name']!r}, "
+                f"{infos[0].path} on {dataset['name']!r}"
             )
 
 
 def _test_order(args, n: int):
     """Indices of the test images to evaluate (sorted; --limit draws a seeded subset, --shard
     takes a contiguous share) and the shard's record for eval.json (None without --shard)."""
-    import numpy as np
-
+    from odenets.data.splits import subset_indices
     from odenets.robustness.evaluate import shard_slice
 
-    order = np.arange(n)
-    if args.limit is not None and args.limit < n:
-        rng = np.random.default_rng(args.seed)
-        order = np.sort(rng.permutation(n)[: args.limit])
+    order = subset_indices(n, args.limit, args.seed)
     shard = None
     if args.shard is not None:
         start, stop = shard_slice(len(order), *args.shard)
@@ -303,19 +375,30 @@ def _result_info(args, dataset: dict, shard: dict | None) -> dict:
         "dataset": dataset["name"],
         "split": "test",
         "shard": shard,
+        "transfer_from": [str(args.transfer_from)] if args.transfer_from else None,
     }
 
 
 def _attack_options(args) -> dict[str, dict]:
-    """Per-attack options from the flags, for the requested attacks only."""
-    options = {"pgd": {"restarts": args.pgd_restarts}}
+    """Per-attack options from the flags, for the requested (and transfer) attacks only."""
+    steps = {} if args.steps is None else {"steps": args.steps}
+    if args.alpha is not None:
+        steps["alpha"] = args.alpha / 255
+    options = {a: dict(steps) for a in ("ifgsm", "pgd", "pgd_start_centred")}
+    options["pgd"]["restarts"] = args.pgd_restarts
     options.update({a: {"steps": args.apgd_steps} for a in ("apgd_ce", "apgd_dlr")})
-    return {k: v for k, v in options.items() if k in args.attacks}
+    options["autoattack"] = {"version": args.autoattack_version}
+    if args.autoattack_attacks:
+        options["autoattack"]["attacks"] = args.autoattack_attacks
+    options["square"] = {"queries": args.square_queries}
+    wanted = {*args.attacks, *(args.transfer_attacks if args.transfer_from else [])}
+    return {k: v for k, v in options.items() if k in wanted}
 
 
-def _test_split(dataset: dict, data_root: str | None):
+def _test_split(dataset: dict, data_root: str | None, *, verify: bool = True):
     from odenets.data import load_dataset
 
     root = data_root if data_root is not None else dataset.get("root")
-    test = load_dataset(dataset["name"], root=root, split="test")
+    kwargs = {"verify": verify} if dataset["name"] in ("cifar10", "cifar100") else {}
+    test = load_dataset(dataset["name"], root=root, split="test", **kwargs)
     return test.images, test.labels

@@ -49,8 +49,23 @@ def run(args: argparse.Namespace) -> int:
     if kind.inputs != "optional-runs" and not args.inputs:
         what = "eval.json files" if kind.inputs == "evals" else "run folders"
         raise ValueError(f"plot {args.kind} needs one or more {what}")
-    options = {
+    # Only the options this figure takes; a name the command does not have fails here
+    # (KeyError), one the figure function does not take fails there (TypeError).
+    options = _options(args)
+    taken = {name: options[name] for name in kind.options}
+    if "limit" in taken and args.limit is None:
+        del taken["limit"]  # the figure's own default (256; stability 32, dynamics 8)
+    paths = kind.draw(args.inputs, args.out, **taken)
+    for path in paths:
+        print(path)
+    return 0
+
+
+def _options(args: argparse.Namespace) -> dict:
+    """Every figure option, from the flags, under the figure functions' keyword names."""
+    return {
         "data_root": args.data_root,
+        "limit": args.limit,
         "seed": args.seed,
         "noise": None if args.noise.lower() == "none" else args.noise,
         "severity": args.severity,
@@ -67,9 +82,3 @@ def run(args: argparse.Namespace) -> int:
         "iters": args.iters,
         "device": args.device,
     }
-    if args.limit is not None:
-        options["limit"] = args.limit
-    paths = kind.draw(args.inputs, args.out, **options)
-    for path in paths:
-        print(path)
-    return 0

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import json
 import os
-import re
 import shlex
 import sys
 import types
@@ -36,23 +34,11 @@ exit codes: 0 finished, 1 error, {diverged} diverged (non-finite loss; last good
 """
 
 
-def _field_help() -> dict[str, str]:
-    """The short comment after each TrainConfig field, used as its flag's help."""
-    from odenets.training import TrainConfig
-
-    source = inspect.getsource(TrainConfig)
-    pattern = re.compile(r"^\s+(\w+): [^=]+=.*?#\s*(.+)$", re.MULTILINE)
-    return {name: text.strip() for name, text in pattern.findall(source)}
-
-
-def _base_type(annotation) -> type:
-    """int / float / str / bool / list / dict from an annotation such as 'int | None'."""
-    hints = annotation
-    if isinstance(hints, str):
-        hints = eval(hints, {"Any": typing.Any}, {})  # TrainConfig uses builtin types only
-    if isinstance(hints, types.UnionType) or typing.get_origin(hints) is typing.Union:
-        hints = next(a for a in typing.get_args(hints) if a is not type(None))
-    return typing.get_origin(hints) or hints
+def _flag_kind(annotation) -> type:
+    """int / float / str / bool / list / dict of a resolved annotation such as int | None."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    return typing.get_origin(annotation) or annotation
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,13 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = _EPILOG.format(recipes=", ".join(list_recipes()), diverged=EXIT_DIVERGED)
-    helps = _field_help()
+    annotations = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
-        kind = _base_type(f.type)
+        kind = _flag_kind(annotations[f.name])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         shown = "the recipe's" if f.name in RECIPE_FIELDS else default
-        text = f"{helps.get(f.name, '')} (default: {shown})"
+        text = f"{f.metadata.get('help', '')} (default: {shown})"
         common = {"dest": f.name, "default": argparse.SUPPRESS, "help": text}
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
@@ -94,17 +80,19 @@ def _json_object(text: str) -> dict:
 
 def config_from_args(args: argparse.Namespace):
     """The TrainConfig of the given flags; with --resume, unset flags come from the run."""
-    from odenets.checkpoint import read_json
     from odenets.training import TrainConfig
+    from odenets.training.run_folder import RunFolder
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     given = {k: v for k, v in vars(args).items() if k in names}
     values = {}
     out = Path(given.get("out", TrainConfig.out))
-    if given.get("resume") and (out / "config.json").is_file():
-        stored = read_json(out / "config.json").get("train", {})
+    run = RunFolder(out)
+    if given.get("resume") and run.is_run:
+        stored = run.read_config()["train"]
         values = {k: v for k, v in stored.items() if k in names}
-        values.pop("progress", None)
+        for key in ("progress", "restart"):  # never carried over from the stored run
+            values.pop(key, None)
     values.update(given)
     return TrainConfig(**values)
 

@@ -96,7 +96,20 @@ def _class_names(root: Path) -> list[str]:
             )
     if not names:
         raise DataError(f"no class folders under {root}/train or {root}/test")
+    train, test = (_class_folders(root / split) for split in SPLITS)
+    if train and test - train:
+        raise DataError(
+            f"{root}/test has classes with no folder in {root}/train: "
+            f"{sorted(test - train)}; a model trained on {root}/train cannot predict them "
+            "(every test class needs a train folder)"
+        )
     return sorted(names)
+
+
+def _class_folders(folder: Path) -> set[str]:
+    if not folder.is_dir():
+        return set()
+    return {e.name for e in os.scandir(folder) if e.is_dir() and e.name[0] != "."}
 
 
 def _list_files(root: Path, split: str, class_names: list[str]) -> list[tuple[int, str, int, int]]:

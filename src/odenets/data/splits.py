@@ -1,8 +1,30 @@
-"""Seeded, stratified index splits shared by the digits set and the validation split."""
+"""Seeded index subsets and splits: the test subsets of `--limit` / `test_limit` and the
+stratified splits of the digits set and the validation split."""
 
 from __future__ import annotations
 
 import numpy as np
+
+
+def subset_indices(n: int, limit: int | None, seed: int) -> np.ndarray:
+    """Sorted indices of a fixed, seeded subset of `limit` of `n` items.
+
+    Args:
+        n: number of items.
+        limit: subset size; None, or `limit >= n`, gives every index.
+        seed: the subset depends only on (n, limit, seed).
+
+    Returns:
+        int64 array (min(limit, n),), increasing.
+
+    Raises:
+        ValueError: limit < 1.
+    """
+    if limit is None or limit >= n:
+        return np.arange(n)
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1; got {limit}")
+    return np.sort(np.random.default_rng(seed).permutation(n)[:limit])
 
 
 def stratified_split(

@@ -12,6 +12,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from odenets.training.run_folder import EVAL, RunFolder
+
 log = logging.getLogger(__name__)
 
 FIGURES_DIR = "figures"
@@ -34,12 +36,12 @@ def _inputs(kind: str, runs: list, report: Any) -> list[str]:
         return [str(r.path) for r in runs if r.job.get("seed") is not None and _has_coeffs(r)]
     if kind == "robustness-curves":
         evals = [r for r in runs if r.evaluation and r.evaluation.get("attacks")]
-        return [str(r.path / "eval.json") for r in evals]
+        return [str(r.path / EVAL) for r in evals]
     if kind == "ensemble-gain":
         evals = [r for r in runs if r.evaluation and r.evaluation.get("attacks")]
         if not any(r.evaluation.get("ensemble") for r in evals):
             return []
-        return [str(r.path / "eval.json") for r in evals]
+        return [str(r.path / EVAL) for r in evals]
     if kind == "depth":
         nais = [r for r in runs if str(r.job.get("model", "")).startswith("naisnet")]
         return [str(r.path) for r in nais if r.job.get("seed") is not None]
@@ -47,9 +49,7 @@ def _inputs(kind: str, runs: list, report: Any) -> list[str]:
 
 
 def _has_coeffs(run) -> bool:
-    from odenets.checkpoint import read_jsonl
-
-    metrics = read_jsonl(run.path / "metrics.jsonl")
+    metrics = RunFolder(run.path).read_metrics()
     return bool(metrics and metrics[-1].get("coefficients"))
 
 
@@ -65,16 +65,18 @@ def draw_figures(report: Any) -> tuple[list[tuple[str, str]], list[str]]:
     runs = [r for r in (report.mine or report.loose) if r.status in ("finished", "evaluated")]
     ev = (report.manifest or {}).get("evaluate", {})
     eps = (ev.get("eps") or [8])[0]
+    # The grid's attack setting, for the figures that take it (ensemble-gain).
+    setting = {"eps_255": float(eps), "threat_model": ev.get("threat_model", "pixel")}
     figures, notes = [], []
     for kind, title in TITLES.items():
         inputs = _inputs(kind, runs, report)
         if not inputs:
             continue
         out_dir = folder / FIGURES_DIR
+        figure = FIGURE_KINDS[kind]
+        options = {k: v for k, v in setting.items() if k in figure.options}
         try:
-            paths = FIGURE_KINDS[kind].draw(
-                inputs, out_dir, eps_255=float(eps), threat_model=ev.get("threat_model", "pixel")
-            )
+            paths = figure.draw(inputs, out_dir, **options)
         except Exception as err:  # a figure must never cost the tables
             warnings.warn(f"figure {kind!r} not drawn: {err}", stacklevel=2)
             notes.append(f"Figure '{kind}' was not drawn: {err}")

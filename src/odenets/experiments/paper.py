@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from odenets.errors import UnknownNameError
+
 # metric key -> column title. Accuracies in every results file are fractions; tables print %.
 METRIC_TITLES = {
     "clean": "Acc.",
@@ -95,7 +97,7 @@ def list_tables() -> list[str]:
 
 def get_table(name: str) -> PaperTable:
     if name not in _TABLES:
-        raise KeyError(f"unknown paper table {name!r}; known: {', '.join(list_tables())}")
+        raise UnknownNameError(f"unknown paper table {name!r}; known: {', '.join(list_tables())}")
     return _TABLES[name]
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from odenets._toml import TOMLDecodeError, loads
+from odenets.errors import UnknownNameError
 
 SCALES = ("quick", "cpu", "paper")
 
@@ -83,7 +84,7 @@ class Preset:
         for row in self.rows:
             if row.key == key:
                 return row
-        raise KeyError(f"preset {self.name!r} has no row {key!r}")
+        raise UnknownNameError(f"preset {self.name!r} has no row {key!r}")
 
 
 def _preset_dir():
@@ -105,7 +106,7 @@ def load_preset(name_or_path: str | Path) -> Preset:
     else:
         entry = _preset_dir() / f"{name_or_path}.toml"
         if not entry.is_file():
-            raise KeyError(
+            raise UnknownNameError(
                 f"unknown preset {str(name_or_path)!r}; known: {', '.join(list_presets())} "
                 "(or give the path of a preset .toml file)"
             )
@@ -132,8 +133,6 @@ def parse_preset(data: dict[str, Any], *, source: str = "") -> Preset:
             raise ValueError(f"preset {where}: row {row.key!r} is an ensemble of unknown row")
     train, evaluate, scale_seeds, scale_rows, scale_datasets = {}, {}, {}, {}, {}
     for scale, settings in data["scale"].items():
-        if scale not in SCALES:
-            raise ValueError(f"preset {where}: unknown scale {scale!r}; known: {', '.join(SCALES)}")
         unknown = set(settings) - {"train", "evaluate", "seeds", "rows", "datasets"}
         if unknown:
             raise ValueError(

@@ -82,7 +82,16 @@ def _data_sentence(manifest: dict[str, Any], dataset: str, sample: dict | None) 
     return f"Data: {data}, {n}."
 
 
-def _attacks_sentence(ev: dict[str, Any]) -> str:
+def _step_words(sample: dict | None, eps_255: float, steps: int) -> str:
+    """The step of IFGSM / PGD at the table's radius: as recorded by the evaluation, else
+    the default rule."""
+    for a in (sample or {}).get("attacks", []):
+        if a["name"] in ("ifgsm", "pgd") and abs(a["eps_255"] - eps_255) < 1e-6 and a.get("alpha"):
+            return f"step α = {a['alpha'] * 255:.3g}/255"
+    return f"step α = 2.5·ε/{steps} = {2.5 * eps_255 / steps:.3g}/255"
+
+
+def _attacks_sentence(ev: dict[str, Any], sample: dict | None = None) -> str:
     eps = ev.get("eps") or [8]
     steps = ev.get("steps") or 20
     tm = ev.get("threat_model", "pixel")
@@ -95,8 +104,9 @@ def _attacks_sentence(ev: dict[str, Any]) -> str:
     )
     return (
         f"Attacks: untargeted L∞ {', '.join(a.upper() for a in ev['attacks'])} at "
-        f"ε = {eps[0]:g}/255, {steps} steps for IFGSM and PGD (PGD with a random start), "
-        f"{tm_words}; the model in eval mode."
+        f"ε = {eps[0]:g}/255, {steps} steps for IFGSM and PGD "
+        f"({_step_words(sample, float(eps[0]), steps)}; PGD with a random start), "
+        f"{tm_words}; the model in eval mode; robust means correct both clean and attacked."
     )
 
 
@@ -130,7 +140,7 @@ def caption(manifest: dict[str, Any], runs: Sequence[RunRecord], dataset: str) -
     )
     parts = [_data_sentence(manifest, dataset, sample)]
     if ev.get("attacks"):
-        parts.append(_attacks_sentence(ev))
+        parts.append(_attacks_sentence(ev, sample))
     if ev.get("noise"):
         parts.append(_noise_sentence(sample))
     parts.append(_ours_sentence(manifest))
@@ -205,6 +215,36 @@ def _checks_section(report: Report) -> list[str]:
     ]
 
 
+def _masking_section(report: Report) -> list[str]:
+    """The gradient-masking verdict of every evaluated run, with its evidence; the gradient
+    norm is compared with a plain ResNet of the same depth among the report's runs."""
+    from odenets.robustness.masking import diagnostics, same_depth_resnet, verdict
+
+    runs = [r for r in (report.mine or report.loose) if r.evaluation]
+    runs = [r for r in runs if (r.evaluation.get("masking") or {}).get("grad_norm") is not None]
+    if not runs:
+        return []
+    candidates = [(f"`{r.name}`", r.evaluation["masking"]["grad_norm"]) for r in runs]
+    out = [
+        "## Gradient masking\n",
+        "A verdict per evaluated run, from the diagnostics of Carlini et al. 2019 (each with "
+        "the numbers it rests on): (a) black-box or transfer attacks breaking samples no "
+        "white-box attack broke, (b) accuracy at ε = 1, (c) PGD with more steps or restarts, "
+        "(d) the median loss-gradient norm at clean inputs, beside a plain ResNet's of the "
+        "same depth when this report has one.\n",
+    ]
+    marks = {True: "FLAG", False: "ok", None: "not run"}
+    for r in runs:
+        grad = r.evaluation["masking"]["grad_norm"]
+        ref = same_depth_resnet(grad, [c for c in candidates if c[0] != f"`{r.name}`"])
+        diags = diagnostics(r.evaluation, reference=ref)
+        models = ", ".join(r.evaluation.get("models", []))
+        out.append(f"- `{r.name}` ({models}): **{verdict(diags)['text']}**")
+        out += [f"  - [{marks[d['flag']]}] {d['name']}: {d['detail']}" for d in diags]
+    out.append("")
+    return out
+
+
 def _provenance_section(report: Report) -> list[str]:
     """Evaluations left out (stale: the run trained on after them) or not checkable."""
     runs = [*report.mine, *report.foreign, *report.loose]
@@ -253,6 +293,7 @@ def render_markdown(report: Report) -> str:
     out = _tables_section(report) if report.manifest else _no_manifest_section()
     out += _figures_section(report)
     out += _checks_section(report)
+    out += _masking_section(report)
     out += _provenance_section(report)
     out += _runs_sections(report)
     out += [f"> {note}\n" for note in report.notes]

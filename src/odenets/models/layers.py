@@ -9,15 +9,22 @@ variants differ in one small module each, chosen by name from `JUNCTIONS`:
     in_resnet_sig         (1 - λ) x + f,            λ = sigmoid(d)
     in_resnet_gating      (1 - λ(x)) ⊙ x + f,       λ(x) = ReLU(W x + b)
     in_resnet_gating_sig  (1 - λ(x)) ⊙ x + f,       λ(x) = sigmoid(W x + b)
-    etd_resnet            e^{-λ} x + (1 - e^{-λ}) / λ · f,   λ = ReLU(k)  (exact ETD, ρ = 1)
+    etd_resnet            e^{-λ} x + (1 - e^{-λ}) / λ · (1 + λ) f,  λ = ReLU(k)  (exact ETD,
+                          ρ(λ) = 1 + λ)
 
 A junction takes `(x, fx)`, both (N, C, H, W), and returns x_{n+1}. Interpolating junctions
 hold their raw coefficient parameters (`coefficient_parameters()`) and report the effective
 λ_n (`coefficient()`); `lambda_init=(lo, hi)` is always in λ units.
+
+A new junction is one class here: `@register_junction(name)` registers it and, through
+`on_junction_registered`, its networks `<name><depth>` at every depth of
+`odenets.models.resnet.DEPTHS`, which `create_model`, `odenets models`, `odenets train
+--model` and presets then accept; its `model_doc` is their docstring.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -33,19 +40,35 @@ LambdaRange = tuple[float, float]
 _ETD_SERIES_BELOW = 1e-4
 
 JUNCTIONS: dict[str, Callable[..., Junction]] = {}
+# Called as hook(name, cls) for every junction, registered before or after the hook.
+_ON_REGISTER: list[Callable[[str, type], None]] = []
 
 
 def register_junction(name: str):
-    """Class decorator: make a junction available to `create_junction(name)`."""
+    """Class decorator: make a junction available to `create_junction(name)`.
+
+    Registering a junction also registers its networks, ``<name><depth>`` at every depth of
+    `odenets.models.resnet.DEPTHS` (see `on_junction_registered`).
+    """
 
     def wrap(cls):
         if name in JUNCTIONS:
             raise ValueError(f"junction {name!r} is already registered")
         cls.name = name
         JUNCTIONS[name] = cls
+        for hook in _ON_REGISTER:
+            hook(name, cls)
         return cls
 
     return wrap
+
+
+def on_junction_registered(hook: Callable[[str, type], None]) -> None:
+    """Call `hook(name, cls)` for every junction registered so far and for every later one
+    (`odenets.models.resnet` registers a junction's networks this way)."""
+    _ON_REGISTER.append(hook)
+    for name, cls in list(JUNCTIONS.items()):
+        hook(name, cls)
 
 
 def create_junction(name: str, channels: int, **kwargs) -> Junction:
@@ -58,7 +81,12 @@ def create_junction(name: str, channels: int, **kwargs) -> Junction:
 def _check_range(lambda_init: LambdaRange, *, open_unit: bool) -> LambdaRange:
     if len(lambda_init) != 2:
         raise ValueError(f"lambda_init must be a pair (lo, hi) in λ units; got {lambda_init}")
-    lo, hi = (float(v) for v in lambda_init)
+    try:
+        lo, hi = (float(v) for v in lambda_init)
+    except (TypeError, ValueError):
+        raise ValueError(f"lambda_init must be two numbers (lo, hi); got {lambda_init}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"lambda_init must be finite numbers (λ units); got {lambda_init}")
     if not lo <= hi:
         raise ValueError(f"lambda_init must be (lo, hi) with lo <= hi; got {lambda_init}")
     if open_unit and not (0.0 < lo and hi < 1.0):
@@ -87,6 +115,8 @@ class Junction(nn.Module):
     name = "junction"
     interpolating = False
     options: tuple[str, ...] = ()  # keyword options the constructor accepts
+    # Docstring of the network <name><depth> (e.g. in_resnet110); {depth} and {name} filled.
+    model_doc = "Pre-activation ResNet-{depth} with {name!r} junctions."
 
     def forward(self, x: torch.Tensor, fx: torch.Tensor) -> torch.Tensor:
         return x + fx
@@ -102,6 +132,8 @@ class Junction(nn.Module):
 @register_junction("resnet")
 class ResidualJunction(Junction):
     """x_{n+1} = x_n + f_n(x_n)."""
+
+    model_doc = "Pre-activation ResNet-{depth} (plain residual blocks)."
 
     def __init__(self, channels: int):
         super().__init__()
@@ -151,6 +183,8 @@ class InResNetJunction(_ScalarJunction):
     authors' runs. λ has no upper bound: 1 - λ < 0 is possible.
     """
 
+    model_doc = "In-ResNet-{depth}: (1 - ReLU(λ)) x + f, raw k with λ = ReLU(1 - k)."
+
     def lambda_of(self, k):
         return F.relu(1 - k)
 
@@ -165,6 +199,8 @@ class LambdaInResNetJunction(_ScalarJunction):
     f_n is evaluated once (the authors' code evaluates it twice). Weight decay on k pulls λ
     toward 0 (the residual end).
     """
+
+    model_doc = "λ-In-ResNet-{depth}: (1 - ReLU(λ)) x + (1 + ReLU(λ)) f."
 
     def lambda_of(self, k):
         return F.relu(k)
@@ -183,6 +219,8 @@ class SigmoidJunction(_ScalarJunction):
     [decision] The raw parameter is d = logit(λ), drawn from `lambda_init` in λ units, so the
     variant starts where In-ResNet starts; weight decay pulls d toward 0, i.e. λ toward 0.5.
     """
+
+    model_doc = "In-ResNet-sig-{depth}: (1 - sigmoid(d)) x + f."
 
     open_unit = True
 
@@ -203,12 +241,17 @@ def etd_phi(lam: torch.Tensor) -> torch.Tensor:
 
 @register_junction("etd_resnet")
 class ETDJunction(_ScalarJunction):
-    """Exact first-order exponential time differencing of dx/dt = -λ x + f with Δt = 1:
-    x_{n+1} = e^{-λ} x_n + (1 - e^{-λ}) / λ · f_n(x_n), ρ(λ) = 1.
+    """Exact first-order exponential time differencing of dx/dt = -λ x + ρ(λ) f with Δt = 1:
+    x_{n+1} = e^{-λ} x_n + (1 - e^{-λ}) / λ · ρ(λ) f_n(x_n), ρ(λ) = 1 + λ.
 
-    [decision] λ = ReLU(k) with raw k = λ (as λ-In-ResNet): damping stays non-negative, and
-    weight decay pulls λ toward 0 (the residual end). At λ = 0 the update is x + f exactly.
+    [decision] ρ(λ) = 1 + λ meets the paper's condition (7), ρ → 1 as λ → 0 and ρ ~ λ as
+    λ → ∞, so the block runs from x + f (λ = 0, exactly) to the non-residual f (λ → ∞: the
+    factor of f, (1 - e^{-λ})(1 + λ) / λ, tends to 1 and e^{-λ} to 0). With ρ = 1 a large λ
+    would send the block to 0 instead. λ = ReLU(k) with raw k = λ (as λ-In-ResNet): damping
+    stays non-negative, and weight decay pulls λ toward 0 (the residual end).
     """
+
+    model_doc = "ETD-ResNet-{depth}: e^(-λ) x + (1 - e^(-λ)) / λ · (1 + λ) f."
 
     def lambda_of(self, k):
         return F.relu(k)
@@ -217,7 +260,7 @@ class ETDJunction(_ScalarJunction):
         return lam.clone()
 
     def combine(self, x, fx, lam):
-        return scaled_sum(x, fx, torch.exp(-lam), etd_phi(lam))
+        return scaled_sum(x, fx, torch.exp(-lam), etd_phi(lam) * (1 + lam))
 
 
 class _GatingJunction(Junction):
@@ -272,6 +315,7 @@ class _GatingJunction(Junction):
 @register_junction("in_resnet_gating")
 class GatingJunction(_GatingJunction):
     __doc__ = _GatingJunction.__doc__ + "\n    Here act = ReLU; weight decay pulls λ toward 0.\n"
+    model_doc = "In-ResNet-gating-{depth}: (1 - ReLU(W x + b)) ⊙ x + f."
 
     def act(self, d):
         return F.relu(d)
@@ -283,6 +327,7 @@ class GatingJunction(_GatingJunction):
 @register_junction("in_resnet_gating_sig")
 class SigmoidGatingJunction(_GatingJunction):
     __doc__ = _GatingJunction.__doc__ + "\n    Here act = sigmoid; weight decay pulls λ to 0.5.\n"
+    model_doc = "In-ResNet-gating-sig-{depth}: (1 - sigmoid(W x + b)) ⊙ x + f."
 
     open_unit = True
 

@@ -235,13 +235,13 @@ def _create_naisnet(
     )
 
 
-@register_model
+@register_model(kwargs_to=_create_naisnet)
 def naisnet1(**kwargs) -> NaisNet:
     """NAIS-Net1: ResNet-20 layout, one step per block, x(0) = u (see the module notes)."""
     return _create_naisnet(**{"steps": 1, "x0": "input", **kwargs})
 
 
-@register_model
+@register_model(kwargs_to=_create_naisnet)
 def naisnet10(**kwargs) -> NaisNet:
     """NAIS-Net10: ResNet-20 layout, each block unrolled 10 times with tied weights."""
     return _create_naisnet(**{"steps": 10, **kwargs})

@@ -16,10 +16,14 @@ residual block (λ = 0) and a plain layer x_{n+1} = f_n(x_n) (λ = 1):
     λ-In-ResNet:  x_{n+1} = (1 - ReLU(λ_n)) x_n + (1 + ReLU(λ_n)) f_n(x_n)      (ρ = λ + 1)
     general:      x_{n+1} = (1 - act(d(x_n))) x_n + f_n(x_n), act in {ReLU, sigmoid},
                   d = λ_n (a scalar) or d(x) = W_d x + b_d (gating)
-    ETD:          x_{n+1} = e^{-λ_n} x_n + (1 - e^{-λ_n}) / λ_n · f_n(x_n)       (ρ = 1)
+    ETD:          x_{n+1} = e^{-λ_n} x_n + (1 - e^{-λ_n}) / λ_n · (1 + λ_n) f_n(x_n)
+                                                                   (ρ = λ + 1; f as λ → ∞)
 
 One block class serves every variant: the residual function f (basic or bottleneck) and a
-small junction (`odenets.models.layers`) that combines x_n and f_n(x_n).
+small junction (`odenets.models.layers`) that combines x_n and f_n(x_n). The registry holds
+`<junction><depth>` (e.g. `in_resnet110`) for every registered junction and every depth in
+`DEPTHS`, generated at the end of this file (7 x 6 = 42 networks): a new junction is one
+class with `@register_junction(name)` and a `model_doc`.
 
 The layout follows the In-ResNet authors' CIFAR code: a 3x3 stem with no BN or ReLU after
 it; three stages of widths 16, 32, 64 (x4 for bottleneck) with strides 1, 2, 2; a BN-ReLU-1x1
@@ -45,7 +49,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from odenets.models.base import CIFAR_MEAN, CIFAR_STD, OdeNet
-from odenets.models.layers import JUNCTIONS, LambdaRange, create_junction
+from odenets.models.layers import (
+    JUNCTIONS,
+    LambdaRange,
+    create_junction,
+    on_junction_registered,
+)
 from odenets.models.registry import register_model
 
 # depth -> (residual function, blocks per stage): 6N+2 for basic, 9N+2 for bottleneck.
@@ -254,274 +263,23 @@ def _create_resnet(family: str, depth: int, **kwargs) -> PreActResNet:
     return PreActResNet(depth=depth, block=block, blocks_per_stage=n, junction=family, **kwargs)
 
 
-# --- resnet --------------------------------------------------------------------------
+# --- the zoo: every junction at every depth -------------------------------------------
 
 
-@register_model
-def resnet20(**kwargs) -> PreActResNet:
-    """Pre-activation ResNet-20 (plain residual blocks)."""
-    return _create_resnet("resnet", 20, **kwargs)
+def _register_networks(junction: str, cls: type) -> None:
+    """Register ``<junction><depth>`` (e.g. ``in_resnet110``) for every depth in `DEPTHS`;
+    the docstring comes from the junction's `model_doc`."""
+    for depth in DEPTHS:
+        register_model(_factory(junction, depth, cls.model_doc), kwargs_to=PreActResNet.__init__)
 
 
-@register_model
-def resnet32(**kwargs) -> PreActResNet:
-    """Pre-activation ResNet-32 (plain residual blocks)."""
-    return _create_resnet("resnet", 32, **kwargs)
+def _factory(junction: str, depth: int, doc: str):
+    def factory(**kwargs) -> PreActResNet:
+        return _create_resnet(junction, depth, **kwargs)
 
+    factory.__name__ = factory.__qualname__ = f"{junction}{depth}"
+    factory.__doc__ = doc.format(depth=depth, name=junction)
+    return factory
 
-@register_model
-def resnet44(**kwargs) -> PreActResNet:
-    """Pre-activation ResNet-44 (plain residual blocks)."""
-    return _create_resnet("resnet", 44, **kwargs)
 
-
-@register_model
-def resnet56(**kwargs) -> PreActResNet:
-    """Pre-activation ResNet-56 (plain residual blocks)."""
-    return _create_resnet("resnet", 56, **kwargs)
-
-
-@register_model
-def resnet110(**kwargs) -> PreActResNet:
-    """Pre-activation ResNet-110 (plain residual blocks)."""
-    return _create_resnet("resnet", 110, **kwargs)
-
-
-@register_model
-def resnet164(**kwargs) -> PreActResNet:
-    """Pre-activation ResNet-164 (plain residual blocks)."""
-    return _create_resnet("resnet", 164, **kwargs)
-
-
-# --- in_resnet -----------------------------------------------------------------------
-
-
-@register_model
-def in_resnet20(**kwargs) -> PreActResNet:
-    """In-ResNet-20: (1 - ReLU(λ)) x + f, raw k with λ = ReLU(1 - k)."""
-    return _create_resnet("in_resnet", 20, **kwargs)
-
-
-@register_model
-def in_resnet32(**kwargs) -> PreActResNet:
-    """In-ResNet-32: (1 - ReLU(λ)) x + f, raw k with λ = ReLU(1 - k)."""
-    return _create_resnet("in_resnet", 32, **kwargs)
-
-
-@register_model
-def in_resnet44(**kwargs) -> PreActResNet:
-    """In-ResNet-44: (1 - ReLU(λ)) x + f, raw k with λ = ReLU(1 - k)."""
-    return _create_resnet("in_resnet", 44, **kwargs)
-
-
-@register_model
-def in_resnet56(**kwargs) -> PreActResNet:
-    """In-ResNet-56: (1 - ReLU(λ)) x + f, raw k with λ = ReLU(1 - k)."""
-    return _create_resnet("in_resnet", 56, **kwargs)
-
-
-@register_model
-def in_resnet110(**kwargs) -> PreActResNet:
-    """In-ResNet-110: (1 - ReLU(λ)) x + f, raw k with λ = ReLU(1 - k)."""
-    return _create_resnet("in_resnet", 110, **kwargs)
-
-
-@register_model
-def in_resnet164(**kwargs) -> PreActResNet:
-    """In-ResNet-164: (1 - ReLU(λ)) x + f, raw k with λ = ReLU(1 - k)."""
-    return _create_resnet("in_resnet", 164, **kwargs)
-
-
-# --- lambda_in_resnet ----------------------------------------------------------------
-
-
-@register_model
-def lambda_in_resnet20(**kwargs) -> PreActResNet:
-    """λ-In-ResNet-20: (1 - ReLU(λ)) x + (1 + ReLU(λ)) f."""
-    return _create_resnet("lambda_in_resnet", 20, **kwargs)
-
-
-@register_model
-def lambda_in_resnet32(**kwargs) -> PreActResNet:
-    """λ-In-ResNet-32: (1 - ReLU(λ)) x + (1 + ReLU(λ)) f."""
-    return _create_resnet("lambda_in_resnet", 32, **kwargs)
-
-
-@register_model
-def lambda_in_resnet44(**kwargs) -> PreActResNet:
-    """λ-In-ResNet-44: (1 - ReLU(λ)) x + (1 + ReLU(λ)) f."""
-    return _create_resnet("lambda_in_resnet", 44, **kwargs)
-
-
-@register_model
-def lambda_in_resnet56(**kwargs) -> PreActResNet:
-    """λ-In-ResNet-56: (1 - ReLU(λ)) x + (1 + ReLU(λ)) f."""
-    return _create_resnet("lambda_in_resnet", 56, **kwargs)
-
-
-@register_model
-def lambda_in_resnet110(**kwargs) -> PreActResNet:
-    """λ-In-ResNet-110: (1 - ReLU(λ)) x + (1 + ReLU(λ)) f."""
-    return _create_resnet("lambda_in_resnet", 110, **kwargs)
-
-
-@register_model
-def lambda_in_resnet164(**kwargs) -> PreActResNet:
-    """λ-In-ResNet-164: (1 - ReLU(λ)) x + (1 + ReLU(λ)) f."""
-    return _create_resnet("lambda_in_resnet", 164, **kwargs)
-
-
-# --- in_resnet_sig -------------------------------------------------------------------
-
-
-@register_model
-def in_resnet_sig20(**kwargs) -> PreActResNet:
-    """In-ResNet-sig-20: (1 - sigmoid(d)) x + f."""
-    return _create_resnet("in_resnet_sig", 20, **kwargs)
-
-
-@register_model
-def in_resnet_sig32(**kwargs) -> PreActResNet:
-    """In-ResNet-sig-32: (1 - sigmoid(d)) x + f."""
-    return _create_resnet("in_resnet_sig", 32, **kwargs)
-
-
-@register_model
-def in_resnet_sig44(**kwargs) -> PreActResNet:
-    """In-ResNet-sig-44: (1 - sigmoid(d)) x + f."""
-    return _create_resnet("in_resnet_sig", 44, **kwargs)
-
-
-@register_model
-def in_resnet_sig56(**kwargs) -> PreActResNet:
-    """In-ResNet-sig-56: (1 - sigmoid(d)) x + f."""
-    return _create_resnet("in_resnet_sig", 56, **kwargs)
-
-
-@register_model
-def in_resnet_sig110(**kwargs) -> PreActResNet:
-    """In-ResNet-sig-110: (1 - sigmoid(d)) x + f."""
-    return _create_resnet("in_resnet_sig", 110, **kwargs)
-
-
-@register_model
-def in_resnet_sig164(**kwargs) -> PreActResNet:
-    """In-ResNet-sig-164: (1 - sigmoid(d)) x + f."""
-    return _create_resnet("in_resnet_sig", 164, **kwargs)
-
-
-# --- in_resnet_gating ----------------------------------------------------------------
-
-
-@register_model
-def in_resnet_gating20(**kwargs) -> PreActResNet:
-    """In-ResNet-gating-20: (1 - ReLU(W x + b)) ⊙ x + f."""
-    return _create_resnet("in_resnet_gating", 20, **kwargs)
-
-
-@register_model
-def in_resnet_gating32(**kwargs) -> PreActResNet:
-    """In-ResNet-gating-32: (1 - ReLU(W x + b)) ⊙ x + f."""
-    return _create_resnet("in_resnet_gating", 32, **kwargs)
-
-
-@register_model
-def in_resnet_gating44(**kwargs) -> PreActResNet:
-    """In-ResNet-gating-44: (1 - ReLU(W x + b)) ⊙ x + f."""
-    return _create_resnet("in_resnet_gating", 44, **kwargs)
-
-
-@register_model
-def in_resnet_gating56(**kwargs) -> PreActResNet:
-    """In-ResNet-gating-56: (1 - ReLU(W x + b)) ⊙ x + f."""
-    return _create_resnet("in_resnet_gating", 56, **kwargs)
-
-
-@register_model
-def in_resnet_gating110(**kwargs) -> PreActResNet:
-    """In-ResNet-gating-110: (1 - ReLU(W x + b)) ⊙ x + f."""
-    return _create_resnet("in_resnet_gating", 110, **kwargs)
-
-
-@register_model
-def in_resnet_gating164(**kwargs) -> PreActResNet:
-    """In-ResNet-gating-164: (1 - ReLU(W x + b)) ⊙ x + f."""
-    return _create_resnet("in_resnet_gating", 164, **kwargs)
-
-
-# --- in_resnet_gating_sig ------------------------------------------------------------
-
-
-@register_model
-def in_resnet_gating_sig20(**kwargs) -> PreActResNet:
-    """In-ResNet-gating-sig-20: (1 - sigmoid(W x + b)) ⊙ x + f."""
-    return _create_resnet("in_resnet_gating_sig", 20, **kwargs)
-
-
-@register_model
-def in_resnet_gating_sig32(**kwargs) -> PreActResNet:
-    """In-ResNet-gating-sig-32: (1 - sigmoid(W x + b)) ⊙ x + f."""
-    return _create_resnet("in_resnet_gating_sig", 32, **kwargs)
-
-
-@register_model
-def in_resnet_gating_sig44(**kwargs) -> PreActResNet:
-    """In-ResNet-gating-sig-44: (1 - sigmoid(W x + b)) ⊙ x + f."""
-    return _create_resnet("in_resnet_gating_sig", 44, **kwargs)
-
-
-@register_model
-def in_resnet_gating_sig56(**kwargs) -> PreActResNet:
-    """In-ResNet-gating-sig-56: (1 - sigmoid(W x + b)) ⊙ x + f."""
-    return _create_resnet("in_resnet_gating_sig", 56, **kwargs)
-
-
-@register_model
-def in_resnet_gating_sig110(**kwargs) -> PreActResNet:
-    """In-ResNet-gating-sig-110: (1 - sigmoid(W x + b)) ⊙ x + f."""
-    return _create_resnet("in_resnet_gating_sig", 110, **kwargs)
-
-
-@register_model
-def in_resnet_gating_sig164(**kwargs) -> PreActResNet:
-    """In-ResNet-gating-sig-164: (1 - sigmoid(W x + b)) ⊙ x + f."""
-    return _create_resnet("in_resnet_gating_sig", 164, **kwargs)
-
-
-# --- etd_resnet ----------------------------------------------------------------------
-
-
-@register_model
-def etd_resnet20(**kwargs) -> PreActResNet:
-    """ETD-ResNet-20: e^(-λ) x + (1 - e^(-λ)) / λ · f."""
-    return _create_resnet("etd_resnet", 20, **kwargs)
-
-
-@register_model
-def etd_resnet32(**kwargs) -> PreActResNet:
-    """ETD-ResNet-32: e^(-λ) x + (1 - e^(-λ)) / λ · f."""
-    return _create_resnet("etd_resnet", 32, **kwargs)
-
-
-@register_model
-def etd_resnet44(**kwargs) -> PreActResNet:
-    """ETD-ResNet-44: e^(-λ) x + (1 - e^(-λ)) / λ · f."""
-    return _create_resnet("etd_resnet", 44, **kwargs)
-
-
-@register_model
-def etd_resnet56(**kwargs) -> PreActResNet:
-    """ETD-ResNet-56: e^(-λ) x + (1 - e^(-λ)) / λ · f."""
-    return _create_resnet("etd_resnet", 56, **kwargs)
-
-
-@register_model
-def etd_resnet110(**kwargs) -> PreActResNet:
-    """ETD-ResNet-110: e^(-λ) x + (1 - e^(-λ)) / λ · f."""
-    return _create_resnet("etd_resnet", 110, **kwargs)
-
-
-@register_model
-def etd_resnet164(**kwargs) -> PreActResNet:
-    """ETD-ResNet-164: e^(-λ) x + (1 - e^(-λ)) / λ · f."""
-    return _create_resnet("etd_resnet", 164, **kwargs)
+on_junction_registered(_register_networks)

@@ -9,9 +9,10 @@ Example:
     20
 """
 
-from odenets.robustness import apgd, attacks, noise  # noqa: F401  (registration)
+from odenets.robustness import apgd, attacks, autoattack, noise  # noqa: F401  (registration)
 from odenets.robustness.apgd import APGD, APGDCE, APGDDLR, dlr_loss
 from odenets.robustness.attacks import FGSM, IFGSM, PGD, PGDStartCentred
+from odenets.robustness.autoattack import AutoAttack, Square
 from odenets.robustness.base import (
     THREAT_MODELS,
     Attack,
@@ -24,6 +25,7 @@ from odenets.robustness.ensemble import Ensemble
 from odenets.robustness.evaluate import evaluate, format_table, merge_shards, shard_slice
 from odenets.robustness.metrics import accuracy, correct_mask
 from odenets.robustness.noise import Corruption, Gaussian, Noise
+from odenets.robustness.transfer import Transfer
 
 __all__ = [
     "APGD",
@@ -34,11 +36,14 @@ __all__ = [
     "PGD",
     "THREAT_MODELS",
     "Attack",
+    "AutoAttack",
     "Corruption",
     "Ensemble",
     "Gaussian",
     "Noise",
     "PGDStartCentred",
+    "Square",
+    "Transfer",
     "accuracy",
     "check_eps",
     "correct_mask",

@@ -183,11 +183,15 @@ class APGD(Attack):
 class APGDCE(APGD):
     """APGD on the cross-entropy loss."""
 
+    title = "APGD-CE"
+
     loss_name = "ce"
 
 
 @register_attack("apgd_dlr")
 class APGDDLR(APGD):
     """APGD on the difference-of-logits-ratio loss (scale invariant; needs K >= 3)."""
+
+    title = "APGD-DLR"
 
     loss_name = "dlr"

@@ -1,8 +1,10 @@
 """Sign-gradient L∞ attacks: FGSM, IFGSM, PGD and the In-ResNet authors' PGD variant.
 
 All are untargeted and maximise the cross-entropy. ε and the step are floats in the units
-of the threat model (pixel units by default; 8/255 is the usual radius). Default step:
-1/255 in the pixel threat model, 2/255 in the normalized one (the authors' settings).
+of the threat model (pixel units by default; 8/255 is the usual radius). The default step
+scales with the radius, α = 2.5·ε/steps in the pixel threat model, so that the steps can
+cross the ball at any ε (1/255 at ε = 8/255 with 20 steps: the authors' setting), and
+α = 5·ε/steps in the normalized one (2/255 at 8/255 with 20 steps, their first release).
 
 - FGSM (Goodfellow et al. 2015): x' = clamp(x + ε sign ∇ℓ(x)).
 - IFGSM / BIM (Kurakin et al. 2017): 20 steps of size α from x, each projected on the
@@ -21,15 +23,26 @@ import torch
 
 from odenets.robustness.base import Attack, Space, check_eps, keep_worst, register_attack
 
+# α = ALPHA_RATIO[threat model] · ε / steps: the authors' α / ε at ε = 8/255 and 20 steps
+# (1/255 in pixels; 2/255 in normalised units, their first release), for every ε.
+ALPHA_RATIO = {"pixel": 2.5, "normalized": 5.0}
 
-def default_alpha(threat_model: str) -> float:
-    """The authors' step size: 1/255 pixel units, 2/255 normalised units (first release)."""
-    return 1 / 255 if threat_model == "pixel" else 2 / 255
+
+def default_alpha(threat_model: str, eps: float, steps: int) -> float:
+    """The default step: 2.5·ε/steps (pixel) or 5·ε/steps (normalized); ε for 0 steps.
+
+    Example:
+        >>> round(default_alpha("pixel", 8 / 255, 20) * 255, 6)
+        1.0
+    """
+    return ALPHA_RATIO[threat_model] * eps / steps if steps > 0 else eps
 
 
 @register_attack("fgsm")
 class FGSM(Attack):
     """One signed-gradient step of size ε."""
+
+    title = "FGSM"
 
     def perturb(self, space: Space, z, labels, indices):
         _, grad, _ = self.loss_and_grad(space, z, labels)
@@ -42,13 +55,14 @@ class PGD(Attack):
 
     Args:
         eps: radius (threat-model units, in [0, 1]).
-        alpha: step size; default 1/255 (pixel) or 2/255 (normalized).
+        alpha: step size; default 2.5·ε/steps (pixel) or 5·ε/steps (normalized).
         steps: iterations (20).
         random_start: start from a uniform point of the ball (True for pgd).
         restarts: independent random starts; each sample keeps its worst result
             (misclassified first, then highest loss).
     """
 
+    title = "PGD"
     default_random_start = True
     centre_on_start = False
 
@@ -65,9 +79,11 @@ class PGD(Attack):
         dtype: torch.dtype = torch.float32,
     ):
         super().__init__(eps=eps, threat_model=threat_model, seed=seed, dtype=dtype)
-        self.alpha = check_eps(default_alpha(threat_model) if alpha is None else alpha, "alpha")
         if steps < 0:
             raise ValueError(f"steps must be >= 0; got {steps}")
+        if alpha is None:
+            alpha = default_alpha(threat_model, self.eps, steps)
+        self.alpha = check_eps(alpha, "alpha")
         if restarts < 1:
             raise ValueError(f"restarts must be >= 1; got {restarts}")
         self.steps = int(steps)
@@ -118,11 +134,15 @@ class PGD(Attack):
 class IFGSM(PGD):
     """Iterative FGSM (BIM): PGD without a random start."""
 
+    title = "IFGSM"
+
     default_random_start = False
 
 
 @register_attack("pgd_start_centred")
 class PGDStartCentred(PGD):
     """The authors' PGD: unclamped random start, ball centred on it (reaches up to 2ε)."""
+
+    title = "PGD (start-centred)"
 
     centre_on_start = True

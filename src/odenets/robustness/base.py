@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from odenets.errors import UnknownNameError
+
 THREAT_MODELS = ("pixel", "normalized")
 
 _ATTACKS: dict[str, type[Attack]] = {}
@@ -51,7 +53,9 @@ def attack_class(name: str) -> type[Attack]:
     if name not in _ATTACKS:
         close = difflib.get_close_matches(name, _ATTACKS, n=3, cutoff=0.6)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise KeyError(f"unknown attack {name!r}.{hint} Available: {', '.join(list_attacks())}")
+        raise UnknownNameError(
+            f"unknown attack {name!r}.{hint} Available: {', '.join(list_attacks())}"
+        )
     return _ATTACKS[name]
 
 
@@ -199,6 +203,11 @@ class Attack:
     """
 
     name: str = "attack"
+    title: str = "attack"  # how tables and captions name it
+    # "white-box" (follows the target's gradient), "black-box" (queries the target's
+    # output only), "transfer" (crafted on another network), "mixed" (AutoAttack: both
+    # kinds in one), "noise" (no model). The masking diagnostics compare the kinds.
+    kind: str = "white-box"
     needs_eps: bool = True
 
     def __init__(
@@ -229,6 +238,11 @@ class Attack:
     # Settings recorded in eval.json; subclasses add theirs.
     def settings(self) -> dict:
         return {"eps": self.eps, "steps": 1, "alpha": self.eps, "restarts": 1}
+
+    def record(self) -> dict:
+        """What eval.json keeps about this attack beyond its settings and accuracy, over
+        every call so far (e.g. AutoAttack's sub-attacks); empty for most attacks."""
+        return {}
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v}" for k, v in self.settings().items())

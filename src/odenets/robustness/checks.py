@@ -22,7 +22,7 @@ def sanity_checks(result: Mapping) -> list[dict]:
     """The checks of one evaluation, computed from its numbers (so merged shards redo them)."""
     # (attack name, threat model, ε) -> accuracy
     by_key = {(a["name"], a["threat_model"], a["eps"]): a["accuracy"] for a in result["attacks"]}
-    return [
+    checks = [
         _not_above_clean(result),
         _not_weaker_than_fgsm(by_key, result.get("n")),
         _non_increasing_in_eps(by_key, result["attacks"]),
@@ -30,6 +30,9 @@ def sanity_checks(result: Mapping) -> list[dict]:
         _gradients_finite(result["counts"].get("nonfinite_grads", 0)),
         _apgd_close_to_pgd(by_key),
     ]
+    if any("flags" in a for a in result["attacks"]):
+        checks.append(_package_flags(result["attacks"]))
+    return checks
 
 
 def _check(name: str, ok: bool, detail: str) -> dict:
@@ -107,4 +110,18 @@ def _apgd_close_to_pgd(by_key: Mapping[tuple, float]) -> dict:
         ("APGD much stronger than PGD, possible gradient masking: " + "; ".join(masking))
         if masking
         else f"APGD within {MASKING_GAP} of PGD or no pair to compare",
+    )
+
+
+def _package_flags(attacks: list[Mapping]) -> dict:
+    """The sanity flags pyautoattack raised while it ran (autoattack, square)."""
+    flags = [
+        f"{a['name']} {a['threat_model']} {a['eps_255']:g}/255: {flag}"
+        for a in attacks
+        for flag in a.get("flags", [])
+    ]
+    return _check(
+        "autoattack_flags",
+        not flags,
+        "; ".join(flags) or "pyautoattack raised no sanity flag",
     )

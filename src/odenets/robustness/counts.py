@@ -20,9 +20,27 @@ def entry_counts(entry: dict, mask: torch.Tensor) -> dict:
 
 
 def sum_entries(group: Sequence[Mapping]) -> dict:
-    """One entry from the same entry of several shards: counts and times summed."""
-    correct, n = sum(e["correct"] for e in group), sum(e["n"] for e in group)
-    out = {**group[0], "correct": correct, "n": n, "accuracy": frac(correct, n)}
+    """One entry from the same entry of several shards: counts and times summed, lists of
+    sample indices joined (AutoAttack's sub-attacks), flags gathered once each."""
+    out = {**group[0], "n": sum(e["n"] for e in group)}
+    if "correct" in out:
+        out["correct"] = sum(e["correct"] for e in group)
+        out["accuracy"] = frac(out["correct"], out["n"])
     if "time_s" in out:
         out["time_s"] = round(sum(e["time_s"] for e in group), 3)
+    for key, value in group[0].items():
+        if key.endswith("_indices") or key == "broken":
+            out[key] = sorted(i for e in group for i in e[key])
+        elif (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and key.endswith(("_only", "clean_correct", "broke"))
+        ):
+            out[key] = sum(e[key] for e in group)
+    if "sub_attacks" in out:
+        out["sub_attacks"] = [
+            sum_entries(subs) for subs in zip(*(e["sub_attacks"] for e in group), strict=True)
+        ]
+    if "flags" in out:
+        out["flags"] = list(dict.fromkeys(f for e in group for f in e["flags"]))
     return out

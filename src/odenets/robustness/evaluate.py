@@ -1,10 +1,17 @@
 """One robustness evaluation: clean, noise and attack accuracy, worst case over attacks and
 sanity checks, as the `eval.json` dictionary of docs/design.md.
 
-Accuracy under an attack is the plain accuracy on the attacked images. The worst case at
-one radius counts a sample as robust only if it is classified correctly clean and after
-every attack. Every result also carries integer counts (`correct`, `n`, and the `counts`
-section), so shards of one evaluation merge exactly (`merge_shards`).
+Robust accuracy under an attack counts a sample only if it is classified correctly both
+clean and after the attack (as AutoAttack counts it: an attack that turns a misclassified
+image into a correct one does not make it robust). The worst case at one radius counts a
+sample as robust only if it is classified correctly clean and after every attack. Every
+result also carries integer counts (`correct`, `n`, and the `counts` section), so shards of
+one evaluation merge exactly (`merge_shards`).
+
+Beside the attacks given by name, `transfer_from` scores examples crafted on a surrogate
+network (`odenets.robustness.transfer`), and `masking` gathers the evidence of the
+gradient-masking diagnostics (`odenets.robustness.masking`): the samples only black-box or
+transfer attacks broke, PGD with more steps and restarts, and the input-gradient norms.
 
 The pieces live beside this module: `noise_accuracy` (the noise section), `checks` (the
 sanity checks), `shards` (shard slices and their merge), `table` (markdown tables) and
@@ -23,6 +30,7 @@ import torch
 from torch import nn
 
 from odenets.models.base import channels_last_weights, model_device
+from odenets.robustness import masking as masking_evidence
 from odenets.robustness.base import Attack, create_attack
 from odenets.robustness.checks import (
     EPS1_MAX_ACC,
@@ -44,6 +52,7 @@ from odenets.robustness.noise_accuracy import (
 )
 from odenets.robustness.shards import merge_shards, shard_slice
 from odenets.robustness.table import format_table
+from odenets.robustness.transfer import Transfer
 
 __all__ = [
     "DEFAULT_ATTACKS",
@@ -66,6 +75,23 @@ __all__ = [
 
 DEFAULT_ATTACKS = ("fgsm", "ifgsm", "pgd", "apgd_ce")
 DEFAULT_EPS = (2 / 255, 4 / 255, 8 / 255)
+DEFAULT_TRANSFER = ("pgd", "apgd_ce")  # attacks crafted on the surrogate
+
+
+def check_labels(labels: torch.Tensor, images: torch.Tensor) -> None:
+    """Refuse labels that would score silently wrong: float, or of another length than the
+    images (labels outside the model's classes are refused by `correct_mask`).
+
+    Raises:
+        ValueError: naming the bad value and what is accepted.
+    """
+    if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.is_complex():
+        kind = labels.dtype if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise ValueError(f"labels must be an integer tensor (int64 class indices); got {kind}")
+    if labels.dim() != 1 or labels.shape[0] != images.shape[0]:
+        raise ValueError(
+            f"labels must have shape ({images.shape[0]},), one per image; got {tuple(labels.shape)}"
+        )
 
 
 def evaluate(
@@ -80,10 +106,13 @@ def evaluate(
     noise_root: str | None = None,
     gaussian_sigmas: Sequence[float] = (),
     attack_options: Mapping[str, Mapping] | None = None,
+    transfer_from: nn.Module | Sequence[nn.Module] | None = None,
+    transfer_attacks: Sequence[str] = DEFAULT_TRANSFER,
     seed: int = 0,
     batch_size: int = DEFAULT_BATCH_SIZE,
     indices: torch.Tensor | None = None,
     checks: bool = True,
+    masking: bool = True,
     info: Mapping | None = None,
     progress: bool = False,
     channels_last: bool = True,
@@ -101,10 +130,17 @@ def evaluate(
         gaussian_sigmas: extra plain Gaussian noise levels (pixel units).
         attack_options: extra keyword arguments per attack name, e.g.
             ``{"pgd": {"restarts": 5}, "apgd_ce": {"steps": 50}}``.
+        transfer_from: a surrogate network (or several, as their ensemble): each of
+            `transfer_attacks` is crafted on it, with the options of `attack_options`, and
+            scored on `models` ("transfer_<name>" entries), at every radius and threat model.
+        transfer_attacks: registered attack names crafted on the surrogate.
         seed: seed of every random draw (random starts, generated noise).
         indices: int64 (N,) positions of the samples in the full test split (keys of the
             random draws and of the official noise files); defaults to 0..N-1.
         checks: run the sanity checks (including a small ε = 1 attack).
+        masking: gather the evidence of the gradient-masking diagnostics (input-gradient
+            norms; PGD with 5x the steps and with 3 restarts at the smallest radius of the
+            first threat model, when pgd is among the attacks) and, with `checks`, give the diagnostics and a verdict.
         info: metadata stored as is: "runs", "dataset", "split", "shard".
         channels_last: evaluate with the networks' 4-D weights in channels_last (their
             layout is restored afterwards): float32 as before, up to rounding, and faster
@@ -119,10 +155,20 @@ def evaluate(
     """
     started = time.perf_counter()
     members = [models] if isinstance(models, nn.Module) else list(models)
-    layout = channels_last_weights(members) if channels_last else contextlib.nullcontext()
+    check_labels(labels, images)
+    surrogates = (
+        []
+        if transfer_from is None
+        else [transfer_from]
+        if isinstance(transfer_from, nn.Module)
+        else list(transfer_from)
+    )
+    networks = members + surrogates
+    layout = channels_last_weights(networks) if channels_last else contextlib.nullcontext()
     with layout:
         result = _evaluate(
             members,
+            surrogates,
             images,
             labels,
             attacks=attacks,
@@ -132,10 +178,12 @@ def evaluate(
             noise_root=noise_root,
             gaussian_sigmas=gaussian_sigmas,
             attack_options=attack_options,
+            transfer_attacks=transfer_attacks,
             seed=seed,
             batch_size=batch_size,
             indices=indices,
             checks=checks,
+            masking=masking,
             info=info,
             progress=progress,
         )
@@ -146,6 +194,7 @@ def evaluate(
 
 def _evaluate(
     members: list[nn.Module],
+    surrogates: list[nn.Module],
     images: torch.Tensor,
     labels: torch.Tensor,
     *,
@@ -156,10 +205,12 @@ def _evaluate(
     noise_root: str | None,
     gaussian_sigmas: Sequence[float],
     attack_options: Mapping[str, Mapping] | None,
+    transfer_attacks: Sequence[str],
     seed: int,
     batch_size: int,
     indices: torch.Tensor | None,
     checks: bool,
+    masking: bool,
     info: Mapping | None,
     progress: bool,
 ) -> dict:
@@ -174,7 +225,9 @@ def _evaluate(
         raise ValueError("nothing to evaluate: 0 images")
     info = dict(info or {})
     options = {name: dict(opts) for name, opts in (attack_options or {}).items()}
-    _check_attacks(attacks, eps_list, threat_models, options, seed)
+    surrogate = Ensemble(surrogates) if surrogates else None
+    transfer = list(transfer_attacks) if surrogate is not None else []
+    _check_attacks([*attacks, *transfer], eps_list, threat_models, options, seed)
     run = dict(batch_size=batch_size, indices=indices, progress=progress)
     masks = functools.partial(correct_mask, model, images, labels, **run)  # bool (N,) correct
 
@@ -186,23 +239,59 @@ def _evaluate(
         )
     if gaussian_sigmas:
         result["gaussian"] = _gaussian(masks, gaussian_sigmas, seed)
+    source = info.get("transfer_from")
     for tm in threat_models:
         for eps in eps_list:
-            entries, worst, bad = _attack_radius(masks, clean_mask, attacks, tm, eps, options, seed)
+
+            def build(name, tm=tm, eps=eps):
+                return create_attack(
+                    name, eps=eps, threat_model=tm, seed=seed, **options.get(name, {})
+                )
+
+            batch = [build(name) for name in attacks]
+            batch += [Transfer(build(name), surrogate, source=source) for name in transfer]
+            entries, worst, bad, beyond = _attack_radius(masks, clean_mask, batch, tm, eps, indices)
             result["attacks"] += entries
             result["worst_case"].append(worst)
             result["counts"]["nonfinite_grads"] += bad
+            if beyond is not None:
+                result["masking"]["beyond_white_box"].append(beyond)
+    if masking and "pgd" in attacks and eps_list:
+        # One radius of the first threat model: the check costs 8 PGD runs' worth.
+        tm, eps = threat_models[0], min(eps_list)
+        result["masking"]["pgd_steps"] = [
+            _pgd_steps(masks, clean_mask, result["attacks"], tm, eps, options, seed)
+        ]
+    if masking:
+        norms = masking_evidence.input_gradient_norms(
+            model, images, labels, batch_size=batch_size, progress=progress
+        )
+        keep = info.get("shard") is not None  # shards keep the values: the merge's median
+        result["masking"]["grad_norm"] = masking_evidence.grad_norm_section(
+            norms, members, keep=keep
+        )
     if checks and attacks:
         offset = (info.get("shard") or {}).get("start", 0)
         result["counts"]["eps1"], bad = _eps1(model, images, labels, seed, run, offset)
         result["counts"]["nonfinite_grads"] += bad
     if checks:
         result["checks"] = sanity_checks(result)
+    if checks and masking:
+        masking_verdict(result)
     return result
 
 
+def masking_verdict(result: dict, *, reference: Mapping | None = None) -> dict:
+    """Fill in result["masking"]["diagnostics"] and ["verdict"] from its numbers (see
+    `odenets.robustness.masking`); `reference`: a same-depth ResNet's "grad_norm" section."""
+    section = result["masking"]
+    section["diagnostics"] = masking_evidence.diagnostics(result, reference=reference)
+    section["verdict"] = masking_evidence.verdict(section["diagnostics"])
+    return section
+
+
 def _check_attacks(attacks, eps_list, threat_models, options, seed) -> None:
-    """Fail on a bad attack name, radius or option before any work."""
+    """Fail on a bad attack name, radius or option (or a missing package) before any work."""
     for tm in threat_models:
         for eps in eps_list:
             for name in attacks:
@@ -233,6 +322,8 @@ def _skeleton(
         "worst_case": [],
         "checks": [],
         "counts": {"clean": int(clean_mask.sum()), "eps1": None, "nonfinite_grads": 0},
+        "masking": {"beyond_white_box": [], "pgd_steps": [], "grad_norm": None},
+        "transfer_from": info.get("transfer_from"),
         "shard": info.get("shard"),
     }
 
@@ -263,36 +354,41 @@ def _gaussian(masks: Callable, sigmas: Sequence[float], seed: int) -> list[dict]
 def _attack_radius(
     masks: Callable,
     clean_mask: torch.Tensor,
-    attacks: Sequence[str],
+    attacks: Sequence[Attack],
     tm: str,
     eps: float,
-    options: Mapping[str, Mapping],
-    seed: int,
-) -> tuple[list[dict], dict, int]:
+    indices: torch.Tensor,
+) -> tuple[list[dict], dict, int, dict | None]:
     """Every attack at one radius and threat model.
 
     Returns:
         (eval.json "attacks" entries, the "worst_case" entry, samples with non-finite
-        input gradients).
+        input gradients, the masking evidence of samples only black-box or transfer
+        attacks broke (None when there is nothing to compare)).
     """
     worst = clean_mask.clone()
-    entries, bad = [], 0
-    for name in attacks:
-        attack = create_attack(name, eps=eps, threat_model=tm, seed=seed, **options.get(name, {}))
+    entries, scored, bad = [], [], 0
+    for attack in attacks:
         t0 = time.perf_counter()
-        mask = masks(attack=attack, desc=f"{name} {eps * 255:g}/255")
+        # Robust only if also correct clean (an attack may "fix" a misclassified image).
+        mask = masks(attack=attack, desc=f"{attack.name} {eps * 255:g}/255") & clean_mask
         worst &= mask
         bad += attack.nonfinite_grads
-        entries.append(entry_counts(_attack_entry(attack, name, tm, eps, t0), mask))
-    head = {"eps": eps, "eps_255": eps * 255, "threat_model": tm, "attacks": list(attacks)}
-    return entries, entry_counts(head, worst), bad
+        entry = entry_counts({**_attack_entry(attack, tm, eps, t0), **attack.record()}, mask)
+        entries.append(entry)
+        scored.append((entry, mask))
+    names = [a.name for a in attacks]
+    head = {"eps": eps, "eps_255": eps * 255, "threat_model": tm}
+    beyond = masking_evidence.beyond_white_box(scored, clean_mask, indices, head)
+    return entries, entry_counts({**head, "attacks": names}, worst), bad, beyond
 
 
-def _attack_entry(attack: Attack, name: str, tm: str, eps: float, t0: float) -> dict:
+def _attack_entry(attack: Attack, tm: str, eps: float, t0: float) -> dict:
     """The settings of one eval.json "attacks" entry, timed from `t0` (perf_counter)."""
     settings = attack.settings()
-    return {
-        "name": name,
+    entry = {
+        "name": attack.name,
+        "kind": attack.kind,
         "threat_model": tm,
         "eps": eps,
         "eps_255": eps * 255,
@@ -300,8 +396,40 @@ def _attack_entry(attack: Attack, name: str, tm: str, eps: float, t0: float) -> 
         "alpha": settings.get("alpha"),
         "restarts": settings.get("restarts"),
         "random_start": settings.get("random_start", False),
-        "time_s": round(time.perf_counter() - t0, 3),
     }
+    entry.update({k: v for k, v in settings.items() if k not in entry})
+    entry["time_s"] = round(time.perf_counter() - t0, 3)
+    return entry
+
+
+def _pgd_steps(
+    masks: Callable,
+    clean_mask: torch.Tensor,
+    entries: Sequence[Mapping],
+    tm: str,
+    eps: float,
+    options: Mapping[str, Mapping],
+    seed: int,
+) -> dict:
+    """Masking evidence (c) at one radius: the evaluation's PGD, then PGD with
+    `STEPS_FACTOR` times the steps (α divided as much) and with `RESTARTS` restarts."""
+    base = create_attack("pgd", eps=eps, threat_model=tm, seed=seed, **options.get("pgd", {}))
+    ours = next(
+        e for e in entries if e["name"] == "pgd" and e["threat_model"] == tm and e["eps"] == eps
+    )
+    factor, restarts = masking_evidence.STEPS_FACTOR, masking_evidence.RESTARTS
+    variants = [
+        {"steps": base.steps * factor, "alpha": base.alpha / factor, "restarts": base.restarts},
+        {"steps": base.steps, "alpha": base.alpha, "restarts": base.restarts * restarts},
+    ]
+    runs = [{k: ours[k] for k in ("steps", "alpha", "restarts", "correct", "n", "accuracy")}]
+    for v in variants:
+        attack = create_attack(
+            "pgd", eps=eps, threat_model=tm, seed=seed, random_start=base.random_start, **v
+        )
+        mask = masks(attack=attack, desc=f"pgd {v['steps']} steps x {v['restarts']}") & clean_mask
+        runs.append(entry_counts(dict(v), mask))
+    return {"threat_model": tm, "eps": eps, "eps_255": eps * 255, "runs": runs}
 
 
 def _eps1(model, images, labels, seed, run, offset: int = 0) -> tuple[dict, int]:

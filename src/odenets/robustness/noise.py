@@ -29,6 +29,7 @@ class Noise(Attack):
     """Base class of the noise perturbations: no gradient, no ε, no model needed."""
 
     needs_eps = False
+    kind = "noise"
 
     def __init__(self, *, seed: int = 0, dtype: torch.dtype = torch.float32):
         self.seed = int(seed)

@@ -7,9 +7,10 @@ from collections.abc import Mapping, Sequence
 
 from odenets.robustness.checks import sanity_checks
 from odenets.robustness.counts import frac, sum_entries
+from odenets.robustness.masking import diagnostics, norm_stats, verdict
 from odenets.robustness.noise_accuracy import noise_section
 
-_SAME_KEYS = ("runs", "models", "ensemble", "dataset", "split", "seed", "weights")
+_SAME_KEYS = ("runs", "models", "ensemble", "dataset", "split", "seed", "weights", "transfer_from")
 _ATTACK_KEYS = ("name", "threat_model", "eps", "steps", "alpha", "restarts")
 
 
@@ -47,7 +48,35 @@ def merge_shards(shards: Sequence[Mapping]) -> dict:
     merged["merged_shards"] = count
     merged["wall_time_s"] = sum(s.get("wall_time_s", 0.0) for s in shards)
     merged["checks"] = sanity_checks(merged) if first.get("checks") else []
+    if first.get("masking"):
+        merged["masking"] = _merged_masking([s["masking"] for s in shards])
+        if "diagnostics" in first["masking"]:
+            merged["masking"]["diagnostics"] = diagnostics(merged)
+            merged["masking"]["verdict"] = verdict(merged["masking"]["diagnostics"])
     return merged
+
+
+def _merged_masking(sections: Sequence[Mapping]) -> dict:
+    """The "masking" evidence summed over the shards; the gradient-norm statistics from the
+    per-sample values each shard keeps (an older shard without them gives none)."""
+    first = sections[0]
+    out = {
+        key: [sum_entries(group) for group in zip(*(s[key] for s in sections), strict=True)]
+        for key in ("beyond_white_box",)
+    }
+    out["pgd_steps"] = [
+        {**rows[0], "runs": [sum_entries(g) for g in zip(*(r["runs"] for r in rows), strict=True)]}
+        for rows in zip(*(s["pgd_steps"] for s in sections), strict=True)
+    ]
+    grads = [s.get("grad_norm") for s in sections]
+    out["grad_norm"] = None
+    if grads[0] is not None and all(g is not None and "values" in g for g in grads):
+        values = [v for g in grads for v in g["values"]]
+        out["grad_norm"] = {
+            **{k: v for k, v in grads[0].items() if k != "values"},
+            **norm_stats(values),
+        }
+    return {**{k: v for k, v in first.items() if k not in out}, **out}
 
 
 def _check_shards(shards: Sequence[Mapping]) -> int:

@@ -1,5 +1,7 @@
-"""Markdown tables (percent) of an eval.json dictionary: clean and noise accuracy, accuracy
-per attack, threat model and radius with the worst case, and the sanity checks below."""
+"""Markdown tables (percent) of an eval.json dictionary: clean and noise accuracy, robust
+accuracy per attack (and per AutoAttack sub-attack), threat model and radius with the worst
+case, a caption with every attack's steps and step size, the sanity checks, and the
+gradient-masking verdict with its evidence."""
 
 from __future__ import annotations
 
@@ -25,11 +27,58 @@ def format_table(result: Mapping) -> str:
     ]
     if result.get("attacks"):
         lines += _attack_table(result)
+        lines += ["", "Attacks: " + attack_settings(result["attacks"])]
     if result.get("checks"):
         lines.append("")
         for c in result["checks"]:
             lines.append(f"- [{'ok' if c['ok'] else 'FLAG'}] {c['name']}: {c['detail']}")
+    lines += masking_lines(result.get("masking") or {})
     return "\n".join(lines)
+
+
+def masking_lines(section: Mapping) -> list[str]:
+    """The verdict and the diagnostics it rests on (nothing if they were not computed)."""
+    if not section.get("verdict"):
+        return []
+    lines = ["", f"Gradient masking: {section['verdict']['text']}."]
+    marks = {True: "FLAG", False: "ok", None: "not run"}
+    for d in section["diagnostics"]:
+        lines.append(f"- [{marks[d['flag']]}] {d['name']}: {d['detail']}")
+    return lines
+
+
+def attack_settings(attacks: list[Mapping]) -> str:
+    """One sentence per attack: its steps and step size at each radius, its version, its
+    queries or its surrogate, as the entries record them."""
+    by_name: dict[str, list[Mapping]] = {}
+    for a in attacks:
+        by_name.setdefault(a["name"], []).append(a)
+    return "; ".join(_settings(name, entries) for name, entries in by_name.items()) + "."
+
+
+def _settings(name: str, entries: list[Mapping]) -> str:
+    first = entries[0]
+    if first.get("version"):
+        subs = ", ".join(first.get("attacks") or [])
+        queries = f", Square {first['queries']} queries" if first.get("queries") else ""
+        return f"{name}: version {first['version']} ({subs}{queries}), {first.get('package', '')}"
+    if first.get("queries"):
+        return f"{name}: {first['queries']} queries (gradient-free)"
+    words = f"{name}: "
+    if first.get("base"):
+        words += f"{first['base']} crafted on {first.get('source') or 'a surrogate'}, "
+    if first.get("loss"):
+        return words + f"{first['steps']} steps, initial step 2ε halved by its schedule"
+    if first.get("steps") == 1 and first.get("alpha") == first.get("eps"):
+        return words + "one step of ε"
+    alphas = sorted({(a["eps_255"], a["alpha"] * 255) for a in entries if a.get("alpha")})
+    steps = f"{first['steps']} steps, α = " + ", ".join(
+        f"{al:.3g}/255 at ε = {e:g}/255" for e, al in alphas
+    )
+    extra = ", random start" if first.get("random_start") else ""
+    if (first.get("restarts") or 1) > 1:
+        extra += f", {first['restarts']} restarts"
+    return words + steps + extra
 
 
 def _attack_table(result: Mapping) -> list[str]:
@@ -43,6 +92,10 @@ def _attack_table(result: Mapping) -> list[str]:
     rows: dict[tuple, dict] = {}
     for a in result["attacks"]:
         rows.setdefault((a["name"], a["threat_model"]), {})[a["eps_255"]] = a["accuracy"]
+        for sub in a.get("sub_attacks", []) if len(a.get("sub_attacks", [])) > 1 else []:
+            # robust accuracy after each sub-attack, as AutoAttack reports it
+            key = (f"{a['name']} after {sub['name']}", a["threat_model"])
+            rows.setdefault(key, {})[a["eps_255"]] = sub["accuracy"]
     for w in result.get("worst_case", []):
         rows.setdefault(("worst case", w["threat_model"]), {})[w["eps_255"]] = w["accuracy"]
     for (name, tm), accs in rows.items():

@@ -36,54 +36,72 @@ RECIPE_FIELDS = (
 )
 
 
+def _field(default: Any = dataclasses.MISSING, help: str = "", **kwargs) -> Any:
+    """A TrainConfig field; `help` (units, why) is its flag's text in `odenets train --help`,
+    kept in the field's metadata."""
+    return field(default=default, metadata={"help": help}, **kwargs)
+
+
 @dataclass
 class TrainConfig:
     """Everything `fit` needs. CLI flags of `odenets train` map 1:1 to these fields."""
 
     # --- what to train -------------------------------------------------------------------
-    model: str = "resnet20"  # registry name, see odenets.list_models()
-    model_kwargs: dict[str, Any] = field(default_factory=dict)  # create_model overrides
-    dataset: str = "cifar10"  # cifar10 | cifar100 | folder | digits
-    data_root: str | None = None  # archive folder or image-folder root (digits: unused)
-    download: bool = False  # fetch the official CIFAR archive if it is missing
-    train_limit: int | None = None  # train on a fixed seeded subset of this many images
-    test_limit: int | None = None  # evaluate on a fixed seeded subset of this many images
-    out: str = "runs/run"  # run folder (config.json, metrics.jsonl, checkpoints, summary)
-    resume: bool = False  # continue from out/last.* instead of refusing a non-empty folder
+    model: str = _field("resnet20", "registry name, see odenets.list_models()")
+    model_kwargs: dict[str, Any] = _field(help="create_model overrides", default_factory=dict)
+    dataset: str = _field("cifar10", "cifar10 | cifar100 | folder | digits")
+    data_root: str | None = _field(None, "archive folder or image-folder root (digits: unused)")
+    download: bool = _field(False, "fetch the official CIFAR archive if it is missing")
+    train_limit: int | None = _field(None, "train on a fixed seeded subset of this many images")
+    test_limit: int | None = _field(None, "evaluate on a fixed seeded subset of this many images")
+    out: str = _field("runs/run", "run folder (config.json, metrics.jsonl, checkpoints, summary)")
+    resume: bool = _field(False, "continue from out/last.* instead of refusing a non-empty folder")
+    restart: bool = _field(False, "start over in a folder holding a run (its weights are deleted)")
+    verify: bool = _field(True, "check a CIFAR archive's official md5 (off: a known private copy)")
 
     # --- recipe: None below means "the recipe's value" ------------------------------------
-    recipe: str | None = None  # see list_recipes(); None: the data set's paper recipe
-    epochs: int | None = None  # total epochs; fractional milestones scale with it
-    batch_size: int | None = None  # global batch (split across DDP ranks), paper: 128
-    lr: float | None = None  # initial learning rate, paper: 0.1
-    momentum: float | None = None  # SGD momentum, paper: 0.9
-    nesterov: bool | None = None  # Nesterov momentum, paper: no
-    weight_decay: float | None = None  # L2 on every parameter, paper: 1e-4
-    milestones: list[float] | None = None  # lr drops: fractions in (0, 1) of epochs, or epochs
-    gamma: float | None = None  # lr factor at each milestone, paper: 0.1
-    augment: bool | None = None  # reflect-pad, random crop, random flip (paper: on)
-    pad: int | None = None  # padding of the random crop in pixels, paper: 2
-    coefficient_weight_decay: float | None = None  # None: decayed like all weights (authors)
+    recipe: str | None = _field(None, "see list_recipes(); None: the data set's paper recipe")
+    epochs: int | None = _field(None, "total epochs; fractional milestones scale with it")
+    batch_size: int | None = _field(None, "global batch (split across DDP ranks), paper: 128")
+    lr: float | None = _field(None, "initial learning rate, paper: 0.1")
+    momentum: float | None = _field(None, "SGD momentum, paper: 0.9")
+    nesterov: bool | None = _field(None, "Nesterov momentum, paper: no")
+    weight_decay: float | None = _field(None, "L2 on every parameter, paper: 1e-4")
+    milestones: list[float] | None = _field(
+        None, "lr drops: fractions in (0, 1) of epochs, or epochs"
+    )
+    gamma: float | None = _field(None, "lr factor at each milestone, paper: 0.1")
+    augment: bool | None = _field(None, "reflect-pad, random crop, random flip (paper: on)")
+    pad: int | None = _field(None, "padding of the random crop in pixels, paper: 2")
+    coefficient_weight_decay: float | None = _field(
+        None, "None: decayed like all weights (authors)"
+    )
 
     # --- model selection ---------------------------------------------------------------
-    val_fraction: float = 0.0  # held-out share of the training set (stratified, seeded)
-    select: str = "final"  # final | best-val (needs val_fraction) | best-test
-    allow_test_selection: bool = False  # best-test selects on the test set: opt in explicitly
+    val_fraction: float = _field(0.0, "held-out share of the training set (stratified, seeded)")
+    select: str = _field("final", "final | best-val (needs val_fraction) | best-test")
+    allow_test_selection: bool = _field(
+        False, "best-test selects on the test set: opt in explicitly"
+    )
 
     # --- reproducibility -----------------------------------------------------------------
-    seed: int = 0  # model init, data order and augmentation
-    deterministic: bool | None = None  # deterministic kernels; None: on for CPU, off for CUDA
+    seed: int = _field(0, "model init, data order and augmentation")
+    deterministic: bool | None = _field(
+        None, "deterministic kernels; None: on for CPU, off for CUDA"
+    )
 
     # --- speed (None: on for CUDA where safe, off for CPU) --------------------------------
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool | None = None  # bf16 autocast for forward passes
-    channels_last: bool | None = None  # NHWC memory format for convolutions
-    compile: bool | None = None  # torch.compile the training forward
-    eval_batch_size: int = 1000  # batch of the per-epoch test evaluation (no gradients)
-    checkpoint_steps: int | None = None  # also save last.* every N steps; None: CPU 200, CUDA 0
+    device: str = _field("auto", "auto | cpu | cuda | cuda:N")
+    amp: bool | None = _field(None, "bf16 autocast for forward passes")
+    channels_last: bool | None = _field(None, "NHWC memory format for convolutions")
+    compile: bool | None = _field(None, "torch.compile the training forward")
+    eval_batch_size: int = _field(1000, "batch of the per-epoch test evaluation (no gradients)")
+    checkpoint_steps: int | None = _field(
+        None, "also save last.* every N steps; None: CPU 200, CUDA 0"
+    )
 
     # --- output ----------------------------------------------------------------------------
-    progress: bool | None = None  # a tqdm bar per epoch; None: when stderr is a terminal
+    progress: bool | None = _field(None, "a tqdm bar per epoch; None: when stderr is a terminal")
 
 
 def _load_toml(text: str, name: str) -> dict:

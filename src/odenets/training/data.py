@@ -19,6 +19,8 @@ def load_data(cfg: TrainConfig) -> dict[str, Any]:
     from odenets.data.splits import stratified_split
 
     kwargs = {"download": True} if cfg.download else {}
+    if cfg.dataset in ("cifar10", "cifar100"):
+        kwargs["verify"] = cfg.verify
     train = load_dataset(cfg.dataset, root=cfg.data_root, split="train", **kwargs)
     test = load_dataset(cfg.dataset, root=cfg.data_root, split="test", **kwargs)
     out: dict[str, Any] = {
@@ -43,7 +45,9 @@ def load_data(cfg: TrainConfig) -> dict[str, Any]:
 def _subset(images: np.ndarray, labels: np.ndarray, limit: int | None):
     if limit is None or limit >= len(labels):
         return images, labels
-    idx = np.sort(np.random.default_rng(SUBSET_SEED).permutation(len(labels))[:limit])
+    from odenets.data.splits import subset_indices
+
+    idx = subset_indices(len(labels), limit, SUBSET_SEED)
     return images[idx], labels[idx]
 
 

@@ -22,26 +22,25 @@ def model_metrics(model, test_eval: dict[str, Any], probe: torch.Tensor) -> dict
     for key in ("depth_mean", "depth_max"):
         if key in test_eval:
             out[key] = test_eval[key]
-    radius = spectral_radius(model, probe)
+    radius = max_stage_jacobian_radius(model, probe)
     if radius is not None:
-        out["spectral_radius"] = radius
+        out["spectral_radius"] = radius  # the metrics.jsonl key
     return out
 
 
-def spectral_radius(model, probe: torch.Tensor) -> float | None:
-    """Largest stage-Jacobian spectral radius over the NAIS blocks at a few test images.
+def max_stage_jacobian_radius(model, probe: torch.Tensor) -> float | None:
+    """The largest stage-Jacobian spectral radius over the NAIS blocks and a few test images
+    (None for a network without NAIS blocks).
 
     Each block's Jacobian is taken at its input u and its output state x(K) (close to the
-    equilibrium when the block has converged); power iteration for large states.
+    equilibrium when the block has converged), by
+    `odenets.stability.state_jacobian_spectral_radius` (power iteration for large states).
     """
     blocks = model.nais_blocks() if hasattr(model, "nais_blocks") else []
     if not blocks:
         return None
-    from odenets import stability
+    from odenets.stability import state_jacobian_spectral_radius as radius_fn
 
-    radius_fn = getattr(stability, "state_jacobian_spectral_radius", None)
-    if radius_fn is None:
-        return None
     seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     hooks = [
         b.register_forward_hook(lambda m, args, out: seen.__setitem__(id(m), (args[0], out)))
