@@ -148,6 +148,18 @@ def test_schedule_matches_paper_and_scales():
     short = resolve_config(TrainConfig(recipe="paper-cifar10", epochs=20), device_type="cpu")
     assert short.milestones == [10, 15]
     assert resolve_milestones([0.5, 0.75, 200], 300) == [150, 200, 225]
+    assert resolve_milestones([0.5, 0.75], 160) == [80, 120]  # the paper's schedule, unchanged
+
+
+@pytest.mark.parametrize(
+    ("epochs", "lrs"),
+    [(3, [0.1, 0.01, 0.001]), (4, [0.1, 0.1, 0.01, 0.001]), (5, [0.1, 0.1, 0.1, 0.01, 0.001])],
+)
+def test_few_epochs_still_take_each_decay(epochs, lrs):
+    cfg = TrainConfig(dataset="digits", epochs=epochs, lr=0.1, gamma=0.1, milestones=[0.5, 0.75])
+    cfg = resolve_config(cfg, device_type="cpu")
+    got = [lr_at(cfg, e) for e in range(1, epochs + 1)]
+    np.testing.assert_allclose(got, lrs)
 
 
 def test_speed_switches_follow_device():

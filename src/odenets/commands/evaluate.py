@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from odenets.commands import add_cache_arguments
+
 _EPILOG = """\
 attacks: {attacks}.
 noise has its own flags, not --attacks: --noise (CIFAR-C), --noise-root, --gaussian-sigma.
@@ -117,6 +119,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of random starts and noise")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda:N")
     parser.add_argument("--data-root", help="data folder (default: the run's config.json)")
+    add_cache_arguments(parser)
     parser.add_argument("--shard", type=_shard, help="i/n: evaluate shard i of n (1 <= i <= n)")
     parser.add_argument("--no-checks", action="store_true", help="skip the sanity checks")
     parser.add_argument(

@@ -6,6 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
+from odenets.commands import add_cache_arguments, cache_flags
 from odenets.experiments.presets import SCALES, list_presets, load_preset
 from odenets.experiments.reproduce import (
     DATASETS,
@@ -23,6 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("preset", nargs="?", help="preset name (see --list) or a preset .toml file")
     p.add_argument("--list", action="store_true", help="list the presets and exit")
     p.add_argument("--data-root", default=None, help="data folder (not needed for digits)")
+    add_cache_arguments(p)
     p.add_argument("--out", default=None, help="results folder (default runs/<preset>-<scale>)")
     p.add_argument(
         "--scale",
@@ -100,11 +102,11 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or f"runs/{grid.preset.name}-{grid.scale}"
     shard = parse_shard(args.shard) if args.shard else None
     if args.list_jobs:
-        return _list_jobs(grid, out, shard=shard, only=args.job)
+        return _list_jobs(grid, out, shard=shard, only=args.job, extra=cache_flags(args))
     return _run_jobs(args, grid, out, shard)
 
 
-def _list_jobs(grid, out: str, *, shard, only) -> int:
+def _list_jobs(grid, out: str, *, shard, only, extra: str = "") -> int:
     """Print one shell command per job of the grid (or its --shard / --job; ensembles after
     the trainings), then the report's. Writes nothing: the folder is claimed by a real run."""
     jobs = expand_jobs(grid)
@@ -118,7 +120,7 @@ def _list_jobs(grid, out: str, *, shard, only) -> int:
     for job in chosen:
         if job.is_ensemble and not jobs[job.index - 1].is_ensemble:
             print("# after every job above:")
-        print(job_command(grid, out, job, python=python))
+        print(job_command(grid, out, job, python=python) + extra)
     print(f"{python} -m odenets report {out}")
     return 0
 

@@ -20,6 +20,8 @@ import types
 import typing
 from pathlib import Path
 
+from odenets.commands import add_cache_arguments
+
 EXIT_DIVERGED = 3
 EXIT_INTERRUPTED = 130  # as the shell reports a Ctrl-C
 
@@ -61,6 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, type=_json_object, metavar="JSON", **common)
         else:
             parser.add_argument(flag, type=kind, metavar=f.name.upper(), **common)
+    add_cache_arguments(parser)
 
 
 def _json_object(text: str) -> dict:

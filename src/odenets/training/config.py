@@ -141,21 +141,32 @@ def resolve_milestones(milestones: list[float], epochs: int) -> list[int]:
     """Milestones as epoch numbers: a fraction f in (0, 1) becomes round(f * epochs).
 
     An epoch number must be a whole number >= 1. The learning rate drops after each
-    milestone epoch (paper: lr 0.1 for epochs 1-80, 0.01 from epoch 81).
+    milestone epoch (paper: lr 0.1 for epochs 1-80, 0.01 from epoch 81). With few epochs,
+    fractions that would round onto the same epoch (or onto the last, where a drop has no
+    effect) move to earlier distinct epochs, so each decay is still taken: 3 epochs of
+    [0.5, 0.75] train at 0.1, 0.01, 0.001.
     """
-    out = []
+    fractions, whole = [], []
     for m in milestones:
         m = float(m)
         if 0.0 < m < 1.0:
-            out.append(max(1, math.floor(m * epochs + 0.5)))
+            fractions.append(max(1, math.floor(m * epochs + 0.5)))
         elif m >= 1.0 and m == int(m):
-            out.append(int(m))
+            whole.append(int(m))
         else:
             raise ValueError(
                 f"a milestone must be a fraction in (0, 1) of the epochs or a whole epoch "
                 f"number >= 1; got {m}"
             )
-    return sorted(out)
+    fractions.sort()
+    if fractions and epochs > len(fractions):
+        # From the last drop back: each at most the epoch before the next (the last at most
+        # epochs - 1); there is room for all since epochs > number of drops.
+        upper = epochs - 1
+        for i in range(len(fractions) - 1, -1, -1):
+            fractions[i] = min(fractions[i], upper)
+            upper = fractions[i] - 1
+    return sorted(fractions + whole)
 
 
 def lr_at(config: TrainConfig, epoch: int) -> float:
