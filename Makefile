@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 # by the attacks we compare against, so it is installed without dependencies.
 TORCHATTACKS_SPEC ?= torchattacks==3.5.1
 
-.PHONY: demo test venv install install-dev lint format clean
+.PHONY: demo test venv install install-dev lint format clean device-data
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ lint: install-dev
 format: install-dev
 	$(PY) -m ruff format src tests benchmarks
 	$(PY) -m ruff check --fix src tests benchmarks
+
+# One archive of the CIFAR-10 JPEG folders in .device/ (git-ignored), to carry to a GPU machine.
+DATA ?= ../shared/data/cifar10-jpeg
+device-data:
+	bash benchmarks/pack_device_data.sh $(DATA)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

@@ -42,6 +42,13 @@ def _one_thread():
 
 
 @pytest.fixture(autouse=True)
+def _user_cache(tmp_path_factory, monkeypatch):
+    # Decoded-folder caches go to a throw-away user cache folder, never to the tester's own.
+    monkeypatch.setenv("ODENETS_CACHE", str(tmp_path_factory.mktemp("user-cache")))
+    monkeypatch.delenv("ODENETS_NO_CACHE", raising=False)
+
+
+@pytest.fixture(autouse=True)
 def _seed_everything():
     torch.manual_seed(0)
     yield

@@ -18,6 +18,15 @@ from odenets.errors import DataError
 PER_FILE = 6  # images per tiny batch file
 
 
+@pytest.fixture(autouse=True)
+def _tiny_archives_count_as_official(monkeypatch):
+    """The tiny archives here are not the official files, so their md5 differs from the
+    CIFAR page's: skip that check (test_reliability.py tests it)."""
+    from odenets.data import archives
+
+    monkeypatch.setattr(archives, "verify_archive", lambda path, spec: None)
+
+
 class _Py2Pickler(pickle._Pickler):
     """Writes bytes as Python 2 `str` (BINSTRING), as in the official pickled batches."""
 

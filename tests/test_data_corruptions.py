@@ -178,7 +178,33 @@ def test_cli_corrupt_writes_the_official_layout(tmp_path, capsys):
     assert np.load(tmp_path / "c" / "shot.npy").shape == (10, 8, 8, 3)
     assert np.load(tmp_path / "c" / "labels.npy").tolist() == [0, 1] * 5
     assert cli.main([*argv[:-2], "fog"]) == 1
-    assert "unknown corruption(s) ['fog']" in capsys.readouterr().err
+    assert "unknown noise corruption 'fog'; choose one of gaussian (gaussian_noise)" in (
+        capsys.readouterr().err
+    )
+    # The official file names are accepted too, and write the same sets.
+    argv[-6] = str(tmp_path / "official")
+    assert cli.main([*argv[:-2], "shot_noise", "speckle_noise"]) == 0
+    for name in ("shot", "speckle"):
+        np.testing.assert_array_equal(
+            np.load(tmp_path / "official" / f"{name}.npy"), np.load(tmp_path / "c" / f"{name}.npy")
+        )
+
+
+@pytest.mark.parametrize("name", NOISE_CORRUPTIONS)
+def test_official_cifar_c_names_are_accepted_everywhere(name, tmp_path):
+    official = f"{name}_noise"
+    x = torch.rand(2, 3, 4, 4, generator=_gen(0))
+    torch.testing.assert_close(
+        apply_noise(x, official, 2, generator=_gen(1)), apply_noise(x, name, 2, generator=_gen(1))
+    )
+    images = (x.permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8)
+    np.testing.assert_array_equal(
+        corrupt(images, official, 4, seed=2), corrupt(images, name, 4, seed=2)
+    )
+    assert corruption_seed(0, official, 3) == corruption_seed(0, name, 3)
+    write_cifar_c(images, np.arange(2), tmp_path, names=[official], seed=1)
+    short = load_cifar_c(tmp_path, name, 5)
+    np.testing.assert_array_equal(load_cifar_c(tmp_path, official, 5)[0], short[0])
 
 
 def _gen(seed):

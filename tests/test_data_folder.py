@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -65,58 +66,84 @@ def test_small_folder_loads_exactly_with_sorted_classes(tmp_path):
     np.testing.assert_array_equal(test_images, truth["test"])  # ant, then cat
 
 
+def _user_cache_files(pattern):
+    return list((Path(os.environ["ODENETS_CACHE"]) / "folders").glob(pattern))
+
+
+def _snapshot(root):
+    """Every path under root with its size and modification time."""
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+    } | {".": root.stat().st_mtime_ns}
+
+
 def test_cache_is_used_then_invalidated_by_a_new_file(tmp_path, monkeypatch):
-    write_folder(tmp_path, COUNTS)
-    first = load_image_folder(tmp_path, split="train")
-    cache = tmp_path / ".odenets-cache"
-    assert len(list(cache.glob("train-*.npz"))) == 1
+    root = tmp_path / "data"
+    write_folder(root, COUNTS)
+    first = load_image_folder(root, split="train")
+    assert len(_user_cache_files("data-*/train-*.npz")) == 1
 
     def no_decoding(*args):
         raise AssertionError("decoded although the cache is valid")
 
     with monkeypatch.context() as m:
         m.setattr(folder_module, "_decode_all", no_decoding)
-        again = load_image_folder(tmp_path, split="train")
+        again = load_image_folder(root, split="train")
     np.testing.assert_array_equal(again[0], first[0])
     assert again[2] == first[2]
 
     extra = write_folder(tmp_path / "new", {"train": {"bee": 1}}, seed=9)["train"][0]
-    os.replace(tmp_path / "new" / "train" / "bee" / "000.png", tmp_path / "train" / "bee" / "x.png")
-    images, labels, _ = load_image_folder(tmp_path, split="train")
+    os.replace(tmp_path / "new" / "train" / "bee" / "000.png", root / "train" / "bee" / "x.png")
+    images, labels, _ = load_image_folder(root, split="train")
     assert len(images) == 7 and labels.tolist() == [0, 0, 1, 1, 2, 2, 2]
     np.testing.assert_array_equal(images[3], extra)
-    assert len(list(cache.glob("train-*.npz"))) == 1  # the stale cache was removed
-    assert len(list(cache.glob("train-*-images.npy"))) == 1
+    assert len(_user_cache_files("data-*/train-*.npz")) == 1  # the stale cache was removed
+    assert len(_user_cache_files("data-*/train-*-images.npy")) == 1
 
 
 def test_unreadable_cache_is_ignored_with_a_warning(tmp_path):
-    write_folder(tmp_path, COUNTS)
-    first = load_image_folder(tmp_path, split="test")
-    (npz,) = (tmp_path / ".odenets-cache").glob("test-*.npz")
+    root = tmp_path / "data"
+    write_folder(root, COUNTS)
+    first = load_image_folder(root, split="test")
+    (npz,) = _user_cache_files("data-*/test-*.npz")
     npz.write_bytes(b"garbage")
     with pytest.warns(UserWarning, match="ignoring unreadable cache"):
-        again = load_image_folder(tmp_path, split="test")
+        again = load_image_folder(root, split="test")
     np.testing.assert_array_equal(again[0], first[0])
 
 
-def test_read_only_folder_caches_in_the_user_cache(tmp_path, monkeypatch):
+def test_writable_data_folder_is_left_unchanged(tmp_path, monkeypatch):
     root = tmp_path / "data"
     write_folder(root, COUNTS)
-    monkeypatch.setenv("ODENETS_CACHE", str(tmp_path / "user-cache"))
-    root.chmod(0o555)
-    try:
-        load_image_folder(root, split="test")
-    finally:
-        root.chmod(0o755)
-    assert not (root / ".odenets-cache").exists()
-    assert len(list((tmp_path / "user-cache" / "folders").glob("data-*/test-*.npz"))) == 1
+    before = _snapshot(root)
+    monkeypatch.delenv("ODENETS_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    load_image_folder(root, split="train")
+    load_image_folder(root, split="test")
+    assert _snapshot(root) == before
+    assert len(list((tmp_path / "xdg" / "odenets" / "folders").glob("data-*/*.npz"))) == 2
 
 
-def test_no_cache_writes_nothing_and_explicit_cache_dir(tmp_path):
+def test_two_folders_of_one_name_get_two_caches(tmp_path):
+    write_folder(tmp_path / "a" / "data", COUNTS, seed=1)
+    write_folder(tmp_path / "b" / "data", COUNTS, seed=2)
+    first = load_image_folder(tmp_path / "a" / "data", split="test")[0]
+    second = load_image_folder(tmp_path / "b" / "data", split="test")[0]
+    assert not np.array_equal(first, second)
+    assert len(_user_cache_files("data-*/test-*.npz")) == 2
+    np.testing.assert_array_equal(
+        load_image_folder(tmp_path / "a" / "data", split="test")[0], first
+    )
+
+
+def test_no_cache_writes_nothing_and_explicit_cache_dir(tmp_path, monkeypatch):
     write_folder(tmp_path / "d", COUNTS)
     load_image_folder(tmp_path / "d", split="test", cache=False)
-    assert not (tmp_path / "d" / ".odenets-cache").exists()
-    load_image_folder(tmp_path / "d", split="test", cache_dir=tmp_path / "c")
+    monkeypatch.setenv("ODENETS_NO_CACHE", "1")
+    load_image_folder(tmp_path / "d", split="test")
+    assert _user_cache_files("*/*") == []
+    load_image_folder(tmp_path / "d", split="test", cache_dir=tmp_path / "c", cache=True)
     assert len(list((tmp_path / "c").glob("test-*.npz"))) == 1
 
 

@@ -376,3 +376,75 @@ def test_train_only_trains_and_a_later_call_evaluates(tiny, capsys):
     # The trained weights were evaluated, not trained again.
     assert (out / RUNS / RUN_NAMES[0] / "final.safetensors").stat().st_mtime_ns == stamps
     assert (out / "report.md").exists()
+
+
+def test_jobs_per_device_gives_the_serial_results(tiny, killed_and_rerun, capsys, monkeypatch):
+    """Two jobs at a time, one process and one thread each: the same weights and evaluations
+    as the serial run."""
+    from odenets.checkpoint import load_safetensors
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    out = tiny["base"] / "pooled"
+    assert main(["reproduce", *_args(tiny, out), "--jobs-per-device", "2"]) == 0
+    printed = capsys.readouterr().out
+    ref = killed_and_rerun["out"]
+    for k, name in enumerate(RUN_NAMES):
+        assert f"[{k}] {name}: finished" in printed
+        assert (out / "logs" / f"{name}.log").is_file()
+        got = load_safetensors(out / RUNS / name / "final.safetensors")[0]
+        want = load_safetensors(ref / RUNS / name / "final.safetensors")[0]
+        assert got.keys() == want.keys()
+        assert all(got[key].equal(want[key]) for key in want), name
+        a = json.loads((out / RUNS / name / "eval.json").read_text())
+        b = json.loads((ref / RUNS / name / "eval.json").read_text())
+        assert (a["clean"], a["attacks"]) != (None, None)
+        assert a["clean"] == b["clean"]
+        assert [x["correct"] for x in a["attacks"]] == [x["correct"] for x in b["attacks"]]
+
+
+def test_jobs_per_device_below_zero_is_refused(tmp_path, capsys):
+    assert main(["reproduce", "inresnet-table1", "--jobs-per-device", "-1"]) != 0
+    assert "--jobs-per-device must be >= 1" in capsys.readouterr().err
+
+
+def _tree_stamps(root: Path) -> dict[str, tuple[int, int]]:
+    """Every path under root (and root itself) with its size and modification time."""
+    paths = [root, *sorted(root.rglob("*"))]
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in paths}
+
+
+def test_train_evaluate_reproduce_leave_the_data_folder_unchanged(tiny, tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    shutil.copytree(tiny["data"], data)
+    before = _tree_stamps(data)
+    cache = tmp_path / "user-cache"
+    monkeypatch.setenv("ODENETS_CACHE", str(cache))
+    run = tmp_path / "run"
+    common = ["--dataset", "folder", "--data-root", str(data)]
+    train = ["train", "--model", "resnet20", *common, "--out", str(run), "--epochs", "1"]
+    assert main([*train, "--train-limit", "20", "--test-limit", "10", "--batch-size", "10"]) == 0
+    assert main(["evaluate", str(run), "--attacks", "fgsm", "--eps", "8", "--limit", "10"]) == 0
+    out = tmp_path / "grid"
+    assert main(["reproduce", *_args(tiny, out)[:1], *common, "--out", str(out), "--job", "0"]) == 0
+    assert _tree_stamps(data) == before
+    # The decoded folder went to the user cache, one sub-folder for this data folder.
+    assert len(list((cache / "folders").glob("data-*/t*-*.npz"))) == 2
+    # --cache-dir and --no-cache on the commands that load data.
+    other = tmp_path / "other-cache"
+    argv = ["evaluate", str(run), "--attacks", "", "--limit", "10", "--out"]
+    assert main([*argv, str(tmp_path / "e1.json"), "--cache-dir", str(other)]) == 0
+    assert len(list((other / "folders").glob("data-*/test-*.npz"))) == 1
+    shutil.rmtree(cache)
+    assert main([*argv, str(tmp_path / "e2.json"), "--no-cache"]) == 0
+    assert not cache.exists()
+    assert _tree_stamps(data) == before
+
+
+def test_list_jobs_lines_carry_the_cache_flags(tiny, tmp_path, capsys):
+    argv = ["reproduce", *_args(tiny, tmp_path / "g"), "--list-jobs"]
+    assert main([*argv, "--cache-dir", str(tmp_path / "c")]) == 0
+    lines = [x for x in capsys.readouterr().out.splitlines() if "--job" in x]
+    assert lines and all(x.endswith(f"--cache-dir {tmp_path / 'c'}") for x in lines)
+    assert main([*argv, "--no-cache"]) == 0
+    lines = [x for x in capsys.readouterr().out.splitlines() if "--job" in x]
+    assert lines and all(x.endswith("--no-cache") for x in lines)

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import odenets
-from odenets.checkpoint import load_safetensors, read_json, read_jsonl
+from odenets.checkpoint import load_safetensors, read_json, read_jsonl, sha256_file
 from odenets.data import load_digits
 from odenets.errors import CheckpointError
 from odenets.training import (
@@ -148,6 +148,18 @@ def test_schedule_matches_paper_and_scales():
     short = resolve_config(TrainConfig(recipe="paper-cifar10", epochs=20), device_type="cpu")
     assert short.milestones == [10, 15]
     assert resolve_milestones([0.5, 0.75, 200], 300) == [150, 200, 225]
+    assert resolve_milestones([0.5, 0.75], 160) == [80, 120]  # the paper's schedule, unchanged
+
+
+@pytest.mark.parametrize(
+    ("epochs", "lrs"),
+    [(3, [0.1, 0.01, 0.001]), (4, [0.1, 0.1, 0.01, 0.001]), (5, [0.1, 0.1, 0.1, 0.01, 0.001])],
+)
+def test_few_epochs_still_take_each_decay(epochs, lrs):
+    cfg = TrainConfig(dataset="digits", epochs=epochs, lr=0.1, gamma=0.1, milestones=[0.5, 0.75])
+    cfg = resolve_config(cfg, device_type="cpu")
+    got = [lr_at(cfg, e) for e in range(1, epochs + 1)]
+    np.testing.assert_allclose(got, lrs)
 
 
 def test_speed_switches_follow_device():
@@ -188,7 +200,12 @@ def test_run_folder_contents(finished_run):
         "last.json",
         "final.safetensors",
         "summary.json",
+        "digests.json",  # the SHA-256 of every weights file
+        ".lock",  # the training's flock (released with its process)
     }
+    digests = read_json(path / "digests.json")
+    assert set(digests) == {"last.safetensors", "final.safetensors"}
+    assert digests["final.safetensors"] == {"sha256": sha256_file(path / "final.safetensors")}
     config = read_json(path / "config.json")
     assert config["model"] == "tiny_net" and config["seed"] == 0
     assert config["dataset"]["name"] == "digits" and config["dataset"]["num_classes"] == 10

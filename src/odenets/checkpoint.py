@@ -25,15 +25,26 @@ from odenets.errors import CheckpointError
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
 
 
+class FileWriteError(OSError):
+    """A file could not be written (full disk, I/O error); `filename` is the destination."""
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
     """Open a temporary file beside `path`; on success fsync it and rename it over `path`.
 
     On any error the temporary file is removed and `path` is left untouched.
+
+    Raises:
+        FileWriteError: the operating system refused the write; it names `path` (not the
+            temporary file).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise FileWriteError(err.errno, err.strerror, str(path)) from err
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; use the usual mode
         with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
@@ -41,11 +52,24 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(err, OSError) and not isinstance(err, FileWriteError):
+            raise FileWriteError(err.errno, err.strerror, str(path)) from err
         raise
     _fsync_dir(path.parent)
+
+
+def write_in_place(path: str | os.PathLike, obj: Any) -> None:
+    """Overwrite a small JSON file in place, without a temporary file: for recording a
+    failure when the disk is full (the file's existing block is reused). Not atomic."""
+    data = (json.dumps(obj, indent=2, default=_json_default, allow_nan=False) + "\n").encode()
+    with open(path, "r+b") as f:
+        f.write(data)
+        f.truncate(len(data))
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _umask() -> int:

@@ -11,6 +11,7 @@ import os
 import sys
 import warnings
 
+from odenets.commands import cache_settings
 from odenets.errors import OdenetsError
 
 # name -> one-line help. The module odenets.commands.<name> implements it.
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        with _log_to_stderr(), _warnings_as_lines(args.command):
+        with _log_to_stderr(), _warnings_as_lines(args.command), cache_settings(args):
             return int(args._run(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

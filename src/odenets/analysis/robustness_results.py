@@ -5,7 +5,6 @@ Accuracies stay fractions in [0, 1] here; the drawing functions show percent.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,14 +17,16 @@ PAPER_METRICS = ("clean", "noise", "fgsm", "ifgsm", "pgd")
 
 def load_eval(path: str | Path) -> dict:
     """Read an ``eval.json`` file, or the ``eval.json`` inside a folder."""
+    from odenets.checkpoint import read_json
+    from odenets.training.run_folder import EVAL
+
     path = Path(path)
     if path.is_dir():
-        path = path / "eval.json"
+        path = path / EVAL
     if not path.is_file():
-        raise FileNotFoundError(f"no eval.json at {path}; run `odenets evaluate` first")
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
-    if "clean" not in data or "models" not in data:
+        raise FileNotFoundError(f"no {EVAL} at {path}; run `odenets evaluate` first")
+    data = read_json(path)
+    if not isinstance(data, dict) or "clean" not in data or "models" not in data:
         raise ValueError(f"{path} is not an odenets eval.json (needs 'clean' and 'models')")
     data.setdefault("path", str(path))
     return data

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from odenets.commands import add_cache_arguments
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
@@ -31,6 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         ),
     )
     c.add_argument("--root", required=True, help="data folder of the clean test set")
+    add_cache_arguments(c)
     c.add_argument("--dataset", choices=("cifar10", "cifar100", "folder"), default="cifar10")
     c.add_argument("--out", required=True, help="folder to write the .npy files into")
     c.add_argument("--seed", type=int, default=0, help="base seed of the noise")
@@ -39,7 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         nargs="+",
         default=None,
         metavar="NAME",
-        help="subset of gaussian, shot, impulse, speckle (default: all four)",
+        help="subset of gaussian, shot, impulse, speckle (the official file names "
+        "gaussian_noise, ... too; default: all four)",
     )
     c.set_defaults(data_run=_corrupt)
 
@@ -59,13 +63,10 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _corrupt(args: argparse.Namespace) -> int:
-    from odenets.data.corruptions import NOISE_CORRUPTIONS, write_cifar_c
+    from odenets.data.corruptions import NOISE_CORRUPTIONS, corruption_name, write_cifar_c
     from odenets.data.datasets import load_dataset
 
-    names = args.corruptions or list(NOISE_CORRUPTIONS)
-    unknown = sorted(set(names) - set(NOISE_CORRUPTIONS))
-    if unknown:
-        raise ValueError(f"unknown corruption(s) {unknown}; choose from {NOISE_CORRUPTIONS}")
+    names = [corruption_name(n) for n in args.corruptions or NOISE_CORRUPTIONS]
     data = load_dataset(args.dataset, root=args.root, split="test")
     t0 = time.perf_counter()
     paths = write_cifar_c(data.images, data.labels, args.out, names=names, seed=args.seed)

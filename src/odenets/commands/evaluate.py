@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from odenets.commands import add_cache_arguments
+
 _EPILOG = """\
 attacks: {attacks}.
 noise has its own flags, not --attacks: --noise (CIFAR-C), --noise-root, --gaussian-sigma.
@@ -110,13 +112,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="gradient-masking diagnostics: input-gradient norms, PGD with 5x steps and with "
         "3 restarts at the smallest radius (default: on)",
     )
-    parser.add_argument("--limit", type=int, help="evaluate a seeded random subset of N images")
+    parser.add_argument(
+        "--limit", type=_positive_int, help="evaluate a seeded random subset of N images"
+    )
     parser.add_argument("--batch-size", type=int, default=500, help="batch size (default: 500)")
     parser.add_argument("--seed", type=int, default=0, help="seed of random starts and noise")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda:N")
     parser.add_argument("--data-root", help="data folder (default: the run's config.json)")
+    add_cache_arguments(parser)
     parser.add_argument("--shard", type=_shard, help="i/n: evaluate shard i of n (1 <= i <= n)")
     parser.add_argument("--no-checks", action="store_true", help="skip the sanity checks")
+    parser.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="do not check a CIFAR archive's official md5 (a known private copy; also "
+        "skipped for runs trained with --no-verify)",
+    )
     parser.add_argument(
         "--channels-last",
         action=argparse.BooleanOptionalAction,
@@ -192,6 +203,16 @@ def _shard(text: str) -> tuple[int, int]:
     return index - 1, count
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive number of images; got {value}")
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
     from odenets.checkpoint import read_json, write_json_atomic
     from odenets.robustness import format_table, merge_shards
@@ -223,12 +244,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _out_path(args) -> Path:
+    from odenets.training.run_folder import EVAL
+
     if args.out:
         return _checked_out(Path(args.out))
     if len(args.runs) > 1:
         raise ValueError(f"{len(args.runs)} runs form an ensemble: give --out PATH for its result")
     # Only a whole-test-set evaluation is the run's eval.json (what the report reads).
-    name = "eval"
+    name = Path(EVAL).stem
     if args.limit is not None:
         name += f".limit-{args.limit}"
     if args.shard is not None:
@@ -269,7 +292,8 @@ def _evaluate(args) -> dict:
     for model in [*models, *surrogates]:
         _warn_unfinished(model.run_weights)
 
-    images, labels = _test_split(dataset, args.data_root)
+    verify = not args.no_verify and infos[0].config["train"].get("verify", True)
+    images, labels = _test_split(dataset, args.data_root, verify=verify)
     order, shard = _test_order(args, len(labels))
     x = torch.from_numpy(images[order]).permute(0, 3, 1, 2).float() / 255  # (N, C, H, W)
     y = torch.from_numpy(labels[order])
@@ -301,7 +325,7 @@ def _evaluate(args) -> dict:
 
 def _warn_unfinished(weights: dict) -> None:
     """Say so when a run has no final weights yet: its last checkpoint is evaluated."""
-    from odenets.training.runs import FINAL_WEIGHTS
+    from odenets.training.run_folder import FINAL_WEIGHTS
 
     if weights["file"] != FINAL_WEIGHTS:
         print(
@@ -371,9 +395,10 @@ def _attack_options(args) -> dict[str, dict]:
     return {k: v for k, v in options.items() if k in wanted}
 
 
-def _test_split(dataset: dict, data_root: str | None):
+def _test_split(dataset: dict, data_root: str | None, *, verify: bool = True):
     from odenets.data import load_dataset
 
     root = data_root if data_root is not None else dataset.get("root")
-    test = load_dataset(dataset["name"], root=root, split="test")
+    kwargs = {"verify": verify} if dataset["name"] in ("cifar10", "cifar100") else {}
+    test = load_dataset(dataset["name"], root=root, split="test", **kwargs)
     return test.images, test.labels

@@ -6,6 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
+from odenets.commands import add_cache_arguments, cache_flags
 from odenets.experiments.presets import SCALES, list_presets, load_preset
 from odenets.experiments.reproduce import (
     DATASETS,
@@ -23,6 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("preset", nargs="?", help="preset name (see --list) or a preset .toml file")
     p.add_argument("--list", action="store_true", help="list the presets and exit")
     p.add_argument("--data-root", default=None, help="data folder (not needed for digits)")
+    add_cache_arguments(p)
     p.add_argument("--out", default=None, help="results folder (default runs/<preset>-<scale>)")
     p.add_argument(
         "--scale",
@@ -65,6 +67,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="train (or resume) the runs and stop; a later call without it evaluates them",
     )
+    p.add_argument(
+        "--jobs-per-device",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run N jobs at once on each device, one process each (default: one by one)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,6 +81,10 @@ def run(args: argparse.Namespace) -> int:
         return _list()
     if not args.preset:
         raise ValueError("name a preset (odenets reproduce --list shows them)")
+    if args.jobs_per_device < 0:
+        raise ValueError(
+            f"--jobs-per-device must be >= 1 (0: one by one); got {args.jobs_per_device}"
+        )
     if args.seeds is not None and args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1 (default: the preset's); got {args.seeds}")
     for flag, root in (("--data-root", args.data_root), ("--noise-root", args.noise_root)):
@@ -89,11 +102,11 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or f"runs/{grid.preset.name}-{grid.scale}"
     shard = parse_shard(args.shard) if args.shard else None
     if args.list_jobs:
-        return _list_jobs(grid, out, shard=shard, only=args.job)
+        return _list_jobs(grid, out, shard=shard, only=args.job, extra=cache_flags(args))
     return _run_jobs(args, grid, out, shard)
 
 
-def _list_jobs(grid, out: str, *, shard, only) -> int:
+def _list_jobs(grid, out: str, *, shard, only, extra: str = "") -> int:
     """Print one shell command per job of the grid (or its --shard / --job; ensembles after
     the trainings), then the report's. Writes nothing: the folder is claimed by a real run."""
     jobs = expand_jobs(grid)
@@ -107,7 +120,7 @@ def _list_jobs(grid, out: str, *, shard, only) -> int:
     for job in chosen:
         if job.is_ensemble and not jobs[job.index - 1].is_ensemble:
             print("# after every job above:")
-        print(job_command(grid, out, job, python=python))
+        print(job_command(grid, out, job, python=python) + extra)
     print(f"{python} -m odenets report {out}")
     return 0
 
@@ -117,7 +130,13 @@ def _run_jobs(args: argparse.Namespace, grid, out: str, shard) -> int:
     write the report after a whole grid. Exit 1 while a job of a whole grid is unfinished."""
     start = time.perf_counter()
     states = run_grid(
-        grid, out, shard=shard, only=args.job, on_event=_print_event, train_only=args.train_only
+        grid,
+        out,
+        shard=shard,
+        only=args.job,
+        on_event=_print_event,
+        train_only=args.train_only,
+        jobs_per_device=args.jobs_per_device,
     )
     counts = {s: list(states.values()).count(s) for s in sorted(set(states.values()))}
     print(

@@ -20,6 +20,8 @@ import types
 import typing
 from pathlib import Path
 
+from odenets.commands import add_cache_arguments
+
 EXIT_DIVERGED = 3
 EXIT_INTERRUPTED = 130  # as the shell reports a Ctrl-C
 
@@ -61,6 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, type=_json_object, metavar="JSON", **common)
         else:
             parser.add_argument(flag, type=kind, metavar=f.name.upper(), **common)
+    add_cache_arguments(parser)
 
 
 def _json_object(text: str) -> dict:
@@ -77,17 +80,19 @@ def _json_object(text: str) -> dict:
 
 def config_from_args(args: argparse.Namespace):
     """The TrainConfig of the given flags; with --resume, unset flags come from the run."""
-    from odenets.checkpoint import read_json
     from odenets.training import TrainConfig
+    from odenets.training.run_folder import RunFolder
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     given = {k: v for k, v in vars(args).items() if k in names}
     values = {}
     out = Path(given.get("out", TrainConfig.out))
-    if given.get("resume") and (out / "config.json").is_file():
-        stored = read_json(out / "config.json").get("train", {})
+    run = RunFolder(out)
+    if given.get("resume") and run.is_run:
+        stored = run.read_config()["train"]
         values = {k: v for k, v in stored.items() if k in names}
-        values.pop("progress", None)
+        for key in ("progress", "restart"):  # never carried over from the stored run
+            values.pop(key, None)
     values.update(given)
     return TrainConfig(**values)
 

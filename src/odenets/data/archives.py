@@ -14,6 +14,9 @@ Pixel layout of both formats: 1,024 red, 1,024 green, 1,024 blue values per imag
 from __future__ import annotations
 
 import io
+import json
+import logging
+import math
 import os
 import pickle
 import tarfile
@@ -24,8 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
+from odenets.checkpoint import write_json_atomic
+from odenets.data._io import cache_root
 from odenets.data.download import download_cifar, file_md5
 from odenets.errors import DataError
+
+logger = logging.getLogger(__name__)
 
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer",
@@ -85,6 +92,7 @@ def load_cifar(
     download: bool = False,
     label_kind: str = "fine",
     format: str | None = None,
+    verify: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Load a split of the official CIFAR-10 or CIFAR-100.
 
@@ -96,6 +104,9 @@ def load_cifar(
         label_kind: CIFAR-100 "fine" (100 classes) or "coarse" (20); CIFAR-10 has only fine.
         format: "python" or "binary"; None takes whichever is present, python first
             (and downloads python).
+        verify: check an archive's md5 against the official one before reading it (paid
+            once per file: the digest is cached by size and time stamp). False for a known
+            private copy. Extracted folders have no official digest and are not checked.
 
     Returns:
         images uint8 (N, 32, 32, 3) and labels int64 (N,).
@@ -107,6 +118,8 @@ def load_cifar(
     if name == "cifar10" and label_kind != "fine":
         raise ValueError("CIFAR-10 has one label per image; label_kind must be 'fine'")
     source = _find_source(name, Path(root).expanduser(), format, download)
+    if verify and source.is_archive:
+        verify_archive(source.path, source.spec)
     members = source.spec.train if split == "train" else source.spec.test
     raws = source.read_many(members)
     images, labels = [], []
@@ -198,6 +211,51 @@ def _find_source(name: str, root: Path, fmt: str | None, download: bool) -> _Sou
         f"no {name} data under {root}: expected {expected}. "
         f"Download with `odenets data download {name} --root {root}` or download=True."
     )
+
+
+def verify_archive(path: Path, spec: ArchiveSpec) -> None:
+    """Refuse an archive whose md5 is not the official one.
+
+    Raises:
+        DataError: the md5 differs; the message names both digests.
+    """
+    got = cached_md5(path)
+    if got != spec.md5:
+        raise DataError(
+            f"{path}: md5 {got} is not the official {spec.md5} of {spec.filename} (a corrupt "
+            "or changed copy). Delete it and download it again, or pass --no-verify "
+            "(verify=False) for a known private copy"
+        )
+
+
+_MD5_CACHE = "archive-md5.json"
+
+
+def cached_md5(path: Path) -> str:
+    """The md5 of a file, cached in the user cache folder by path, size and time stamp (a
+    CIFAR archive is read at every run; hashing it costs about a second)."""
+    stat = path.stat()
+    key = str(path.resolve())
+    stamp = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    cache = cache_root() / _MD5_CACHE
+    try:
+        entries = json.loads(cache.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        entries = {}
+    if not isinstance(entries, dict):
+        entries = {}
+    entry = entries.get(key)
+    if isinstance(entry, dict) and all(entry.get(k) == v for k, v in stamp.items()):
+        md5 = entry.get("md5")
+        if isinstance(md5, str):
+            return md5
+    md5 = file_md5(path)
+    entries[key] = {**stamp, "md5": md5}
+    try:
+        write_json_atomic(cache, entries)
+    except OSError as err:  # a read-only home: pay the hash again next time
+        logger.info("could not cache the md5 of %s in %s: %s", path, cache, err)
+    return md5
 
 
 def _read_tar(path: Path, spec: ArchiveSpec, wanted: set[str]) -> dict[str, bytes]:
@@ -301,14 +359,63 @@ def _numpy_reconstruct():
     return _reconstruct
 
 
+# The largest array a CIFAR batch may ask for: a batch is 10,000 x 3,072 bytes (30 MB); a
+# crafted pickle asking for terabytes is refused before anything is allocated.
+MAX_ARRAY_BYTES = 1 << 30
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _array_bytes(shape, dtype) -> int:
+    dims = (shape,) if isinstance(shape, int) else shape
+    if not isinstance(dims, tuple) or not all(isinstance(d, int) for d in dims):
+        return 0  # not a shape: numpy itself refuses it
+    try:
+        itemsize = np.dtype(dtype).itemsize if dtype is not None else 8
+    except TypeError:
+        itemsize = 8
+    return math.prod(max(d, 0) for d in dims) * max(itemsize, 1)
+
+
+def _check_size(shape, dtype) -> None:
+    size = _array_bytes(shape, dtype)
+    if size > MAX_ARRAY_BYTES:
+        raise _TooLarge(f"it asks for an array of shape {shape} ({size:,} bytes)")
+
+
+def _bounded_ndarray(shape, dtype=float, *args, **kwargs):
+    """np.ndarray(...), refusing a shape whose array would be too large."""
+    _check_size(shape, dtype)
+    return np.ndarray(shape, dtype, *args, **kwargs)
+
+
+def _bounded_reconstruct(subtype, shape, dtype):
+    """numpy's _reconstruct (what an array pickles as), with the size check; the pickle's
+    reference to numpy.ndarray arrives here as `_bounded_ndarray`."""
+    _check_size(shape, dtype)
+    if subtype is _bounded_ndarray:
+        subtype = np.ndarray
+    return _numpy_reconstruct()(subtype, shape, dtype)
+
+
+def _bounded_dtype(*args, **kwargs):
+    dtype = np.dtype(*args, **kwargs)
+    if dtype.itemsize > MAX_ARRAY_BYTES:
+        raise _TooLarge(f"it asks for a dtype of {dtype.itemsize:,} bytes per item")
+    return dtype
+
+
 # The globals a pickled CIFAR batch references: numpy arrays pickle as
 # _reconstruct(ndarray, shape, dtype) + state, under numpy.core (numpy 1, and the official
-# files) or numpy._core (numpy 2). dict, list, str, bytes and int need no global.
+# files) or numpy._core (numpy 2). dict, list, str, bytes and int need no global. Each is
+# wrapped so that no call can allocate more than MAX_ARRAY_BYTES.
 _ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
-    ("numpy", "ndarray"): lambda: np.ndarray,
-    ("numpy", "dtype"): lambda: np.dtype,
+    ("numpy.core.multiarray", "_reconstruct"): lambda: _bounded_reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): lambda: _bounded_reconstruct,
+    ("numpy", "ndarray"): lambda: _bounded_ndarray,
+    ("numpy", "dtype"): lambda: _bounded_dtype,
 }
 
 
@@ -335,5 +442,10 @@ def _restricted_load(raw: bytes, where: str):
         return _CifarUnpickler(io.BytesIO(raw), where).load()
     except DataError:
         raise
+    except (_TooLarge, MemoryError, OverflowError) as err:
+        raise DataError(
+            f"{where}: not an official CIFAR batch: {str(err) or 'it asks for too much memory'} "
+            f"(a batch holds at most {MAX_ARRAY_BYTES:,} bytes)"
+        ) from err
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError) as err:
         raise DataError(f"{where}: not a readable CIFAR python batch ({err})") from err

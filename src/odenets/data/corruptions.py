@@ -37,6 +37,18 @@ SEVERITY_PARAMS: dict[str, tuple[float, ...]] = {
     "speckle": (0.06, 0.10, 0.12, 0.16, 0.20),  # std of the multiplicative noise
 }
 CHUNK = 2048  # images per step of `corrupt`, to bound memory on large sets
+# The names of the official CIFAR-10-C / CIFAR-100-C files, accepted wherever the short ones are.
+CIFAR_C_NAMES = {f"{name}_noise": name for name in NOISE_CORRUPTIONS}
+
+
+def corruption_name(name: str) -> str:
+    """The short name ("gaussian") of a noise corruption given either way ("gaussian" or the
+    official file name "gaussian_noise")."""
+    short = CIFAR_C_NAMES.get(name, name)
+    if short not in SEVERITY_PARAMS:
+        accepted = ", ".join(f"{n} ({n}_noise)" for n in NOISE_CORRUPTIONS)
+        raise ValueError(f"unknown noise corruption {name!r}; choose one of {accepted}")
+    return short
 
 
 def _gaussian(x: torch.Tensor, c: float, gen: torch.Generator) -> torch.Tensor:
@@ -76,9 +88,8 @@ def _rand(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def severity_param(name: str, severity: int) -> float:
-    """The parameter c of corruption `name` at `severity` (1-5)."""
-    if name not in SEVERITY_PARAMS:
-        raise ValueError(f"unknown noise corruption {name!r}; choose one of {NOISE_CORRUPTIONS}")
+    """The parameter c of corruption `name` ("gaussian" or "gaussian_noise") at `severity`."""
+    name = corruption_name(name)
     if severity not in SEVERITIES:
         raise ValueError(f"severity must be an integer in 1..5; got {severity!r}")
     return SEVERITY_PARAMS[name][severity - 1]
@@ -91,7 +102,8 @@ def apply_noise(
 
     Args:
         x: float (N, C, H, W) (any shape works) in [0, 1].
-        name: "gaussian", "shot", "impulse" or "speckle".
+        name: "gaussian", "shot", "impulse" or "speckle" (or the official names
+            "gaussian_noise", ...).
         severity: 1..5.
         generator: the noise depends only on its state; it is drawn on the generator's
             device (a CPU generator gives the same noise for CPU and GPU images).
@@ -100,6 +112,7 @@ def apply_noise(
         float tensor shaped like x, clipped to [0, 1].
     """
     c = severity_param(name, severity)
+    name = corruption_name(name)
     if not torch.is_floating_point(x):
         raise TypeError(f"apply_noise takes float images in [0, 1]; got {x.dtype}")
     return _NOISES[name](x, c, generator).clamp_(0.0, 1.0)
@@ -110,7 +123,8 @@ def corrupt(images: np.ndarray, name: str, severity: int, *, seed: int) -> np.nd
 
     Args:
         images: uint8 (N, H, W, C).
-        name: "gaussian", "shot", "impulse" or "speckle".
+        name: "gaussian", "shot", "impulse" or "speckle" (or the official names
+            "gaussian_noise", ...).
         severity: 1..5.
         seed: the output depends only on (images, name, severity, seed).
 
@@ -133,7 +147,7 @@ def corrupt(images: np.ndarray, name: str, severity: int, *, seed: int) -> np.nd
 
 def corruption_seed(seed: int, name: str, severity: int) -> int:
     """Seed of one (corruption, severity) of a generated set, so each can be redrawn alone."""
-    index = NOISE_CORRUPTIONS.index(name)
+    index = NOISE_CORRUPTIONS.index(corruption_name(name))
     return int(np.random.SeedSequence([seed, index, severity]).generate_state(1)[0])
 
 
@@ -159,8 +173,7 @@ def write_cifar_c(
     out = Path(out)
     images, labels = np.asarray(images), np.asarray(labels, dtype=np.int64)
     written = []
-    for name in names:
-        severity_param(name, 1)
+    names = [corruption_name(name) for name in names]
     bar = tqdm(total=len(names) * len(SEVERITIES), desc="corrupting", unit="set", leave=False)
     for name in names:
         parts = []
@@ -196,7 +209,7 @@ def load_cifar_c(
     if severity not in SEVERITIES:
         raise ValueError(f"severity must be an integer in 1..5; got {severity!r}")
     root = Path(root).expanduser()
-    path = _find_npy(root, name)
+    path = _find_npy(root, corruption_name(name))
     labels_path = root / "labels.npy"
     if not labels_path.is_file():
         raise DataError(f"{labels_path} is missing; expected labels.npy beside {path.name}")

@@ -3,9 +3,11 @@
 Classes are the sub-folders of train/ and test/ together, sorted by name, so both splits
 share one label numbering. The decoded split is saved as an uncompressed .npz keyed by a
 hash of the sorted file list with sizes and modification times: a changed folder is read
-again, an unchanged one loads in a fraction of a second. The cache lives beside the data
-(root/.odenets-cache/) when that folder is writable, else under the user cache folder
-($ODENETS_CACHE or ~/.cache/odenets).
+again, an unchanged one loads in a fraction of a second. The cache lives under the user
+cache folder ($ODENETS_CACHE, else $XDG_CACHE_HOME/odenets, else ~/.cache/odenets), in one
+sub-folder per data folder (its name and a hash of its resolved path): the data folder is
+never written into, since it may be shared, read-only to others or under version control.
+$ODENETS_NO_CACHE=1 (the CLI's --no-cache) decodes every time and writes nothing.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from odenets.data._io import atomic_write, cache_root, is_writable_dir
+from odenets.data._io import atomic_write, cache_enabled, cache_root
 from odenets.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -29,14 +31,13 @@ logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SPLITS = ("train", "test")
 CACHE_FORMAT = 1  # bump when the cache layout changes so old files are ignored
-LOCAL_CACHE_DIR = ".odenets-cache"
 
 
 def load_image_folder(
     root: str | os.PathLike,
     *,
     split: str,
-    cache: bool = True,
+    cache: bool | None = None,
     cache_dir: str | os.PathLike | None = None,
     num_workers: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -45,9 +46,11 @@ def load_image_folder(
     Args:
         root: folder holding train/<class>/* and test/<class>/*.
         split: "train" or "test".
-        cache: read and write the decoded cache (False decodes every time, writes nothing).
-        cache_dir: where to keep the cache; default beside the data if writable, else the
-            user cache folder ($ODENETS_CACHE or ~/.cache/odenets).
+        cache: read and write the decoded cache (False decodes every time, writes nothing);
+            default: on unless $ODENETS_NO_CACHE is set.
+        cache_dir: the folder that holds the cache files of this data folder; default a
+            sub-folder of the user cache folder ($ODENETS_CACHE, else
+            $XDG_CACHE_HOME/odenets, else ~/.cache/odenets) named after the data folder.
         num_workers: decoding threads (default: up to 8, one per CPU).
 
     Returns:
@@ -69,6 +72,8 @@ def load_image_folder(
             f"no images (*.png, *.jpg, *.jpeg) under {split_dir}/<class>/; "
             f"classes found: {class_names}"
         )
+    if cache is None:
+        cache = cache_enabled()
     key = _cache_key(class_names, files)
     path = _cache_path(root, split, key, cache_dir) if cache else None
     if path is not None and path.is_file():
@@ -91,7 +96,20 @@ def _class_names(root: Path) -> list[str]:
             )
     if not names:
         raise DataError(f"no class folders under {root}/train or {root}/test")
+    train, test = (_class_folders(root / split) for split in SPLITS)
+    if train and test - train:
+        raise DataError(
+            f"{root}/test has classes with no folder in {root}/train: "
+            f"{sorted(test - train)}; a model trained on {root}/train cannot predict them "
+            "(every test class needs a train folder)"
+        )
     return sorted(names)
+
+
+def _class_folders(folder: Path) -> set[str]:
+    if not folder.is_dir():
+        return set()
+    return {e.name for e in os.scandir(folder) if e.is_dir() and e.name[0] != "."}
 
 
 def _list_files(root: Path, split: str, class_names: list[str]) -> list[tuple[int, str, int, int]]:
@@ -127,8 +145,6 @@ def _cache_key(class_names: list[str], files: list[tuple[int, str, int, int]]) -
 def _cache_path(root: Path, split: str, key: str, cache_dir: str | os.PathLike | None) -> Path:
     if cache_dir is not None:
         folder = Path(cache_dir).expanduser()
-    elif is_writable_dir(root):
-        folder = root / LOCAL_CACHE_DIR
     else:
         # One sub-folder per data root, so two folders never share a cache file name.
         tag = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]

@@ -12,6 +12,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from odenets.training.run_folder import EVAL, RunFolder
+
 log = logging.getLogger(__name__)
 
 FIGURES_DIR = "figures"
@@ -34,12 +36,12 @@ def _inputs(kind: str, runs: list, report: Any) -> list[str]:
         return [str(r.path) for r in runs if r.job.get("seed") is not None and _has_coeffs(r)]
     if kind == "robustness-curves":
         evals = [r for r in runs if r.evaluation and r.evaluation.get("attacks")]
-        return [str(r.path / "eval.json") for r in evals]
+        return [str(r.path / EVAL) for r in evals]
     if kind == "ensemble-gain":
         evals = [r for r in runs if r.evaluation and r.evaluation.get("attacks")]
         if not any(r.evaluation.get("ensemble") for r in evals):
             return []
-        return [str(r.path / "eval.json") for r in evals]
+        return [str(r.path / EVAL) for r in evals]
     if kind == "depth":
         nais = [r for r in runs if str(r.job.get("model", "")).startswith("naisnet")]
         return [str(r.path) for r in nais if r.job.get("seed") is not None]
@@ -47,9 +49,7 @@ def _inputs(kind: str, runs: list, report: Any) -> list[str]:
 
 
 def _has_coeffs(run) -> bool:
-    from odenets.checkpoint import read_jsonl
-
-    metrics = read_jsonl(run.path / "metrics.jsonl")
+    metrics = RunFolder(run.path).read_metrics()
     return bool(metrics and metrics[-1].get("coefficients"))
 
 

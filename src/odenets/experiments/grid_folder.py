@@ -14,6 +14,7 @@ from typing import Any
 from odenets.checkpoint import read_json, write_json_atomic
 from odenets.errors import OdenetsError
 from odenets.experiments.jobs import Grid, Job, expand_jobs
+from odenets.training.run_folder import CONFIG, LAST_JSON, RunFolder
 
 MANIFEST = "manifest.json"
 JOB_FILE = "job.json"
@@ -46,9 +47,9 @@ def read_manifest(out: Path) -> dict[str, Any] | None:
 
 def check_not_a_run_folder(out: str | Path, what: str) -> None:
     """Refuse a training run folder (it holds config.json) as the folder of a grid."""
-    if (Path(out) / "config.json").is_file():
+    if RunFolder(out).is_run:
         raise OdenetsError(
-            f"--out {out} is a training run folder (it holds config.json); give the {what} "
+            f"--out {out} is a training run folder (it holds {CONFIG}); give the {what} "
             "a folder of its own"
         )
 
@@ -115,11 +116,11 @@ def _weights_words(record: dict[str, Any]) -> str:
 
 def _evaluated(out: Path, job: Job) -> bool:
     """The job's eval.json exists and scored its runs' current weights (or does not say)."""
-    path = out / RUNS / job.name / "eval.json"
-    if not path.exists():
+    ev = RunFolder(out / RUNS / job.name).read_eval()
+    if ev is None:
         return False
     members = job.members if job.is_ensemble else (job.name,)
-    state, _ = eval_freshness(read_json(path), [out / RUNS / m for m in members])
+    state, _ = eval_freshness(ev, [out / RUNS / m for m in members])
     return state != "stale"
 
 
@@ -129,13 +130,13 @@ def job_state(out: str | Path, job: Job) -> str:
     An eval.json that scored other weights than the run's current ones does not count.
     """
     out = Path(out)
-    folder = out / RUNS / job.name
+    run = RunFolder(out / RUNS / job.name)
     if job.is_ensemble:
         return "finished" if _evaluated(out, job) else "pending"
-    summary_path = folder / "summary.json"
-    if not summary_path.exists():
-        return "running" if (folder / "last.json").exists() else "pending"
-    status = read_json(summary_path).get("status")
+    summary = run.read_summary()
+    if not summary:
+        return "running" if run.has(LAST_JSON) else "pending"
+    status = summary.get("status")
     if status == "finished":
         return "finished" if _evaluated(out, job) else "trained"
     if status == "diverged":

@@ -11,11 +11,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from odenets.checkpoint import write_json_atomic
 from odenets.device import resolve_device
 from odenets.errors import OdenetsError
 from odenets.experiments.grid_folder import END_STATES, RUNS, job_state, write_job_record
 from odenets.experiments.jobs import Grid, Job
+from odenets.training.run_folder import EVAL, LockedError, RunFolder, hold_lock
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,9 @@ def train_job(grid: Grid, job: Job, folder: Path) -> None:
         log.warning("run %s diverged: %s", job.name, err)
 
 
-def _test_subset(dataset: dict[str, Any], data_root: str | None, limit: int, seed: int):
+def _test_subset(
+    dataset: dict[str, Any], data_root: str | None, limit: int, seed: int, *, verify: bool = True
+):
     """The test images (N, C, H, W) float in [0, 1], their labels (N,) and their indices (N,)
     in the test split: all of it, or the seeded subset of `limit` images in split order."""
     import torch
@@ -71,7 +73,8 @@ def _test_subset(dataset: dict[str, Any], data_root: str | None, limit: int, see
     from odenets.data.splits import subset_indices
 
     root = data_root if data_root is not None and dataset["name"] != "digits" else None
-    test = load_dataset(dataset["name"], root=root or dataset.get("root"), split="test")
+    kwargs = {"verify": verify} if dataset["name"] in ("cifar10", "cifar100") else {}
+    test = load_dataset(dataset["name"], root=root or dataset.get("root"), split="test", **kwargs)
     order = subset_indices(len(test.labels), limit or None, seed)  # limit 0: the whole split
     images = torch.from_numpy(test.images[order]).permute(0, 3, 1, 2).float() / 255  # (N,C,H,W)
     labels = torch.from_numpy(test.labels[order])
@@ -95,10 +98,12 @@ def evaluate_run(
     from odenets.robustness import evaluate
     from odenets.training import load_run, read_run
 
-    dataset = read_run(run_dirs[0]).config["dataset"]
+    config = read_run(run_dirs[0]).config
+    dataset = config["dataset"]
     device = resolve_device("auto")
     models = [load_run(p, device=device) for p in run_dirs]
-    images, labels, indices = _test_subset(dataset, data_root, settings.limit, seed)
+    verify = config["train"].get("verify", True)  # off for a run trained with --no-verify
+    images, labels, indices = _test_subset(dataset, data_root, settings.limit, seed, verify=verify)
     steps = {"steps": settings.steps} if settings.steps else {}
     noise = ("official" if noise_root else "generated") if settings.noise else None
     return evaluate(
@@ -128,21 +133,38 @@ def evaluate_job(grid: Grid, job: Job, out: Path) -> None:
         data_root=grid.data_root,
         noise_root=grid.noise_root if grid.eval_settings.noise else None,
     )
-    write_json_atomic(folder / "eval.json", result)
+    RunFolder(folder).write_eval(result)
+
+
+JOB_LOCK = ".job.lock"
 
 
 def run_job(grid: Grid, out: str | Path, job: Job, *, train_only: bool = False) -> str:
     """Bring one job to its end state (with `train_only`: to "trained", an ensemble to
-    "waiting"); returns the state reached (see `job_state`)."""
+    "waiting"); returns the state reached (see `job_state`), or "locked" when another
+    process (on this machine or another sharing the folder) holds the job: N processes on
+    one grid folder split its jobs, none run twice."""
     out = Path(out)
     folder = out / RUNS / job.name
-    state = job_state(out, job)
+    if job_state(out, job) in END_STATES:
+        return job_state(out, job)
+    try:
+        with hold_lock(folder / JOB_LOCK, what=f"job {job.index} ({job.name})"):
+            return _run_locked_job(grid, out, job, train_only=train_only)
+    except LockedError as err:
+        log.info("skipping job %s: %s", job.name, err)
+        return "locked"
+
+
+def _run_locked_job(grid: Grid, out: Path, job: Job, *, train_only: bool) -> str:
+    folder = out / RUNS / job.name
+    state = job_state(out, job)  # again: another process may have finished it meanwhile
     if state in END_STATES:
         return state
     if train_only and job.is_ensemble:
         return "waiting"
     if job.is_ensemble:
-        missing = [m for m in job.members if not (out / RUNS / m / "eval.json").exists()]
+        missing = [m for m in job.members if not RunFolder(out / RUNS / m).has(EVAL)]
         if missing:
             log.warning("ensemble %s waits for runs %s", job.name, ", ".join(missing))
             return "waiting"

@@ -36,6 +36,7 @@ from odenets.experiments.grid_folder import (
     read_manifest,
 )
 from odenets.experiments.job_commands import job_command, python_executable
+from odenets.experiments.job_pool import run_pool
 from odenets.experiments.job_runner import (
     evaluate_job,
     evaluate_run,
@@ -113,13 +114,26 @@ def run_grid(
     only: int | None = None,
     on_event: Callable[[Job, str, float], None] | None = None,
     train_only: bool = False,
+    jobs_per_device: int = 0,
 ) -> dict[str, str]:
     """Run every selected job not yet finished; returns job name -> state reached.
 
     With `train_only`, trainings are brought to their end and nothing is evaluated (ensemble
-    jobs wait): a later call without it evaluates the trained runs.
+    jobs wait): a later call without it evaluates the trained runs. `jobs_per_device` N >= 1
+    runs N jobs at once on each device, each in its own process (`job_pool`); 0 runs them
+    one by one in this process.
     """
     jobs = prepare_folder(grid, out)
+    if jobs_per_device:
+        chosen = select_jobs(jobs, shard=shard, only=only)
+        return run_pool(
+            grid,
+            out,
+            chosen,
+            jobs_per_device=jobs_per_device,
+            on_event=on_event,
+            train_only=train_only,
+        )
     states = {}
     for job in select_jobs(jobs, shard=shard, only=only):
         before = job_state(out, job)

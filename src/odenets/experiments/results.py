@@ -15,8 +15,9 @@ from typing import Any
 from odenets.checkpoint import read_json
 from odenets.errors import OdenetsError
 from odenets.experiments.grid_folder import JOB_FILE, MANIFEST, eval_freshness
+from odenets.training.run_folder import EVAL, SUMMARY, RunFolder
 
-RUN_FILES = ("summary.json", "eval.json")
+RUN_FILES = (SUMMARY, EVAL)
 
 
 @dataclass
@@ -54,9 +55,10 @@ def find_run_folders(folder: Path) -> list[Path]:
 def read_run(path: Path, *, eps_255: float, threat_model: str) -> RunRecord:
     """One run folder as a record. An eval.json that scored other weights than the run's
     current ones (training went on after it) is stale: its numbers are left out."""
+    run = RunFolder(path)
     job = read_json(path / JOB_FILE) if (path / JOB_FILE).exists() else {}
-    summary = read_json(path / "summary.json") if (path / "summary.json").exists() else {}
-    ev = read_json(path / "eval.json") if (path / "eval.json").exists() else None
+    summary = run.read_summary()
+    ev = run.read_eval()
     freshness, note = ("", "") if ev is None else eval_freshness(ev, _scored_runs(path, job, ev))
     if freshness == "stale":
         ev = None
@@ -79,7 +81,7 @@ def _scored_runs(path: Path, job: dict[str, Any], ev: dict[str, Any]) -> list[Pa
     itself when it is a run, else the folders eval.json names."""
     if job.get("members"):
         return [path.parent / m for m in job["members"]]
-    if (path / "config.json").is_file():
+    if RunFolder(path).is_run:
         return [path]
     return [Path(r) for r in ev.get("runs", [])]
 

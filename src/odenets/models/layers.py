@@ -24,6 +24,7 @@ A new junction is one class here: `@register_junction(name)` registers it and, t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -80,7 +81,12 @@ def create_junction(name: str, channels: int, **kwargs) -> Junction:
 def _check_range(lambda_init: LambdaRange, *, open_unit: bool) -> LambdaRange:
     if len(lambda_init) != 2:
         raise ValueError(f"lambda_init must be a pair (lo, hi) in λ units; got {lambda_init}")
-    lo, hi = (float(v) for v in lambda_init)
+    try:
+        lo, hi = (float(v) for v in lambda_init)
+    except (TypeError, ValueError):
+        raise ValueError(f"lambda_init must be two numbers (lo, hi); got {lambda_init}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"lambda_init must be finite numbers (λ units); got {lambda_init}")
     if not lo <= hi:
         raise ValueError(f"lambda_init must be (lo, hi) with lo <= hi; got {lambda_init}")
     if open_unit and not (0.0 < lo and hi < 1.0):

@@ -79,10 +79,9 @@ def create_model(name: str, *, num_classes: int = 10, in_chans: int = 3, **overr
             f"unknown model {name!r}.{hint} See odenets.list_models() for the "
             f"{len(_MODELS)} available names."
         )
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1; got {num_classes}")
-    if in_chans < 1:
-        raise ValueError(f"in_chans must be >= 1; got {in_chans}")
+    for key, value in (("num_classes", num_classes), ("in_chans", in_chans)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{key} must be a positive integer; got {value!r}")
     factory = _MODELS[name]
     receiver = factory
     if _takes_var_keywords(factory) and name in _KWARGS_TO:

@@ -78,6 +78,22 @@ DEFAULT_EPS = (2 / 255, 4 / 255, 8 / 255)
 DEFAULT_TRANSFER = ("pgd", "apgd_ce")  # attacks crafted on the surrogate
 
 
+def check_labels(labels: torch.Tensor, images: torch.Tensor) -> None:
+    """Refuse labels that would score silently wrong: float, or of another length than the
+    images (labels outside the model's classes are refused by `correct_mask`).
+
+    Raises:
+        ValueError: naming the bad value and what is accepted.
+    """
+    if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.is_complex():
+        kind = labels.dtype if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise ValueError(f"labels must be an integer tensor (int64 class indices); got {kind}")
+    if labels.dim() != 1 or labels.shape[0] != images.shape[0]:
+        raise ValueError(
+            f"labels must have shape ({images.shape[0]},), one per image; got {tuple(labels.shape)}"
+        )
+
+
 def evaluate(
     models: nn.Module | Sequence[nn.Module],
     images: torch.Tensor,
@@ -140,6 +156,7 @@ def evaluate(
     """
     started = time.perf_counter()
     members = [models] if isinstance(models, nn.Module) else list(models)
+    check_labels(labels, images)
     surrogates = (
         []
         if transfer_from is None

@@ -56,8 +56,19 @@ def correct_mask(
             if attack is not None:
                 x = attack(model, x, y, indices=indices[start:stop])
             with torch.no_grad():
-                out[start:stop] = (model(x).argmax(dim=1) == y).cpu()
+                logits = model(x)
+            _check_label_range(y, logits.shape[-1])
+            out[start:stop] = (logits.argmax(dim=1) == y).cpu()
     return out
+
+
+def _check_label_range(labels: torch.Tensor, num_classes: int) -> None:
+    """A label outside the model's classes would count as misclassified, silently."""
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ValueError(
+            f"labels must be in 0..{num_classes - 1} (the model has {num_classes} classes); "
+            f"got {int(labels.min())}..{int(labels.max())}"
+        )
 
 
 def accuracy(

@@ -56,6 +56,8 @@ class TrainConfig:
     test_limit: int | None = _field(None, "evaluate on a fixed seeded subset of this many images")
     out: str = _field("runs/run", "run folder (config.json, metrics.jsonl, checkpoints, summary)")
     resume: bool = _field(False, "continue from out/last.* instead of refusing a non-empty folder")
+    restart: bool = _field(False, "start over in a folder holding a run (its weights are deleted)")
+    verify: bool = _field(True, "check a CIFAR archive's official md5 (off: a known private copy)")
 
     # --- recipe: None below means "the recipe's value" ------------------------------------
     recipe: str | None = _field(None, "see list_recipes(); None: the data set's paper recipe")
@@ -93,6 +95,7 @@ class TrainConfig:
     amp: bool | None = _field(None, "bf16 autocast for forward passes")
     channels_last: bool | None = _field(None, "NHWC memory format for convolutions")
     compile: bool | None = _field(None, "torch.compile the training forward")
+    cuda_graphs: bool = _field(False, "CUDA graphs (compile reduce-overhead); off until measured")
     eval_batch_size: int = _field(1000, "batch of the per-epoch test evaluation (no gradients)")
     checkpoint_steps: int | None = _field(
         None, "also save last.* every N steps; None: CPU 200, CUDA 0"
@@ -138,21 +141,32 @@ def resolve_milestones(milestones: list[float], epochs: int) -> list[int]:
     """Milestones as epoch numbers: a fraction f in (0, 1) becomes round(f * epochs).
 
     An epoch number must be a whole number >= 1. The learning rate drops after each
-    milestone epoch (paper: lr 0.1 for epochs 1-80, 0.01 from epoch 81).
+    milestone epoch (paper: lr 0.1 for epochs 1-80, 0.01 from epoch 81). With few epochs,
+    fractions that would round onto the same epoch (or onto the last, where a drop has no
+    effect) move to earlier distinct epochs, so each decay is still taken: 3 epochs of
+    [0.5, 0.75] train at 0.1, 0.01, 0.001.
     """
-    out = []
+    fractions, whole = [], []
     for m in milestones:
         m = float(m)
         if 0.0 < m < 1.0:
-            out.append(max(1, math.floor(m * epochs + 0.5)))
+            fractions.append(max(1, math.floor(m * epochs + 0.5)))
         elif m >= 1.0 and m == int(m):
-            out.append(int(m))
+            whole.append(int(m))
         else:
             raise ValueError(
                 f"a milestone must be a fraction in (0, 1) of the epochs or a whole epoch "
                 f"number >= 1; got {m}"
             )
-    return sorted(out)
+    fractions.sort()
+    if fractions and epochs > len(fractions):
+        # From the last drop back: each at most the epoch before the next (the last at most
+        # epochs - 1); there is room for all since epochs > number of drops.
+        upper = epochs - 1
+        for i in range(len(fractions) - 1, -1, -1):
+            fractions[i] = min(fractions[i], upper)
+            upper = fractions[i] - 1
+    return sorted(fractions + whole)
 
 
 def lr_at(config: TrainConfig, epoch: int) -> float:

@@ -19,6 +19,8 @@ def load_data(cfg: TrainConfig) -> dict[str, Any]:
     from odenets.data.splits import stratified_split
 
     kwargs = {"download": True} if cfg.download else {}
+    if cfg.dataset in ("cifar10", "cifar100"):
+        kwargs["verify"] = cfg.verify
     train = load_dataset(cfg.dataset, root=cfg.data_root, split="train", **kwargs)
     test = load_dataset(cfg.dataset, root=cfg.data_root, split="test", **kwargs)
     out: dict[str, Any] = {

@@ -20,14 +20,9 @@ import numpy as np
 import torch
 
 import odenets
-from odenets.checkpoint import (
-    append_jsonl,
-    finite_or_none,
-    load_safetensors,
-    save_safetensors_atomic,
-)
+from odenets.checkpoint import FileWriteError, finite_or_none, write_in_place
 from odenets.device import resolve_device
-from odenets.errors import DivergenceError
+from odenets.errors import CheckpointError, DivergenceError, OdenetsError
 from odenets.models.base import to_channels_last
 from odenets.training.config import TrainConfig, lr_at, resolve_config
 from odenets.training.data import load_data, make_loaders
@@ -37,27 +32,26 @@ from odenets.training.distributed import (
     convert_sync_batchnorm,
     init_distributed,
 )
+from odenets.training.fast_path import FastPath
 from odenets.training.loop import StepContext, evaluate, train_one_epoch
 from odenets.training.metrics import PROBE_IMAGES, model_metrics
+from odenets.training.run_folder import (
+    BEST_WEIGHTS,
+    FINAL_WEIGHTS,
+    LAST_WEIGHTS,
+    SUMMARY,
+    RunFolder,
+)
 from odenets.training.rundir import (
+    Progress,
     check_out_folder,
     run_header,
     start_run,
     state_info,
     write_summary,
 )
-from odenets.training.runs import (
-    BEST_WEIGHTS,
-    FINAL_WEIGHTS,
-    METRICS,
-    RunInfo,
-    read_run,
-    weights_metadata,
-)
-from odenets.training.state import (
-    LAST_WEIGHTS,
-    save_train_state,
-)
+from odenets.training.runs import RunInfo, read_run, weights_metadata
+from odenets.training.state import nonfinite_state, save_train_state
 
 logger = logging.getLogger("odenets.training")
 
@@ -75,7 +69,9 @@ def fit(config: TrainConfig) -> RunInfo:
         DivergenceError: the training loss became non-finite; summary.json records it and
             last.* keeps the state after the last good epoch.
         CheckpointError: the folder holds another run, or `resume` finds an unreadable
-            checkpoint or one of another model or data set.
+            checkpoint or one of another model or data set, or a file of the run could not
+            be written (summary.json then says "failed"; the last checkpoint is intact).
+        LockedError: another process is writing the run folder.
     """
     device = resolve_device(config.device)
     dist = init_distributed(device.type)
@@ -94,6 +90,14 @@ def fit(config: TrainConfig) -> RunInfo:
 
 def _fit(cfg: TrainConfig, run_dir: Path, device: torch.device, dist: DistContext) -> RunInfo:
     data = load_data(cfg)
+    run = RunFolder(run_dir)
+    if not dist.is_main:
+        return _fit_locked(cfg, run, device, dist, data)
+    with run.lock():
+        return _fit_locked(cfg, run, device, dist, data)
+
+
+def _fit_locked(cfg, run: RunFolder, device, dist, data) -> RunInfo:
     header = run_header(cfg, data, device, dist)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -115,53 +119,62 @@ def _fit(cfg: TrainConfig, run_dir: Path, device: torch.device, dist: DistContex
         nesterov=cfg.nesterov,
         weight_decay=cfg.weight_decay,
     )
-    progress = start_run(cfg, run_dir, header, model, optimizer, dist)
-    done = progress["epoch"] >= cfg.epochs and (run_dir / FINAL_WEIGHTS).is_file()
-    if done and read_run(run_dir).summary.get("status") == "finished":
-        return read_run(run_dir)  # else a kill hit the last writes: redo them (no epochs)
+    try:
+        progress = start_run(cfg, run, header, model, optimizer, dist)
+    except FileWriteError as err:  # resuming rewrites config.json and metrics.jsonl first
+        msg = _record_write_failure(cfg, run, dist, None, time.perf_counter(), err)
+        raise CheckpointError(msg) from err
+    done = progress.epoch >= cfg.epochs and run.has(FINAL_WEIGHTS)
+    if done and run.read_summary().get("status") == "finished":
+        return read_run(run.path)  # else a kill hit the last writes: redo them (no epochs)
+    fast = _fast_path(cfg, model, device, dist, run, header)
     ctx = StepContext(
         model=model,
-        net=_wrap(model, cfg, device, dist),
-        eval_net=torch.compile(model) if cfg.compile else model,
+        net=fast.net,
+        eval_net=fast.eval_net,
         optimizer=optimizer,
         device=device,
-        amp=cfg.amp,
+        amp=fast.amp,
         dist=dist,
         check_every=1 if device.type == "cpu" else 100,
+        fast_path=fast,
     )
-    _train(cfg, run_dir, ctx, data, progress, header)
-    return read_run(run_dir)
+    _train(cfg, run, ctx, data, progress, header)
+    return read_run(run.path)
 
 
-def _train(cfg, run_dir, ctx, data, progress, header) -> None:
+def _train(cfg, run: RunFolder, ctx, data, progress: Progress, header) -> None:
     dist = ctx.dist
     loaders = make_loaders(cfg, data, ctx.device, dist)
-    wall0 = time.perf_counter() - progress["wall_time_s"]
+    wall0 = time.perf_counter() - progress.wall_time_s
     num_batches = len(loaders["train"])
     try:
-        for epoch in range(progress["epoch"] + 1, cfg.epochs + 1):
+        for epoch in range(progress.epoch + 1, cfg.epochs + 1):
             t0 = time.perf_counter()
             lr = lr_at(cfg, epoch)
 
             def save_partial(part, epoch=epoch):
-                progress["global_step"] = (epoch - 1) * num_batches + part.step
-                _mid_epoch_checkpoint(run_dir, ctx, progress, part, header, wall0)
+                progress.global_step = (epoch - 1) * num_batches + part.step
+                _mid_epoch_checkpoint(run, ctx, progress, part, header, wall0)
 
             stats = _run_epoch(cfg, ctx, loaders["train"], epoch, lr, progress, save_partial)
             record = _epoch_record(cfg, ctx, loaders, data, epoch, lr, stats)
             record["time_s"] = round(time.perf_counter() - t0, 3)
-            progress["global_step"] = epoch * num_batches
-            _after_epoch(cfg, run_dir, ctx, progress, record, header, wall0)
+            progress.global_step = epoch * num_batches
+            _after_epoch(cfg, run, ctx, progress, record, header, wall0)
             logger.info(_epoch_line(record, cfg.epochs))
-        _finish(cfg, run_dir, ctx, progress, header, time.perf_counter() - wall0)
+        _finish(cfg, run, ctx, progress, header, time.perf_counter() - wall0)
     except DivergenceError as err:
-        msg = _record_divergence(cfg, run_dir, dist, progress, wall0, err)
+        msg = _record_divergence(cfg, run, dist, progress, wall0, err)
         raise DivergenceError(msg) from None
     except KeyboardInterrupt:
         if dist.is_main:  # last.* holds the state to resume from
             wall_time_s = time.perf_counter() - wall0
-            write_summary(run_dir, cfg, progress, "interrupted", wall_time_s, None)
+            write_summary(run, cfg, progress, "interrupted", wall_time_s, None)
         raise
+    except FileWriteError as err:
+        msg = _record_write_failure(cfg, run, dist, progress, wall0, err)
+        raise CheckpointError(msg) from err
 
 
 def _run_epoch(cfg, ctx, loader, epoch, lr, progress, on_checkpoint) -> dict[str, float]:
@@ -175,7 +188,7 @@ def _run_epoch(cfg, ctx, loader, epoch, lr, progress, on_checkpoint) -> dict[str
             lr=lr,
             num_batches=len(loader),
             bar=bar,
-            start=progress.pop("partial", None),
+            start=progress.take_partial(),
             checkpoint_steps=cfg.checkpoint_steps,
             on_checkpoint=on_checkpoint,
         )
@@ -184,17 +197,50 @@ def _run_epoch(cfg, ctx, loader, epoch, lr, progress, on_checkpoint) -> dict[str
             bar.close()
 
 
-def _record_divergence(cfg, run_dir, dist, progress, wall0, err: DivergenceError) -> str:
+def _record_divergence(cfg, run: RunFolder, dist, progress, wall0, err: DivergenceError) -> str:
     """The message for a diverged run, also written to summary.json (rank 0)."""
-    checkpoint = run_dir / LAST_WEIGHTS
-    at = progress.get("checkpoint_at", "after epoch 0")
+    checkpoint = run.file(LAST_WEIGHTS)
     msg = (
-        f"{err}. The last good state ({at}) is kept in {checkpoint}; lower the learning "
-        "rate (or start the coefficients further from non-residual) and retry"
+        f"{err}. The last good state ({progress.checkpoint_at}) is kept in {checkpoint}; "
+        "lower the learning rate (or start the coefficients further from non-residual) "
+        "and retry"
     )
     if dist.is_main:
-        write_summary(run_dir, cfg, progress, "diverged", time.perf_counter() - wall0, msg)
+        write_summary(run, cfg, progress, "diverged", time.perf_counter() - wall0, msg)
     return msg
+
+
+def _record_write_failure(cfg, run: RunFolder, dist, progress, wall0, err: OSError) -> str:
+    """The message for a file that could not be written (full disk, I/O error); summary.json
+    says "failed" with it, rewritten in place if there is no room for a new file.
+    `progress` is None when the failure came before the checkpoint was read."""
+    file = err.filename or "a file of the run"
+    at = f" ({progress.checkpoint_at})" if progress is not None else ""
+    msg = (
+        f"could not write {file}: {err.strerror or err}. The last checkpoint{at} in "
+        f"{run.file(LAST_WEIGHTS)} is intact; free space (or fix the cause) and continue "
+        "with --resume"
+    )
+    if dist.is_main and run.has(SUMMARY):
+        wall_time_s = time.perf_counter() - wall0
+        try:
+            if progress is None:
+                raise OSError("no progress to summarise")
+            write_summary(run, cfg, progress, "failed", wall_time_s, msg)
+        except (OSError, OdenetsError):
+            summary = {**_old_summary(run), "status": "failed", "error": msg}
+            try:
+                write_in_place(run.file(SUMMARY), summary)
+            except OSError as again:
+                logger.error("could not record the failure in %s: %s", SUMMARY, again)
+    return msg
+
+
+def _old_summary(run: RunFolder) -> dict[str, Any]:
+    try:
+        return run.read_summary()
+    except OdenetsError:
+        return {}
 
 
 def _epoch_record(cfg, ctx, loaders, data, epoch, lr, stats) -> dict[str, Any]:
@@ -207,14 +253,16 @@ def _epoch_record(cfg, ctx, loaders, data, epoch, lr, stats) -> dict[str, Any]:
     evals = {}
     for split in ("val", "test"):
         if split in loaders:
-            evals[split] = evaluate(
-                ctx.model,
-                loaders[split],
-                device=ctx.device,
-                amp=ctx.amp,
-                dist=ctx.dist,
-                total=data[f"n_{split}"],
-                forward=ctx.eval_net,
+            evals[split] = ctx.guarded(
+                lambda split=split: evaluate(
+                    ctx.model,
+                    loaders[split],
+                    device=ctx.device,
+                    amp=ctx.amp,
+                    dist=ctx.dist,
+                    total=data[f"n_{split}"],
+                    forward=ctx.eval_net,
+                )
             )
             record[f"{split}_loss"] = evals[split]["loss"]
             record[f"{split}_acc"] = evals[split]["acc"]
@@ -224,62 +272,71 @@ def _epoch_record(cfg, ctx, loaders, data, epoch, lr, stats) -> dict[str, Any]:
     return record
 
 
-def _mid_epoch_checkpoint(run_dir, ctx, progress, part, header, wall0) -> None:
+def _check_finite(ctx, where: str) -> None:
+    """Refuse to checkpoint non-finite weights or optimizer state (the loss is checked
+    before a step's update; this catches an update that overflowed)."""
+    bad = nonfinite_state(ctx.model, ctx.optimizer)
+    if bad is not None:
+        raise DivergenceError(f"{where}, {bad} is not finite")
+
+
+def _mid_epoch_checkpoint(run: RunFolder, ctx, progress: Progress, part, header, wall0) -> None:
     """last.* inside an epoch: the finished epochs plus `part` (rank 0 writes)."""
-    progress["wall_time_s"] = time.perf_counter() - wall0
-    progress["checkpoint_at"] = f"epoch {progress['epoch'] + 1}, step {part.step}"
+    _check_finite(ctx, f"at epoch {progress.epoch + 1}, step {part.step}")
+    progress.wall_time_s = time.perf_counter() - wall0
     if ctx.dist.is_main:
         save_train_state(
-            run_dir,
+            run,
             model=ctx.model,
             optimizer=ctx.optimizer,
-            epoch=progress["epoch"],
-            info=state_info(header, progress, progress.get("last_record"), part),
+            epoch=progress.epoch,
+            info=state_info(header, progress, progress.last_record, part),
         )
+    progress.checkpoint_at = f"epoch {progress.epoch + 1}, step {part.step}"
     barrier(ctx.dist)
 
 
-def _after_epoch(cfg, run_dir, ctx, progress, record, header, wall0) -> None:
+def _after_epoch(cfg, run: RunFolder, ctx, progress: Progress, record, header, wall0) -> None:
     """Best-weights bookkeeping, metrics line and checkpoint (rank 0 writes)."""
     epoch = record["epoch"]
-    progress["epoch"] = epoch
+    _check_finite(ctx, f"after epoch {epoch}")  # before any file of this epoch is written
+    progress.epoch = epoch
     score_key = {"best-val": "val_acc", "best-test": "test_acc"}.get(cfg.select)
-    if score_key is not None and record[score_key] > progress["best_score"]:
-        progress["best_score"], progress["best_epoch"] = record[score_key], epoch
+    if score_key is not None and record[score_key] > progress.best_score:
+        progress.best_score, progress.best_epoch = record[score_key], epoch
         if ctx.dist.is_main:
-            save_safetensors_atomic(
-                run_dir / BEST_WEIGHTS,
+            run.save_weights(
+                BEST_WEIGHTS,
                 ctx.model.state_dict(),
                 metadata=weights_metadata(header, epoch=epoch),
             )
-    progress["wall_time_s"] = time.perf_counter() - wall0
-    progress["last_record"] = record
-    progress["checkpoint_at"] = f"after epoch {epoch}"
+    progress.wall_time_s = time.perf_counter() - wall0
+    progress.last_record = record
     if ctx.dist.is_main:
-        append_jsonl(run_dir / METRICS, record)
+        run.append_metrics(record)
         save_train_state(
-            run_dir,
+            run,
             model=ctx.model,
             optimizer=ctx.optimizer,
             epoch=epoch,
             info=state_info(header, progress, record),
         )
-        write_summary(run_dir, cfg, progress, "running", progress["wall_time_s"], None)
+    progress.checkpoint_at = f"after epoch {epoch}"
+    if ctx.dist.is_main:
+        write_summary(run, cfg, progress, "running", progress.wall_time_s, None)
     barrier(ctx.dist)
 
 
-def _finish(cfg, run_dir, ctx, progress, header, wall_time_s) -> None:
+def _finish(cfg, run: RunFolder, ctx, progress: Progress, header, wall_time_s) -> None:
     if ctx.dist.is_main:
         weights = ctx.model.state_dict()
-        selected = progress["epoch"]
-        if cfg.select != "final" and progress["best_epoch"] > 0:
-            weights, _ = load_safetensors(run_dir / BEST_WEIGHTS)
-            selected = progress["best_epoch"]
-        save_safetensors_atomic(
-            run_dir / FINAL_WEIGHTS, weights, metadata=weights_metadata(header, epoch=selected)
-        )
-        progress["selected_epoch"] = selected
-        write_summary(run_dir, cfg, progress, "finished", wall_time_s, None)
+        selected = progress.epoch
+        if cfg.select != "final" and progress.best_epoch > 0:
+            weights, _ = run.load_weights(BEST_WEIGHTS)
+            selected = progress.best_epoch
+        run.save_weights(FINAL_WEIGHTS, weights, metadata=weights_metadata(header, epoch=selected))
+        progress.selected_epoch = selected
+        write_summary(run, cfg, progress, "finished", wall_time_s, None)
     barrier(ctx.dist)
 
 
@@ -294,16 +351,34 @@ def _param_groups(model, cfg) -> list[dict]:
     return [{"params": list(model.parameters()), "weight_decay": cfg.weight_decay}]
 
 
-def _wrap(model, cfg, device, dist):
-    net = model
-    if dist.enabled:
+def _fast_path(cfg, model, device, dist, run, header) -> FastPath:
+    """The fast-path features of the run; config.json's "fast_path" records what runs (on a
+    fallback, rank 0 rewrites it with the configuration that continues)."""
+
+    def wrap(net):
+        if not dist.enabled:
+            return net
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [device.index] if device.type == "cuda" else None
-        net = DistributedDataParallel(model, device_ids=ids)
-    if cfg.compile:
-        net = torch.compile(net)
-    return net
+        return DistributedDataParallel(net, device_ids=ids)
+
+    def record(settings) -> None:
+        header["fast_path"] = settings
+        if dist.is_main:
+            run.write_config(header)
+
+    fast = FastPath(
+        model=model,
+        wrap=wrap,
+        device=device,
+        amp=cfg.amp,
+        compile=cfg.compile,
+        cuda_graphs=cfg.cuda_graphs,
+        on_change=record,
+    )
+    record(fast.settings())
+    return fast
 
 
 def _set_determinism(deterministic: bool, device: torch.device):

@@ -34,6 +34,23 @@ class StepContext:
     amp: bool  # bf16 autocast
     dist: DistContext
     check_every: int  # steps between non-finite checks (1: every step, no cost on CPU)
+    fast_path: Any = None  # a training.fast_path.FastPath: falls back when a feature fails
+
+    def guarded(self, fn: Callable[[], Any]) -> Any:
+        """`fn()`; after a fast-path failure, again on the safer configuration (nets and
+        amp of this context follow it)."""
+        if self.fast_path is None:
+            return fn()
+        fp = self.fast_path
+
+        def call():
+            self.net, self.eval_net, self.amp = fp.net, fp.eval_net, fp.amp
+            return fn()
+
+        try:
+            return fp.run(call)
+        finally:
+            self.net, self.eval_net, self.amp = fp.net, fp.eval_net, fp.amp
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -91,7 +108,9 @@ def train_one_epoch(
         if step <= start.step:
             continue
         global_batch = labels.shape[0]
-        logits, labels, summed = _train_step(ctx, images, labels, project)
+        logits, labels, summed = ctx.guarded(
+            lambda images=images, labels=labels: _train_step(ctx, images, labels, project)
+        )
         first_bad = torch.where(
             torch.isfinite(summed) | (first_bad != _NO_BAD_STEP), first_bad, step
         )
@@ -132,6 +151,8 @@ def _train_step(ctx: StepContext, images, labels, project):
     if ctx.dist.enabled:
         part = ctx.dist.shard(global_batch)
         images, labels = images[part], labels[part]
+    if ctx.fast_path is not None and ctx.fast_path.cuda_graphs:
+        torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are dead
     with autocast(ctx.device, ctx.amp):
         logits = ctx.net(images)
     loss, summed = cross_entropy_shard(

@@ -1,36 +1,60 @@
-"""The run folder: config.json header, summary.json, and starting or resuming a run
-(the epoch-0 checkpoint, the same-run checks, metrics lines of an unfinished epoch)."""
+"""Starting or resuming a run in its folder: the config.json header, summary.json, the
+epoch-0 checkpoint, the same-run checks, metrics lines of an unfinished epoch, and the
+training's `Progress`."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 import odenets
-from odenets.checkpoint import (
-    finite_or_none,
-    read_jsonl,
-    write_json_atomic,
-    write_jsonl_atomic,
-)
+from odenets.checkpoint import finite_or_none
 from odenets.errors import CheckpointError
+from odenets.training import schemas
 from odenets.training.distributed import barrier
 from odenets.training.loop import EpochProgress
-from odenets.training.runs import CONFIG, METRICS, SUMMARY
-from odenets.training.state import (
+from odenets.training.run_folder import (
+    BEST_WEIGHTS,
+    DIGESTS,
+    EVAL,
+    FINAL_WEIGHTS,
+    LAST_JSON,
     LAST_WEIGHTS,
-    load_train_state,
-    restore_train_state,
-    save_train_state,
+    SUMMARY,
+    RunFolder,
 )
+from odenets.training.state import load_train_state, restore_train_state, save_train_state
 
 
-def state_info(header, progress, record, partial: EpochProgress | None = None) -> dict[str, Any]:
+@dataclass
+class Progress:
+    """How far a run got; the counters a checkpoint stores and a resume restores."""
+
+    epoch: int = 0  # finished epochs
+    global_step: int = 0  # optimizer steps so far
+    best_epoch: int = 0  # epoch of the best selection score (0: none yet)
+    best_score: float = -math.inf  # best val/test accuracy for select best-*
+    wall_time_s: float = 0.0  # training time over all sessions
+    last_record: dict[str, Any] | None = None  # metrics of the last finished epoch
+    partial: EpochProgress | None = None  # a resumed epoch's progress, until it is taken
+    checkpoint_at: str = "after epoch 0"  # where last.* is, in words
+    selected_epoch: int | None = None  # the epoch final.safetensors holds, once written
+
+    def take_partial(self) -> EpochProgress | None:
+        """The resumed epoch's progress, once (the next epochs start from step 0)."""
+        partial, self.partial = self.partial, None
+        return partial
+
+
+def state_info(
+    header, progress: Progress, record, partial: EpochProgress | None = None
+) -> dict[str, Any]:
     """The JSON part of a checkpoint; `partial` for a checkpoint inside an epoch."""
     return {
         "model": header["model"],
@@ -40,33 +64,32 @@ def state_info(header, progress, record, partial: EpochProgress | None = None) -
         "seed": header["seed"],
         "odenets_version": header["odenets_version"],
         "torch_version": header["torch_version"],
-        "global_step": progress["global_step"],
-        "best_epoch": progress["best_epoch"],
-        "best_score": finite_or_none(progress["best_score"]),
-        "wall_time_s": progress["wall_time_s"],
+        "global_step": progress.global_step,
+        "best_epoch": progress.best_epoch,
+        "best_score": finite_or_none(progress.best_score),
+        "wall_time_s": progress.wall_time_s,
         "metrics": record,  # of the last finished epoch
         "partial_epoch": dataclasses.asdict(partial) if partial is not None else None,
     }
 
 
-def write_summary(run_dir, cfg, progress, status, wall_time_s, error) -> None:
-    metrics = read_jsonl(run_dir / METRICS)
-    by_epoch = {m["epoch"]: m for m in metrics}
-    chosen = by_epoch.get(progress.get("selected_epoch") or progress["epoch"], {})
+def write_summary(run: RunFolder, cfg, progress: Progress, status, wall_time_s, error) -> None:
+    by_epoch = {m["epoch"]: m for m in run.read_metrics()}
+    chosen = by_epoch.get(progress.selected_epoch or progress.epoch, {})
     summary = {
         "status": status,
-        "epochs_done": progress["epoch"],
+        "epochs_done": progress.epoch,
         "epochs": cfg.epochs,
         "final_train_acc": chosen.get("train_acc"),
         "final_test_acc": chosen.get("test_acc"),
         "wall_time_s": round(wall_time_s, 3),
         "error": error,
         "select": cfg.select,
-        "selected_epoch": progress.get("selected_epoch"),
+        "selected_epoch": progress.selected_epoch,
     }
     if "val_acc" in chosen:
         summary["final_val_acc"] = chosen["val_acc"]
-    write_json_atomic(run_dir / SUMMARY, summary)
+    run.write_summary(summary)
 
 
 def check_out_folder(run_dir: Path) -> None:
@@ -77,95 +100,110 @@ def check_out_folder(run_dir: Path) -> None:
         )
 
 
-def start_run(cfg, run_dir, header, model, optimizer, dist) -> dict[str, Any]:
-    """Fresh run: write config.json and the epoch-0 checkpoint. Resume: restore last.*."""
-    progress = {
-        "epoch": 0,
-        "global_step": 0,
-        "best_epoch": 0,
-        "best_score": -math.inf,
-        "wall_time_s": 0.0,
-    }
-    has_last = (run_dir / LAST_WEIGHTS).exists()
-    has_run = has_last or (run_dir / CONFIG).exists()
+def start_run(cfg, run: RunFolder, header, model, optimizer, dist) -> Progress:
+    """Fresh run: write config.json and the epoch-0 checkpoint. Resume: restore last.*.
+    The caller holds the folder's lock."""
+    progress = Progress()
+    has_last = run.has(LAST_WEIGHTS)
+    has_run = has_last or run.is_run
+    restart = getattr(cfg, "restart", False)
     barrier(dist)  # every rank decides before rank 0 writes anything
-    if has_run and not cfg.resume:
+    if has_run and not (cfg.resume or restart):
         raise CheckpointError(
-            f"{run_dir} already holds a run; pass --resume (resume=True) to continue it, or "
-            "choose another --out folder"
+            f"{run.path} already holds a run; pass --resume (resume=True) to continue it, "
+            "--restart to start it over, or choose another --out folder"
         )
-    if cfg.resume and dist.is_main:
-        _remove_stale_temporaries(run_dir)
-    if cfg.resume and has_last:
-        _resume_run(cfg, run_dir, header, model, optimizer, dist, progress)
+    if has_run and not has_last and not restart and _finished_without_last(run):
+        raise CheckpointError(
+            f"cannot resume {run.path}: it holds a finished run but its {LAST_WEIGHTS} is "
+            f"missing, so resuming would start over and overwrite {FINAL_WEIGHTS}; pass "
+            "--restart to start over on purpose"
+        )
+    if (cfg.resume or restart) and dist.is_main:
+        run.remove_stale_temporaries()
+    if restart and dist.is_main:
+        for name in (FINAL_WEIGHTS, BEST_WEIGHTS, LAST_WEIGHTS, LAST_JSON, EVAL, DIGESTS):
+            run.file(name).unlink(missing_ok=True)
+    if cfg.resume and has_last and not restart:
+        _resume_run(cfg, run, header, model, optimizer, dist, progress)
     else:
-        _start_fresh_run(cfg, run_dir, header, model, optimizer, dist, progress)
+        _start_fresh_run(cfg, run, header, model, optimizer, dist, progress)
     return progress
 
 
-def _resume_run(cfg, run_dir, header, model, optimizer, dist, progress: dict[str, Any]) -> None:
+def _finished_without_last(run: RunFolder) -> bool:
+    if run.has(FINAL_WEIGHTS):
+        return True
+    return run.has(SUMMARY) and run.read_summary().get("status") == "finished"
+
+
+def _resume_run(cfg, run: RunFolder, header, model, optimizer, dist, progress: Progress) -> None:
     """Restore model and optimizer from last.* and fill `progress` from its JSON part; rank 0
     then drops metric lines past the checkpoint and, if epochs are left to train, rewrites
     config.json with the settings they will use."""
-    tensors, state = load_train_state(run_dir)
+    if run.is_run:
+        run.read_config()  # a corrupt config.json is reported, not overwritten
+    tensors, state = load_train_state(run)
+    schemas.validate("state_info", state, f"{run.file(LAST_WEIGHTS)} (its state header)")
     done = state["epoch"] + (1 if state.get("partial_epoch") else 0)  # epochs begun
     if cfg.epochs < done:
         raise CheckpointError(
-            f"cannot resume {run_dir} with epochs {cfg.epochs}: its checkpoint is "
+            f"cannot resume {run.path} with epochs {cfg.epochs}: its checkpoint is "
             f"{'inside' if state.get('partial_epoch') else 'after'} epoch {done}; give "
             f"--epochs {done} or more"
         )
     left = state["epoch"] < cfg.epochs
-    _check_same_run(state, header, run_dir, left=left)
-    restore_train_state(tensors, state, model=model, optimizer=optimizer)
-    _progress_from_state(progress, state)
+    _check_same_run(state, header, run.path, left=left)
+    restore_train_state(
+        tensors, state, model=model, optimizer=optimizer, where=str(run.file(LAST_WEIGHTS))
+    )
+    _progress_from_state(progress, state, run.file(LAST_WEIGHTS))
     barrier(dist)  # every rank has read last.* before rank 0 rewrites metrics
     if dist.is_main:
         if left:
-            write_json_atomic(run_dir / CONFIG, header)
-        _trim_metrics(run_dir, state)
+            run.write_config(header)
+        _trim_metrics(run, state)
     barrier(dist)
 
 
-def _progress_from_state(progress: dict[str, Any], state: dict[str, Any]) -> None:
+def _progress_from_state(progress: Progress, state: dict[str, Any], where: Path) -> None:
     """Copy a checkpoint's counters, best score, last record and partial epoch to `progress`."""
-    for key in ("global_step", "best_epoch", "wall_time_s"):
-        progress[key] = state[key]
+    progress.global_step = state["global_step"]
+    progress.best_epoch = state["best_epoch"]
+    progress.wall_time_s = state["wall_time_s"]
     score = state["best_score"]
-    progress["best_score"] = score if score is not None else -math.inf
-    progress["epoch"] = state["epoch"]
-    progress["last_record"] = state.get("metrics")
+    progress.best_score = score if score is not None else -math.inf
+    progress.epoch = state["epoch"]
+    progress.last_record = state.get("metrics")
     partial = state.get("partial_epoch")
-    progress["partial"] = EpochProgress(**partial) if partial else None
+    try:
+        progress.partial = EpochProgress(**partial) if partial else None
+    except TypeError as err:
+        raise CheckpointError(
+            f'{where}: field "partial_epoch" is not an epoch\'s progress ({err})'
+        ) from err
     e = state["epoch"]
-    progress["checkpoint_at"] = (
+    progress.checkpoint_at = (
         f"epoch {e + 1}, step {partial['step']}" if partial else f"after epoch {e}"
     )
 
 
-def _start_fresh_run(cfg, run_dir, header, model, optimizer, dist, progress) -> None:
+def _start_fresh_run(cfg, run: RunFolder, header, model, optimizer, dist, progress) -> None:
     """Rank 0 writes config.json, an empty metrics.jsonl, the epoch-0 checkpoint and a
     "running" summary."""
     if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(run_dir / CONFIG, header)
-        write_jsonl_atomic(run_dir / METRICS, [])
+        run.path.mkdir(parents=True, exist_ok=True)
+        run.write_config(header)
+        run.write_metrics([])
         save_train_state(
-            run_dir,
+            run,
             model=model,
             optimizer=optimizer,
             epoch=0,
             info=state_info(header, progress, None),
         )
-        write_summary(run_dir, cfg, progress, "running", 0.0, None)
+        write_summary(run, cfg, progress, "running", 0.0, None)
     barrier(dist)
-
-
-def _remove_stale_temporaries(run_dir: Path) -> None:
-    """Temporary files of writes that a killed run left unfinished (never renamed)."""
-    if run_dir.is_dir():
-        for path in run_dir.glob(".*.tmp"):
-            path.unlink(missing_ok=True)
 
 
 def _identity(run: dict[str, Any]) -> dict[str, Any]:
@@ -190,7 +228,11 @@ def _check_same_run(
             f"cannot resume {run_dir} inside epoch {state['epoch'] + 1} with batch_size "
             f"{new['batch_size']}: the checkpoint counts steps of batch {old.get('batch_size')}"
         )
-    skip = {"resume", "progress", "device", "epochs", "out", "checkpoint_steps"}
+    # cuda_graphs changes how steps are launched, not what they compute.
+    skip = {
+        *("resume", "restart", "verify", "progress", "device", "epochs", "out"),
+        *("checkpoint_steps", "cuda_graphs"),
+    }
     changed = sorted(k for k in new if k not in skip and old.get(k) != new[k])
     if changed:
         effect = (
@@ -211,13 +253,13 @@ def _check_same_run(
         )
 
 
-def _trim_metrics(run_dir: Path, state: dict[str, Any]) -> None:
+def _trim_metrics(run: RunFolder, state: dict[str, Any]) -> None:
     """Keep metric lines up to the checkpoint's epoch (a killed epoch may have left one)."""
     epoch = state["epoch"]
-    kept = {m["epoch"]: m for m in read_jsonl(run_dir / METRICS) if m["epoch"] <= epoch}
+    kept = {m["epoch"]: m for m in run.read_metrics() if m["epoch"] <= epoch}
     if epoch > 0 and epoch not in kept and state.get("metrics"):
         kept[epoch] = state["metrics"]
-    write_jsonl_atomic(run_dir / METRICS, [kept[e] for e in sorted(kept)])
+    run.write_metrics([kept[e] for e in sorted(kept)])
 
 
 def run_header(cfg, data, device, dist) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 from dataclasses import dataclass, field
@@ -12,21 +11,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from odenets.checkpoint import (
-    PICKLE_SUFFIXES,
-    load_safetensors,
-    read_json,
-    read_jsonl,
-    sha256_file,
-)
+from odenets.checkpoint import PICKLE_SUFFIXES
 from odenets.errors import CheckpointError
+from odenets.training.run_folder import FINAL_WEIGHTS, LAST_WEIGHTS, RunFolder
 
-CONFIG = "config.json"
-METRICS = "metrics.jsonl"
-SUMMARY = "summary.json"
-FINAL_WEIGHTS = "final.safetensors"
-BEST_WEIGHTS = "best.safetensors"
-LAST_WEIGHTS = "last.safetensors"
+__all__ = [
+    "RunInfo",
+    "load_run",
+    "read_run",
+    "weights_file",
+    "weights_metadata",
+    "weights_record",
+]
+
 WEIGHTS_FORMAT = "odenets.weights"
 
 
@@ -46,12 +43,13 @@ def read_run(path: str | os.PathLike) -> RunInfo:
     Raises:
         CheckpointError: the folder has no config.json, or a file is corrupt.
     """
-    path = Path(path)
-    if not (path / CONFIG).is_file():
-        raise CheckpointError(f"{path} is not a run folder: {CONFIG} is missing")
-    config = read_json(path / CONFIG)
-    summary = read_json(path / SUMMARY) if (path / SUMMARY).is_file() else {}
-    return RunInfo(path=path, config=config, summary=summary, metrics=read_jsonl(path / METRICS))
+    run = RunFolder(path)
+    return RunInfo(
+        path=run.path,
+        config=run.read_config(),
+        summary=run.read_summary(),
+        metrics=run.read_metrics(),
+    )
 
 
 def weights_metadata(config: dict[str, Any], **extra: Any) -> dict[str, str]:
@@ -105,27 +103,21 @@ def weights_record(path: str | os.PathLike, *, which: str = "auto") -> dict[str,
             meta = dict(f.metadata() or {})
     except Exception as err:  # safetensors raises its own error types for bad headers
         raise CheckpointError(f"checkpoint {file} is corrupt or truncated ({err})") from err
-    return _record(Path(path), file, meta, read_run(path).config)
+    run = RunFolder(path)
+    return _record(run, file, meta, run.read_config())
 
 
-def _record(path: Path, file: Path, meta: dict[str, str], config: dict) -> dict[str, Any]:
-    """`weights_record` from the weights file's header metadata and the run's config."""
+def _record(run: RunFolder, file: Path, meta: dict[str, str], config: dict) -> dict[str, Any]:
+    """`weights_record` from the weights file's header metadata and the run's config; the
+    file's SHA-256 is verified against the one recorded when it was written."""
     epoch = meta.get("epoch")
-    stat = file.stat()
     return {
-        "run": str(path),
+        "run": str(run.path),
         "file": file.name,
-        "epoch": int(epoch) if epoch is not None else None,
+        "epoch": int(epoch) if epoch is not None and epoch.isdigit() else None,
         "epochs": config.get("train", {}).get("epochs"),
-        "sha256": _sha256(str(file), stat.st_mtime_ns, stat.st_size),
+        "sha256": run.verify_weights(file.name),
     }
-
-
-@functools.lru_cache(maxsize=256)
-def _sha256(file: str, mtime_ns: int, size: int) -> str:
-    """SHA-256 of a file, cached while its time stamp and size stay the same (the report
-    and the grid's job states check every run's weights)."""
-    return sha256_file(file)
 
 
 def load_run(
@@ -154,13 +146,13 @@ def load_run(
             f"refusing to load {path}: pickle checkpoints run code when loaded; odenets "
             "loads run folders with safetensors weights"
         )
-    info = read_run(path)
+    run = RunFolder(path)
+    cfg = run.read_config()
     file = weights_file(path, which=which)
-    tensors, meta = load_safetensors(file)
+    tensors, meta = run.load_weights(file.name)
     weights = tensors
     if file.name == LAST_WEIGHTS:
         weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
-    cfg = info.config
     model = create_model(
         cfg["model"],
         num_classes=cfg["dataset"]["num_classes"],
@@ -173,5 +165,5 @@ def load_run(
         raise CheckpointError(
             f"the weights in {path} do not fit model {cfg['model']!r}: {err}"
         ) from err
-    model.run_weights = _record(path, file, meta, cfg)
+    model.run_weights = _record(run, file, meta, cfg)
     return model.to(device).eval()

@@ -13,6 +13,7 @@ Nothing here unpickles.
 from __future__ import annotations
 
 import json
+import os
 import random
 import secrets
 import warnings
@@ -23,19 +24,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from odenets.checkpoint import (
-    load_safetensors,
-    read_json,
-    save_safetensors_atomic,
-    sha256_file,
-    write_json_atomic,
-)
-from odenets.errors import CheckpointError
+from odenets.checkpoint import load_safetensors, sha256_file
+from odenets.errors import CheckpointError, DivergenceError
+from odenets.training import schemas
+from odenets.training.run_folder import LAST_JSON, LAST_WEIGHTS, RunFolder
 
 FORMAT = "odenets.train-state"
 FORMAT_VERSION = 1
-LAST_WEIGHTS = "last.safetensors"
-LAST_JSON = "last.json"
 
 
 def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -66,15 +61,41 @@ def _set_rng_state(tensors: dict[str, torch.Tensor], scalars: dict[str, Any]) ->
     random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
 
 
+def _folder(run_dir: RunFolder | str | os.PathLike) -> RunFolder:
+    return run_dir if isinstance(run_dir, RunFolder) else RunFolder(run_dir)
+
+
+def nonfinite_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> str | None:
+    """The first parameter, buffer or optimizer tensor holding NaN or inf, or None."""
+    for name, value in model.state_dict().items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            return f"model {name}"
+    for idx, entries in optimizer.state_dict()["state"].items():
+        for name, value in entries.items():
+            if isinstance(value, torch.Tensor) and value.is_floating_point():
+                if not torch.isfinite(value).all():
+                    return f"optimizer state {idx}.{name}"
+    return None
+
+
 def save_train_state(
-    run_dir: Path,
+    run_dir: RunFolder | str | os.PathLike,
     *,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     epoch: int,
     info: dict[str, Any],
 ) -> None:
-    """Write last.safetensors then last.json for the state after `epoch` epochs."""
+    """Write last.safetensors then last.json for the state after `epoch` epochs.
+
+    Raises:
+        DivergenceError: a parameter, buffer or optimizer tensor is not finite; the
+            checkpoint on disk (the last good state) is left as it is.
+    """
+    bad = nonfinite_state(model, optimizer)
+    if bad is not None:
+        raise DivergenceError(f"{bad} is not finite; the checkpoint was not written")
+    run = _folder(run_dir)
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     opt = optimizer.state_dict()
     opt_scalars: dict[str, dict[str, Any]] = {}
@@ -98,13 +119,16 @@ def save_train_state(
     }
     text = json.dumps(state, allow_nan=False)
     meta = {"format": FORMAT, "epoch": str(epoch), "state": text}
-    sha = save_safetensors_atomic(run_dir / LAST_WEIGHTS, tensors, metadata=meta)
-    write_json_atomic(run_dir / LAST_JSON, {**state, "weights_sha256": sha})
+    sha = run.save_weights(LAST_WEIGHTS, tensors, metadata=meta)
+    run.write_last_json({**state, "weights_sha256": sha})
 
 
-def load_train_state(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def load_train_state(
+    run_dir: RunFolder | str | os.PathLike,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read and check last.*; returns (tensors, state). Raises CheckpointError."""
-    path = run_dir / LAST_WEIGHTS
+    run = _folder(run_dir)
+    path = run.file(LAST_WEIGHTS)
     tensors, meta = load_safetensors(path)
     if meta.get("format") != FORMAT or "state" not in meta:
         raise CheckpointError(
@@ -122,14 +146,18 @@ def load_train_state(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, 
         )
     if "checkpoint_id" not in state:
         raise CheckpointError(f"{path} has no checkpoint id: it is incomplete or corrupt")
-    json_path = run_dir / LAST_JSON
+    schemas.validate("state", state, f"{path} (its state header)")
+    _check_rng_tensors(tensors, path)
+    json_path = run.file(LAST_JSON)
     if json_path.exists():
-        mirror = read_json(json_path)
+        mirror = run.read_last_json()
         if mirror.get("checkpoint_id") == state["checkpoint_id"]:
-            if mirror.get("weights_sha256") != sha256_file(path):
+            got = sha256_file(path)
+            if mirror.get("weights_sha256") != got:
                 raise CheckpointError(
-                    f"{path} does not match the SHA-256 recorded in {json_path}: the checkpoint "
-                    "is corrupt. Delete the run folder's last.* files to start over."
+                    f"{path}: SHA-256 {got} does not match {mirror.get('weights_sha256')} "
+                    f"recorded in {json_path}: the checkpoint is corrupt. Restore it from a "
+                    "copy, or pass --restart to start the run over"
                 )
         else:
             warnings.warn(
@@ -137,7 +165,25 @@ def load_train_state(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, 
                 f"between the two writes); using {path}",
                 stacklevel=2,
             )
+    run.verify_weights(LAST_WEIGHTS)
     return tensors, state
+
+
+def _check_rng_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """The generator states must have the sizes this torch and numpy use."""
+    expected = {
+        "rng.torch": (torch.get_rng_state().shape, torch.uint8),
+        "rng.numpy": ((624,), torch.int64),
+    }
+    for key, (shape, dtype) in expected.items():
+        value = tensors.get(key)
+        if value is None:
+            raise CheckpointError(f'{path}: tensor "{key}" missing (not an odenets checkpoint?)')
+        if value.shape != shape or value.dtype != dtype:
+            raise CheckpointError(
+                f'{path}: tensor "{key}" must be {dtype} of shape {tuple(shape)}; got '
+                f"{value.dtype} of shape {tuple(value.shape)}"
+            )
 
 
 def restore_train_state(
@@ -146,13 +192,16 @@ def restore_train_state(
     *,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
+    where: str = "the checkpoint",
 ) -> None:
-    """Load model weights, optimizer state and random generators from a loaded checkpoint."""
+    """Load model weights, optimizer state and random generators from a loaded checkpoint
+    (`where` names it in errors)."""
     weights = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as err:
-        raise CheckpointError(f"the checkpoint's weights do not fit the model: {err}") from err
+        detail = " ".join(str(err).split())
+        raise CheckpointError(f"{where}: the weights do not fit the model: {detail}") from err
     opt_state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         if key.startswith("optim."):
@@ -160,14 +209,33 @@ def restore_train_state(
             opt_state.setdefault(int(idx), {})[name] = value
     for idx, entries in state["optimizer"]["state"].items():
         opt_state.setdefault(int(idx), {}).update(entries)
+    _check_optimizer_shapes(optimizer, opt_state, where)
     try:
         optimizer.load_state_dict(
             {"state": opt_state, "param_groups": state["optimizer"]["param_groups"]}
         )
     except (ValueError, KeyError) as err:
-        raise CheckpointError(f"the checkpoint's optimizer state does not fit: {err}") from err
+        raise CheckpointError(f"{where}: the optimizer state does not fit: {err}") from err
     _match_state_layouts(optimizer)
     _set_rng_state(tensors, state["rng"])
+
+
+def _check_optimizer_shapes(optimizer: torch.optim.Optimizer, opt_state: dict, where: str) -> None:
+    """Each per-parameter buffer (momentum) must have its parameter's shape: torch would
+    otherwise fail in the first step, far from the file."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for idx, entries in opt_state.items():
+        if not 0 <= idx < len(params):
+            raise CheckpointError(
+                f"{where}: the optimizer state names parameter {idx}; the model has "
+                f"{len(params)} (0..{len(params) - 1})"
+            )
+        for name, value in entries.items():
+            if isinstance(value, torch.Tensor) and value.dim() and value.shape != params[idx].shape:
+                raise CheckpointError(
+                    f'{where}: optimizer tensor "optim.{idx}.{name}" has shape '
+                    f"{tuple(value.shape)}; its parameter has {tuple(params[idx].shape)}"
+                )
 
 
 def _match_state_layouts(optimizer: torch.optim.Optimizer) -> None:
