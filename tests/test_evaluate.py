@@ -486,3 +486,21 @@ def test_evaluation_runs_without_tf32_and_restores_the_flags(data):
         assert torch.backends.cudnn.allow_tf32 == before[0]
     finally:
         torch.backends.cuda.matmul.allow_tf32 = before[1]
+
+
+def test_cli_evaluate_off_a_terminal_prints_a_line_per_pass(run_dir, tmp_path, capsys):
+    """A batch job's log (stderr is no terminal under pytest) gets one line per attack and
+    radius, with the count correct so far and the seconds, and no carriage-return bars."""
+    from odenets.cli import main
+
+    out = tmp_path / "e.json"
+    argv = ["evaluate", str(run_dir), "--attacks", "fgsm", "--eps", "2,8", "--limit", "20"]
+    assert main([*argv, "--no-checks", "--no-masking-checks", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = err.splitlines()
+    for desc in ("clean", "fgsm 2/255", "fgsm 8/255"):
+        hits = [x for x in lines if x.startswith(f"{desc}: ")]
+        assert len(hits) == 1, (desc, lines)
+        assert " correct (" in hits[0] and hits[0].endswith(" s")
+    assert "/20 correct" in next(x for x in lines if x.startswith("fgsm 8/255: "))

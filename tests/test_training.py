@@ -452,7 +452,10 @@ def test_progress_bar_and_log_lines(tmp_path, capsys, caplog):
     fit(tiny_config(tmp_path, epochs=1, train_limit=256, progress=True))
     assert "epoch 1/1" in capsys.readouterr().err  # the tqdm bar (images/s, loss, acc)
     lines = [r.getMessage() for r in caplog.records if r.name == "odenets.training"]
-    assert len(lines) == 1 and lines[0].startswith("epoch 1/1") and "test_acc" in lines[0]
+    cfg = tiny_config(tmp_path, epochs=1)
+    # The model leads each epoch line, so the lines of several runs are told apart.
+    assert len(lines) == 1 and lines[0].startswith(f"{cfg.model}  epoch 1/1")
+    assert "test_acc" in lines[0]
 
 
 @pytest.mark.gpu

@@ -18,6 +18,7 @@ is `<name>.npy`, uint8 (5 N, 32, 32, 3), severity 1 first, and `labels.npy`.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -174,7 +175,13 @@ def write_cifar_c(
     images, labels = np.asarray(images), np.asarray(labels, dtype=np.int64)
     written = []
     names = [corruption_name(name) for name in names]
-    bar = tqdm(total=len(names) * len(SEVERITIES), desc="corrupting", unit="set", leave=False)
+    bar = tqdm(
+        total=len(names) * len(SEVERITIES),
+        desc="corrupting",
+        unit="set",
+        leave=False,
+        disable=not sys.stderr.isatty(),  # no carriage-return bar in a batch job's log
+    )
     for name in names:
         parts = []
         for s in SEVERITIES:

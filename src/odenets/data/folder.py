@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
+import time
 import warnings
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -216,6 +218,10 @@ def _decode_all(split_dir: Path, files, num_workers: int | None) -> tuple[np.nda
         images[i] = arr
 
     workers = num_workers or min(8, os.cpu_count() or 1)
+    on_terminal = sys.stderr.isatty()
+    if not on_terminal:
+        logger.info("decoding %s images of %s", f"{len(files):,}", split_dir)
+    started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=workers) as pool:
         bar = tqdm(
             pool.map(decode, range(len(files)), chunksize=256),
@@ -223,9 +229,13 @@ def _decode_all(split_dir: Path, files, num_workers: int | None) -> tuple[np.nda
             desc=f"decoding {split_dir}",
             unit="img",
             leave=False,
+            # Off a terminal a bar would fill a log with carriage returns: two lines instead.
+            disable=not on_terminal,
         )
         for _ in bar:
             pass
+    if not on_terminal:
+        logger.info("decoded %s in %.1f s", split_dir, time.perf_counter() - started)
     return images, labels
 
 

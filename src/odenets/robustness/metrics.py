@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 
 import torch
@@ -12,6 +14,8 @@ from odenets.models.base import model_device
 from odenets.robustness.base import inference_state
 
 DEFAULT_BATCH_SIZE = 500
+
+logger = logging.getLogger(__name__)
 
 
 def correct_mask(
@@ -48,6 +52,7 @@ def correct_mask(
     device = model_device(model)
     out = torch.zeros(len(images), dtype=torch.bool)
     starts = range(0, len(images), batch_size)
+    started = time.perf_counter()
     with inference_state(model, device.type):
         for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
             stop = start + batch_size
@@ -59,6 +64,17 @@ def correct_mask(
                 logits = model(x)
             _check_label_range(y, logits.shape[-1])
             out[start:stop] = (logits.argmax(dim=1) == y).cpu()
+    if desc and not progress:
+        # Without a bar (off a terminal: a batch job's log), one line per pass says how far
+        # the evaluation has come.
+        logger.info(
+            "%s: %d/%d correct (%.2f%%) in %.1f s",
+            desc,
+            int(out.sum()),
+            len(out),
+            100.0 * float(out.float().mean()) if len(out) else 0.0,
+            time.perf_counter() - started,
+        )
     return out
 
 

@@ -162,7 +162,7 @@ def _train(cfg, run: RunFolder, ctx, data, progress: Progress, header) -> None:
             record["time_s"] = round(time.perf_counter() - t0, 3)
             progress.global_step = epoch * num_batches
             _after_epoch(cfg, run, ctx, progress, record, header, wall0)
-            logger.info(_epoch_line(record, cfg.epochs))
+            logger.info(_epoch_line(record, cfg.epochs, cfg.model))
         _finish(cfg, run, ctx, progress, header, time.perf_counter() - wall0)
     except DivergenceError as err:
         msg = _record_divergence(cfg, run, dist, progress, wall0, err)
@@ -407,8 +407,9 @@ def _bar(cfg, epoch, n, dist):
     )
 
 
-def _epoch_line(record: dict[str, Any], epochs: int) -> str:
-    parts = [f"epoch {record['epoch']}/{epochs}", f"lr {record['lr']:.4g}"]
+def _epoch_line(record: dict[str, Any], epochs: int, model: str) -> str:
+    # The model leads the line, so a log of several runs (a grid, the demo) tells them apart.
+    parts = [model, f"epoch {record['epoch']}/{epochs}", f"lr {record['lr']:.4g}"]
     for key in ("train_loss", "train_acc", "val_acc", "test_loss", "test_acc"):
         if record.get(key) is not None:
             parts.append(f"{key} {record[key]:.4f}")
