@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 
 from odenets.checkpoint import atomic_open
@@ -23,17 +22,6 @@ def cache_root() -> Path:
 def cache_enabled() -> bool:
     """False when $ODENETS_NO_CACHE is set to a non-empty value other than "0"."""
     return os.environ.get("ODENETS_NO_CACHE", "") in ("", "0")
-
-
-def is_writable_dir(path: Path) -> bool:
-    """True if `path` is a folder we may write into.
-
-    The mode bits are checked as well as os.access: root passes os.access everywhere, but a
-    folder whose mode grants nobody write access was made read-only on purpose.
-    """
-    if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
-        return False
-    return bool(path.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
 
 
 def atomic_write(path: str | os.PathLike):

@@ -62,7 +62,10 @@ def correct_mask(
                 x = attack(model, x, y, indices=indices[start:stop])
             with torch.no_grad():
                 logits = model(x)
-            _check_label_range(y, logits.shape[-1])
+            if start == 0:
+                # Once per call, over every label (on their own device, usually the CPU):
+                # a check per batch would cost two host syncs each on CUDA.
+                _check_label_range(labels, logits.shape[-1])
             out[start:stop] = (logits.argmax(dim=1) == y).cpu()
     if desc and not progress:
         # Without a bar (off a terminal: a batch job's log), one line per pass says how far
