@@ -326,7 +326,7 @@ def test_cpu_scale_of_table1_is_the_56_layer_grid(tmp_path):
         "cifar10",
     )
     overrides = grid.train_overrides
-    assert overrides["epochs"] == 15 and overrides["amp"] is False
+    assert overrides["epochs"] == 15 and overrides["amp"] is True
     from odenets.training.config import TrainConfig, lr_at, resolve_config
 
     config = resolve_config(TrainConfig(recipe="paper-cifar10", **overrides), device_type="cpu")
