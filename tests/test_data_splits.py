@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import pytest
 
@@ -34,9 +32,8 @@ def test_subset_refuses_a_limit_below_one(limit):
 
 
 def test_evaluate_takes_the_same_subset():
-    from odenets.commands.evaluate import _test_order
+    from odenets.robustness.runs import eval_indices
 
-    args = argparse.Namespace(limit=64, seed=2, shard=None)
-    order, shard = _test_order(args, 10_000)
+    order, shard = eval_indices(10_000, limit=64, seed=2, shard=None)
     np.testing.assert_array_equal(order, subset_indices(10_000, 64, 2))
     assert shard is None

@@ -294,6 +294,27 @@ def test_cli_evaluate_shards_and_merge(run_dir, tmp_path, capsys):
     assert [a["correct"] for a in merged["attacks"]] == [a["correct"] for a in whole["attacks"]]
 
 
+def test_a_grid_job_and_the_command_give_one_evaluation(run_dir, tmp_path, capsys):
+    from odenets.cli import main
+    from odenets.experiments.job_runner import evaluate_run
+    from odenets.experiments.presets import EvalSettings
+
+    settings = EvalSettings(attacks=("fgsm", "pgd"), eps=(4.0, 8.0), noise=True, limit=20, steps=2)
+    grid = evaluate_run([run_dir], settings)
+    out = tmp_path / "eval.json"
+    flags = ["--attacks", "fgsm,pgd", "--eps", "4,8", "--noise", "--limit", "20", "--steps", "2"]
+    assert main(["evaluate", str(run_dir), *flags, "--out", str(out)]) == 0
+    command = json.loads(out.read_text())
+
+    def timeless(value):
+        if isinstance(value, dict):
+            return {k: timeless(v) for k, v in value.items() if k not in ("time_s", "wall_time_s")}
+        return [timeless(v) for v in value] if isinstance(value, list) else value
+
+    assert grid["n"] == 20 and [a["steps"] for a in grid["attacks"]] == [1, 2, 1, 2]
+    assert timeless(json.loads(json.dumps(grid))) == timeless(command)
+
+
 def test_cli_limit_and_shard_leave_eval_json_alone(run_dir, capsys):
     from odenets.cli import main
 

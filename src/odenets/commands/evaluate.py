@@ -276,33 +276,19 @@ def _checked_out(out: Path) -> Path:
 
 
 def _evaluate(args) -> dict:
-    import torch
-
-    from odenets.device import resolve_device
-    from odenets.robustness import evaluate
-    from odenets.training import load_run, read_run
-
-    surrogate_runs = [args.transfer_from] if args.transfer_from else []
-    infos = [read_run(p) for p in [*args.runs, *surrogate_runs]]
-    dataset = infos[0].config["dataset"]
-    _check_one_dataset(infos)
-    device = resolve_device(args.device)
-    models = [load_run(p, device=device) for p in args.runs]
-    surrogates = [load_run(p, device=device) for p in surrogate_runs]
-    for model in [*models, *surrogates]:
-        _warn_unfinished(model.run_weights)
-
-    verify = not args.no_verify and infos[0].config["train"].get("verify", True)
-    images, labels = _test_split(dataset, args.data_root, verify=verify)
-    order, shard = _test_order(args, len(labels))
-    x = torch.from_numpy(images[order]).permute(0, 3, 1, 2).float() / 255  # (N, C, H, W)
-    y = torch.from_numpy(labels[order])
+    from odenets.robustness.runs import evaluate_runs
 
     noise = "official" if args.noise_root else ("generated" if args.noise else None)
-    return evaluate(
-        models,
-        x,
-        y,
+    return evaluate_runs(
+        args.runs,
+        limit=args.limit,
+        shard=args.shard,
+        seed=args.seed,
+        data_root=args.data_root,
+        device=args.device,
+        verify=not args.no_verify,
+        transfer_from=args.transfer_from,
+        progress=sys.stderr.isatty(),
         attacks=args.attacks,
         eps_list=[e / 255 for e in args.eps],
         threat_model=args.threat_model,
@@ -310,73 +296,12 @@ def _evaluate(args) -> dict:
         noise_root=args.noise_root,
         gaussian_sigmas=[s / 255 for s in args.gaussian_sigma],
         attack_options=_attack_options(args),
-        transfer_from=surrogates or None,
         transfer_attacks=args.transfer_attacks,
-        seed=args.seed,
         batch_size=args.batch_size,
-        indices=torch.from_numpy(order),
         checks=not args.no_checks,
         masking=args.masking_checks,
         channels_last=args.channels_last,
-        info=_result_info(args, dataset, shard),
-        progress=sys.stderr.isatty(),
     )
-
-
-def _warn_unfinished(weights: dict) -> None:
-    """Say so when a run has no final weights yet: its last checkpoint is evaluated."""
-    from odenets.training.run_folder import FINAL_WEIGHTS
-
-    if weights["file"] != FINAL_WEIGHTS:
-        print(
-            f"odenets evaluate: warning: {weights['run']} has not finished training; "
-            f"evaluating {weights['file']} (epoch {weights['epoch']} of {weights['epochs']})",
-            file=sys.stderr,
-        )
-
-
-def _check_one_dataset(infos) -> None:
-    """The runs of an ensemble (and a surrogate) were all trained on the first's data set."""
-    dataset = infos[0].config["dataset"]
-    for info in infos[1:]:
-        if info.config["dataset"]["name"] != dataset["name"]:
-            raise ValueError(
-                "runs of an ensemble or a surrogate must share a data set; "
-                f"{info.path} was trained on {info.config['dataset']['name']!r}, "
-                f"{infos[0].path} on {dataset['name']!r}"
-            )
-
-
-def _test_order(args, n: int):
-    """Indices of the test images to evaluate (sorted; --limit draws a seeded subset, --shard
-    takes a contiguous share) and the shard's record for eval.json (None without --shard)."""
-    from odenets.data.splits import subset_indices
-    from odenets.robustness.evaluate import shard_slice
-
-    order = subset_indices(n, args.limit, args.seed)
-    shard = None
-    if args.shard is not None:
-        start, stop = shard_slice(len(order), *args.shard)
-        shard = {
-            "index": args.shard[0],
-            "count": args.shard[1],
-            "start": start,
-            "stop": stop,
-            "total": len(order),
-        }
-        order = order[start:stop]
-    return order, shard
-
-
-def _result_info(args, dataset: dict, shard: dict | None) -> dict:
-    """What eval.json records about its inputs: runs, data set, split and shard."""
-    return {
-        "runs": [str(p) for p in args.runs],
-        "dataset": dataset["name"],
-        "split": "test",
-        "shard": shard,
-        "transfer_from": [str(args.transfer_from)] if args.transfer_from else None,
-    }
 
 
 def _attack_options(args) -> dict[str, dict]:
@@ -393,12 +318,3 @@ def _attack_options(args) -> dict[str, dict]:
     options["square"] = {"queries": args.square_queries}
     wanted = {*args.attacks, *(args.transfer_attacks if args.transfer_from else [])}
     return {k: v for k, v in options.items() if k in wanted}
-
-
-def _test_split(dataset: dict, data_root: str | None, *, verify: bool = True):
-    from odenets.data import load_dataset
-
-    root = data_root if data_root is not None else dataset.get("root")
-    kwargs = {"verify": verify} if dataset["name"] in ("cifar10", "cifar100") else {}
-    test = load_dataset(dataset["name"], root=root, split="test", **kwargs)
-    return test.images, test.labels

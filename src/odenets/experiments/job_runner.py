@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from odenets.device import resolve_device
 from odenets.errors import OdenetsError
 from odenets.experiments.grid_folder import END_STATES, RUNS, job_state, write_job_record
 from odenets.experiments.jobs import Grid, Job
@@ -62,25 +61,6 @@ def train_job(grid: Grid, job: Job, folder: Path) -> None:
         log.warning("run %s diverged: %s", job.name, err)
 
 
-def _test_subset(
-    dataset: dict[str, Any], data_root: str | None, limit: int, seed: int, *, verify: bool = True
-):
-    """The test images (N, C, H, W) float in [0, 1], their labels (N,) and their indices (N,)
-    in the test split: all of it, or the seeded subset of `limit` images in split order."""
-    import torch
-
-    from odenets.data import load_dataset
-    from odenets.data.splits import subset_indices
-
-    root = data_root if data_root is not None and dataset["name"] != "digits" else None
-    kwargs = {"verify": verify} if dataset["name"] in ("cifar10", "cifar100") else {}
-    test = load_dataset(dataset["name"], root=root or dataset.get("root"), split="test", **kwargs)
-    order = subset_indices(len(test.labels), limit or None, seed)  # limit 0: the whole split
-    images = torch.from_numpy(test.images[order]).permute(0, 3, 1, 2).float() / 255  # (N,C,H,W)
-    labels = torch.from_numpy(test.labels[order])
-    return images, labels, torch.from_numpy(order)
-
-
 def evaluate_run(
     run_dirs: Sequence[str | Path],
     settings,
@@ -95,31 +75,22 @@ def evaluate_run(
     The test subset (`settings.limit`) is the same seeded subset `odenets evaluate --limit`
     takes, so results agree with the command.
     """
-    from odenets.robustness import evaluate
-    from odenets.training import load_run, read_run
+    from odenets.robustness.runs import evaluate_runs
 
-    config = read_run(run_dirs[0]).config
-    dataset = config["dataset"]
-    device = resolve_device("auto")
-    models = [load_run(p, device=device) for p in run_dirs]
-    verify = config["train"].get("verify", True)  # off for a run trained with --no-verify
-    images, labels, indices = _test_subset(dataset, data_root, settings.limit, seed, verify=verify)
     steps = {"steps": settings.steps} if settings.steps else {}
     noise = ("official" if noise_root else "generated") if settings.noise else None
-    return evaluate(
-        models,
-        images,
-        labels,
+    return evaluate_runs(
+        run_dirs,
+        limit=settings.limit or None,  # 0: the whole split
+        seed=seed,
+        data_root=data_root or None,  # None: the root each run was trained with
+        progress=sys.stderr.isatty(),
         attacks=list(settings.attacks),
         eps_list=[e / 255 for e in settings.eps],
         threat_model=settings.threat_model,
         noise=noise,
         noise_root=noise_root,
         attack_options={a: steps for a in settings.attacks if a in ("ifgsm", "pgd")},
-        seed=seed,
-        indices=indices,
-        info={"runs": [str(p) for p in run_dirs], "dataset": dataset["name"], "split": "test"},
-        progress=sys.stderr.isatty(),
     )
 
 
