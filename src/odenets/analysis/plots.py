@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 
 from odenets.analysis.coefficients import STABLE_RANGE
 from odenets.checkpoint import atomic_open
+from odenets.robustness.base import attack_title
 
 
 def save_figure(
@@ -196,7 +197,13 @@ def draw_weight_landscape(results: Mapping[str, Mapping], *, title_extra: str = 
     return fig
 
 
-METRIC_LABELS = {"clean": "clean", "noise": "noise (mean)", "fgsm": "FGSM", "ifgsm": "IFGSM"}
+# Axis labels of the metrics that are not attacks (an attack's is its class's title).
+METRIC_LABELS = {"clean": "clean", "noise": "noise (mean)"}
+
+
+def metric_label(metric: str) -> str:
+    """The axis label of a metric: "noise (mean)", "FGSM", ..."""
+    return METRIC_LABELS.get(metric) or attack_title(metric)
 
 
 def draw_ensemble_gain(gains: Mapping[str, Mapping], *, setting: str) -> Figure:
@@ -215,7 +222,7 @@ def draw_ensemble_gain(gains: Mapping[str, Mapping], *, setting: str) -> Figure:
         bars = ax.bar(pos, 100 * g["gain"], width, label=f"{name} ({g['n_single']} single runs)")
         ax.bar_label(bars, fmt="%+.1f", fontsize="x-small", padding=2)
     ax.axhline(0, color="k", lw=0.8)
-    ax.set_xticks(x, [METRIC_LABELS.get(m, m.upper()) for m in metrics])
+    ax.set_xticks(x, [metric_label(m) for m in metrics])
     ax.set_ylabel("ensemble − single accuracy (percentage points)")
     ax.set_title(f"Robustness gain of the ensemble over single models ({setting})")
     ax.legend(fontsize="small")

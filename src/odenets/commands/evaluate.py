@@ -42,7 +42,7 @@ records the weights scored (file, epoch, SHA-256), so the report can spot stale 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from odenets.robustness.evaluate import DEFAULT_ATTACKS
+    from odenets.robustness.evaluate import DEFAULT_ATTACKS, DEFAULT_TRANSFER
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = _EPILOG.format(attacks=", ".join(_gradient_attacks()))
@@ -69,16 +69,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--gaussian-sigma", type=_radii, default=[], help="plain Gaussian noise levels in 1/255"
     )
-    parser.add_argument(
-        "--steps", type=int, help="iterations of ifgsm, pgd, pgd_start_centred (default: 20)"
-    )
+    parser.add_argument("--steps", type=int, help=f"iterations of {_taking('steps')} (default: 20)")
     parser.add_argument(
         "--alpha",
         type=float,
         help="their step in 1/255 units (default: 2.5·ε/steps in pixels, 1/255 at ε = 8/255 "
         "with 20 steps; 5·ε/steps normalized)",
     )
-    parser.add_argument("--pgd-restarts", type=int, default=1, help="random restarts of pgd")
+    parser.add_argument(
+        "--pgd-restarts", type=int, default=1, help=f"random restarts of {_taking('pgd_restarts')}"
+    )
     parser.add_argument("--apgd-steps", type=int, default=100, help="iterations of APGD (100)")
     parser.add_argument(
         "--autoattack-version",
@@ -102,8 +102,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--transfer-attacks",
         type=_names,
-        default=["pgd", "apgd_ce"],
-        help="attacks crafted on the surrogate (default: pgd,apgd_ce)",
+        default=list(DEFAULT_TRANSFER),
+        help=f"attacks crafted on the surrogate (default: {','.join(DEFAULT_TRANSFER)})",
     )
     parser.add_argument(
         "--masking-checks",
@@ -145,18 +145,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _gradient_attacks() -> list[str]:
     """The registered attacks that take a radius (the others are noises)."""
-    from odenets.robustness import list_attacks
-    from odenets.robustness.base import attack_class
+    from odenets.robustness.base import list_attacks
 
-    return [a for a in list_attacks() if attack_class(a).needs_eps]
+    noises = list_attacks(category="noise")
+    return [a for a in list_attacks() if a not in noises]
+
+
+def _taking(setting: str) -> str:
+    """The registered attacks that a flag sets, for its help text."""
+    from odenets.robustness.base import attacks_taking
+
+    return ", ".join(attacks_taking(setting))
 
 
 def _check_attack_names(names: list[str]) -> None:
     """Refuse a noise given to --attacks, pointing to the noise flags."""
-    from odenets.robustness import list_attacks
+    from odenets.robustness.base import list_attacks
 
     for name in names:
-        if name in list_attacks() and name not in _gradient_attacks():
+        if name in list_attacks(category="noise"):
             raise ValueError(
                 f"--attacks takes gradient attacks ({', '.join(_gradient_attacks())}); "
                 f"{name!r} is a noise: use --noise for the CIFAR-C noises at severities 1-5 "
@@ -305,16 +312,14 @@ def _evaluate(args) -> dict:
 
 
 def _attack_options(args) -> dict[str, dict]:
-    """Per-attack options from the flags, for the requested (and transfer) attacks only."""
-    steps = {} if args.steps is None else {"steps": args.steps}
-    if args.alpha is not None:
-        steps["alpha"] = args.alpha / 255
-    options = {a: dict(steps) for a in ("ifgsm", "pgd", "pgd_start_centred")}
-    options["pgd"]["restarts"] = args.pgd_restarts
-    options.update({a: {"steps": args.apgd_steps} for a in ("apgd_ce", "apgd_dlr")})
-    options["autoattack"] = {"version": args.autoattack_version}
-    if args.autoattack_attacks:
-        options["autoattack"]["attacks"] = args.autoattack_attacks
-    options["square"] = {"queries": args.square_queries}
-    wanted = {*args.attacks, *(args.transfer_attacks if args.transfer_from else [])}
-    return {k: v for k, v in options.items() if k in wanted}
+    """Per-attack options from the flags each attack takes (its class's `options`), for the
+    requested (and transfer) attacks only; a flag not given leaves the attack's default."""
+    from odenets.robustness.base import attack_options
+
+    settings = {
+        **vars(args),
+        "alpha": None if args.alpha is None else args.alpha / 255,  # the flag is in 1/255
+        "autoattack_attacks": args.autoattack_attacks or None,
+    }
+    wanted = dict.fromkeys([*args.attacks, *(args.transfer_attacks if args.transfer_from else [])])
+    return attack_options(wanted, settings)

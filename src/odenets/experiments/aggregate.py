@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from odenets.experiments.paper import ROBUSTNESS_METRICS, get_table
+from odenets.experiments.paper import INRESNET_METRICS, NAIS_METRICS, get_table
 from odenets.experiments.results import RunRecord
+from odenets.robustness.base import list_attacks
 
 DONE = ("finished", "evaluated")  # statuses of runs whose numbers enter the table
 
@@ -124,19 +125,28 @@ def table_rows(manifest: dict[str, Any], runs: Sequence[RunRecord]) -> list[Tabl
 
 
 def metrics_of(manifest: dict[str, Any]) -> tuple[str, ...]:
-    """The table's metrics: the paper table's, or those the manifest's evaluation gives."""
+    """The table's metrics: the paper table's, or those the manifest's evaluation gives
+    (clean, noise, then every registered attack it runs)."""
     if manifest.get("table"):
         return get_table(manifest["table"]).metrics
     ev = manifest.get("evaluate", {})
     metrics = ["clean"] + (["noise"] if ev.get("noise") else [])
-    return (*metrics, *[a for a in ev.get("attacks", []) if a in ROBUSTNESS_METRICS])
+    return (*metrics, *[a for a in ev.get("attacks", []) if a in _attack_metrics()])
 
 
 def loose_metrics(runs: Sequence[RunRecord]) -> tuple[str, ...]:
-    """The metrics present in any run, in table order (for a folder with no manifest)."""
+    """The metrics present in any run, in table order (for a folder with no manifest): the
+    In-ResNet columns, the other registered attacks by name, then NAIS-Net's."""
     present = {m for r in runs for m in r.metrics}
-    order = (*ROBUSTNESS_METRICS, "train", "test")
+    attacks = [a for a in _attack_metrics() if a not in INRESNET_METRICS]
+    order = (*INRESNET_METRICS, *attacks, *NAIS_METRICS)
     return tuple(m for m in order if m in present)
+
+
+def _attack_metrics() -> list[str]:
+    """The registered attacks (not the noises): each is a column where it was evaluated."""
+    noises = list_attacks(category="noise")
+    return [a for a in list_attacks() if a not in noises]
 
 
 def split_runs(

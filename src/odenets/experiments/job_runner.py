@@ -75,9 +75,9 @@ def evaluate_run(
     The test subset (`settings.limit`) is the same seeded subset `odenets evaluate --limit`
     takes, so results agree with the command.
     """
+    from odenets.robustness.base import attack_options
     from odenets.robustness.runs import evaluate_runs
 
-    steps = {"steps": settings.steps} if settings.steps else {}
     noise = ("official" if noise_root else "generated") if settings.noise else None
     return evaluate_runs(
         run_dirs,
@@ -90,7 +90,8 @@ def evaluate_run(
         threat_model=settings.threat_model,
         noise=noise,
         noise_root=noise_root,
-        attack_options={a: steps for a in settings.attacks if a in ("ifgsm", "pgd")},
+        # The preset's `steps` (0: each attack's default) goes where `--steps` would.
+        attack_options=attack_options(settings.attacks, {"steps": settings.steps or None}),
     )
 
 

@@ -34,7 +34,7 @@ class EvalSettings:
     eps: tuple[float, ...] = (8.0,)  # radii in 1/255 pixel units; the first is the table's
     noise: bool = True  # the four CIFAR-C noise corruptions, severities 1-5
     limit: int = 0  # test images to evaluate; 0 = the whole test split
-    steps: int = 0  # attack steps for IFGSM / PGD; 0 = the attack's default (20)
+    steps: int = 0  # steps of the attacks `odenets evaluate --steps` sets; 0 = their default
     threat_model: str = "pixel"  # "pixel" (standard) or "normalized" (authors' first code)
 
 

@@ -8,11 +8,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from odenets.experiments.aggregate import Cell, TableRow
-from odenets.experiments.paper import METRIC_TITLES, get_table
+from odenets.experiments.paper import get_table
 from odenets.experiments.results import RunRecord, failed_checks
+from odenets.robustness.base import attack_title, attacks_taking
 
 if TYPE_CHECKING:
     from odenets.experiments.report import Report
+
+# Column titles of the metrics that are not attacks (an attack's is its class's title).
+METRIC_TITLES = {"clean": "Acc.", "noise": "Noise", "train": "Train acc.", "test": "Test acc."}
 
 DATASET_NAMES = {
     "cifar10": "CIFAR-10",
@@ -23,6 +27,11 @@ DATASET_NAMES = {
 
 
 # --- cells and tables ---------------------------------------------------------------------
+def metric_title(metric: str) -> str:
+    """The column title of a metric: "Acc." for "clean", "PGD" for "pgd", ..."""
+    return METRIC_TITLES.get(metric) or attack_title(metric)
+
+
 def fmt_ours(cell: Cell) -> str:
     if cell.mean is None:
         return "—"
@@ -46,7 +55,7 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def rows_markdown(rows: Sequence[TableRow], metrics: Sequence[str], *, paper: bool) -> str:
     header = ["Model", "network", "runs"]
     for m in metrics:
-        title = METRIC_TITLES[m]
+        title = metric_title(m)
         header += [f"{title} ours", f"{title} paper", f"{title} Δ"] if paper else [title]
     body = []
     for row in rows:
@@ -62,7 +71,7 @@ def rows_markdown(rows: Sequence[TableRow], metrics: Sequence[str], *, paper: bo
 
 
 def runs_markdown(runs: Sequence[RunRecord], metrics: Sequence[str]) -> str:
-    header = ["Run", "preset", "scale", "seed", "status", *[METRIC_TITLES[m] for m in metrics]]
+    header = ["Run", "preset", "scale", "seed", "status", *[metric_title(m) for m in metrics]]
     body = []
     for r in runs:
         line = [r.name, r.job.get("preset", "—"), r.job.get("scale", "—")]
@@ -83,10 +92,11 @@ def _data_sentence(manifest: dict[str, Any], dataset: str, sample: dict | None) 
 
 
 def _step_words(sample: dict | None, eps_255: float, steps: int) -> str:
-    """The step of IFGSM / PGD at the table's radius: as recorded by the evaluation, else
-    the default rule."""
+    """The step of IFGSM / PGD (the attacks a preset's `steps` sets) at the table's radius:
+    as recorded by the evaluation, else the default rule."""
+    stepped = attacks_taking("steps")
     for a in (sample or {}).get("attacks", []):
-        if a["name"] in ("ifgsm", "pgd") and abs(a["eps_255"] - eps_255) < 1e-6 and a.get("alpha"):
+        if a["name"] in stepped and abs(a["eps_255"] - eps_255) < 1e-6 and a.get("alpha"):
             return f"step α = {a['alpha'] * 255:.3g}/255"
     return f"step α = 2.5·ε/{steps} = {2.5 * eps_255 / steps:.3g}/255"
 
@@ -103,7 +113,7 @@ def _attacks_sentence(ev: dict[str, Any], sample: dict | None = None) -> str:
         "tensor, about five times weaker)"
     )
     return (
-        f"Attacks: untargeted L∞ {', '.join(a.upper() for a in ev['attacks'])} at "
+        f"Attacks: untargeted L∞ {', '.join(attack_title(a) for a in ev['attacks'])} at "
         f"ε = {eps[0]:g}/255, {steps} steps for IFGSM and PGD "
         f"({_step_words(sample, float(eps[0]), steps)}; PGD with a random start), "
         f"{tm_words}; the model in eval mode; robust means correct both clean and attacked."

@@ -70,6 +70,8 @@ def checkpoints(n_iter: int) -> list[int]:
 class APGD(Attack):
     """Auto-PGD, L∞, with the paper's step-size schedule (see the module docstring)."""
 
+    category = "multi-step"
+    options = {"steps": "apgd_steps"}
     loss_name = "ce"
 
     def __init__(

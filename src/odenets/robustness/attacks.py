@@ -43,6 +43,7 @@ class FGSM(Attack):
     """One signed-gradient step of size ε."""
 
     title = "FGSM"
+    category = "single-step"
 
     def perturb(self, space: Space, z, labels, indices):
         _, grad, _ = self.loss_and_grad(space, z, labels)
@@ -63,6 +64,8 @@ class PGD(Attack):
     """
 
     title = "PGD"
+    category = "multi-step"
+    options = {"steps": "steps", "alpha": "alpha", "restarts": "pgd_restarts"}
     default_random_start = True
     centre_on_start = False
 
@@ -135,6 +138,7 @@ class IFGSM(PGD):
     """Iterative FGSM (BIM): PGD without a random start."""
 
     title = "IFGSM"
+    options = {"steps": "steps", "alpha": "alpha"}
 
     default_random_start = False
 
@@ -144,5 +148,6 @@ class PGDStartCentred(PGD):
     """The authors' PGD: unclamped random start, ball centred on it (reaches up to 2ε)."""
 
     title = "PGD (start-centred)"
+    options = {"steps": "steps", "alpha": "alpha"}
 
     centre_on_start = True

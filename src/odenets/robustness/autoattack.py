@@ -148,7 +148,9 @@ class AutoAttack(_PackageAttack):
     """
 
     title = "AutoAttack"
+    category = "mixed"
     kind = "mixed"
+    options = {"version": "autoattack_version", "attacks": "autoattack_attacks"}
 
     def __init__(
         self,
@@ -226,7 +228,9 @@ class Square(_PackageAttack):
     """
 
     title = "Square"
+    category = "gradient-free"
     kind = "black-box"
+    options = {"queries": "square_queries"}
     sub_attacks = ("square",)
 
     def __init__(

@@ -1,11 +1,20 @@
-"""What every perturbation shares: the threat-model geometry (projection and clamping), the
-model-mode handling, per-sample seeding, and the registry of attacks by name.
+"""What every perturbation shares: the description an attack or a noise carries (its
+title, category, kind and options, read by everything that lists perturbations), the
+threat-model geometry (projection and clamping), the model-mode handling, per-sample
+seeding, and the registry of perturbations by name.
 
-An attack is a small object with its hyperparameters fixed in `__init__` and
+An attack or a noise is a small object with its hyperparameters fixed in `__init__` and
 `__call__(model, images, labels) -> images`: images float (N, C, H, W) in [0, 1] in, images
-in [0, 1] out. The base class puts the model in eval mode for the attack and restores its
+in [0, 1] out. `Attack` (a perturbation in an ε-ball, crafted on the model) and
+`odenets.robustness.noise.Noise` (random, no ε, no model) are the two kinds of
+`Perturbation`. An attack puts the model in eval mode for the attack and restores its
 mode afterwards; gradients are taken with `torch.autograd.grad` with respect to the input
 only, so parameters keep their `requires_grad` and no `.grad` is left on them.
+
+The evaluation (`odenets evaluate`, a grid's evaluation), the sanity checks, the report and
+the figures take every list of perturbations from the registry and the class attributes
+(`list_attacks`, `attack_class`, `attack_title`, `attacks_taking`, `attack_options`), so a
+new attack is one class with `@register_attack(name)`.
 
 Random draws are keyed on (seed, stream, index of the sample in the whole evaluation set),
 not on the batch, so a result does not depend on the batch size or on how the set is split
@@ -17,7 +26,8 @@ from __future__ import annotations
 import contextlib
 import difflib
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -26,16 +36,24 @@ from torch import nn
 from odenets.errors import UnknownNameError
 
 THREAT_MODELS = ("pixel", "normalized")
+# What a perturbation does, as `Perturbation.category` says it; the sanity checks hold the
+# multi-step attacks to FGSM.
+CATEGORIES = ("single-step", "multi-step", "gradient-free", "mixed", "noise")
 
-_ATTACKS: dict[str, type[Attack]] = {}
+_ATTACKS: dict[str, type[Perturbation]] = {}
 
 
-def register_attack(name: str) -> Callable[[type[Attack]], type[Attack]]:
-    """Class decorator: make an attack available to `create_attack(name, ...)`."""
+def register_attack(name: str) -> Callable[[type[Perturbation]], type[Perturbation]]:
+    """Class decorator: make an attack or a noise available to `create_attack(name, ...)`,
+    and so to `odenets evaluate`, grids, the sanity checks, the report and the figures."""
 
-    def wrap(cls: type[Attack]) -> type[Attack]:
+    def wrap(cls: type[Perturbation]) -> type[Perturbation]:
         if name in _ATTACKS:
             raise ValueError(f"attack {name!r} is already registered")
+        if cls.category not in CATEGORIES:
+            raise ValueError(
+                f"attack {name!r}: category must be one of {CATEGORIES}; got {cls.category!r}"
+            )
         _ATTACKS[name] = cls
         cls.name = name
         return cls
@@ -43,12 +61,13 @@ def register_attack(name: str) -> Callable[[type[Attack]], type[Attack]]:
     return wrap
 
 
-def list_attacks() -> list[str]:
-    """Sorted names of the registered attacks and noise perturbations."""
-    return sorted(_ATTACKS)
+def list_attacks(*, category: str | None = None) -> list[str]:
+    """Sorted names of the registered attacks and noise perturbations (of one `category`
+    of `CATEGORIES` if given)."""
+    return sorted(n for n, cls in _ATTACKS.items() if category in (None, cls.category))
 
 
-def attack_class(name: str) -> type[Attack]:
+def attack_class(name: str) -> type[Perturbation]:
     """The class registered under `name`; the error suggests close names."""
     if name not in _ATTACKS:
         close = difflib.get_close_matches(name, _ATTACKS, n=3, cutoff=0.6)
@@ -57,6 +76,43 @@ def attack_class(name: str) -> type[Attack]:
             f"unknown attack {name!r}.{hint} Available: {', '.join(list_attacks())}"
         )
     return _ATTACKS[name]
+
+
+def attack_title(name: str) -> str:
+    """How tables, captions and figures name an attack: its class's `title`, or `name`
+    itself for a name that is not registered (e.g. "transfer_pgd")."""
+    cls = _ATTACKS.get(name)
+    return name if cls is None else cls.title or name
+
+
+def attacks_taking(setting: str) -> list[str]:
+    """Sorted names of the registered attacks that take evaluation setting `setting` (see
+    `Perturbation.options`), e.g. "steps" -> ["ifgsm", "pgd", "pgd_start_centred"]."""
+    return [n for n in list_attacks() if setting in _ATTACKS[n].options.values()]
+
+
+def attack_options(names: Iterable[str], settings: Mapping[str, Any]) -> dict[str, dict]:
+    """Each registered attack's keyword arguments from evaluation settings.
+
+    Args:
+        names: attack names; names that are not registered are left out (`create_attack`
+            refuses them).
+        settings: setting name -> value (`odenets evaluate`'s flags, a preset's evaluate
+            table); a setting that is missing or None is left out, so the attack keeps
+            its default.
+
+    Returns:
+        {name: {keyword: value}} for each registered name, through its class's `options`.
+    """
+    return {
+        name: {
+            keyword: settings[setting]
+            for keyword, setting in _ATTACKS[name].options.items()
+            if settings.get(setting) is not None
+        }
+        for name in names
+        if name in _ATTACKS
+    }
 
 
 def create_attack(
@@ -69,7 +125,7 @@ def create_attack(
     threat_model: str = "pixel",
     seed: int = 0,
     **kwargs,
-) -> Attack:
+) -> Perturbation:
     """Build a registered attack or noise perturbation.
 
     Args:
@@ -87,19 +143,9 @@ def create_attack(
     Returns:
         A callable ``attack(model, images, labels) -> images`` in [0, 1].
     """
-    cls = attack_class(name)
     options = {"alpha": alpha, "steps": steps, "random_start": random_start}
     kwargs.update({k: v for k, v in options.items() if v is not None})
-    if cls.needs_eps:
-        if eps is None:
-            raise ValueError(f"attack {name!r} needs eps (a float in [0, 1], e.g. 8/255)")
-        return cls(eps=eps, threat_model=threat_model, seed=seed, **kwargs)
-    if eps is not None:
-        raise ValueError(
-            f"{name!r} is a noise perturbation and takes no eps; set its level with "
-            "severity=1..5 (CIFAR-C noises) or sigma= (gaussian)"
-        )
-    return cls(seed=seed, **kwargs)
+    return attack_class(name).build(eps=eps, threat_model=threat_model, seed=seed, **kwargs)
 
 
 def check_eps(eps: float, what: str = "eps") -> float:
@@ -194,21 +240,83 @@ def cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
     return F.cross_entropy(logits, labels, reduction="none")
 
 
-class Attack:
-    """Base class: eval mode, threat-model geometry, input checks and gradient bookkeeping.
+class Perturbation:
+    """What an attack and a noise share: the description of the kind of perturbation
+    (class attributes) and the call ``perturbation(model, images, labels, *, indices)``.
+
+    The class attributes are what every list of perturbations is derived from:
+
+    - `title`: how tables, captions and figures name it.
+    - `category`: one of `CATEGORIES`: "single-step", "multi-step" (the sanity checks
+      flag one markedly weaker than FGSM), "gradient-free", "mixed" (several kinds in
+      one, as AutoAttack) or "noise".
+    - `kind`: how it sees the network, recorded in eval.json: "white-box" (follows the
+      target's gradient), "black-box" (queries the target's output only), "transfer"
+      (crafted on another network), "mixed" (AutoAttack: both kinds in one) or "noise"
+      (no model). The gradient-masking diagnostics compare the kinds.
+    - `options`: keyword argument -> the evaluation setting that sets it, named as the
+      flag of `odenets evaluate` (its argparse dest: "steps" for ``--steps``) and, where
+      a preset's evaluate table has it, as that key (`attack_options`).
+    """
+
+    name: str = "perturbation"  # the registry name, set by `register_attack`
+    title: str = ""  # "" : the name
+    category: str = ""  # required: `register_attack` refuses a class without one
+    kind: str = "white-box"
+    options: ClassVar[Mapping[str, str]] = {}
+    threat_model: str = "pixel"
+
+    def __init__(self, *, seed: int = 0, dtype: torch.dtype = torch.float32):
+        self.seed = int(seed)
+        self.dtype = dtype
+        self.nonfinite_grads = 0
+
+    @classmethod
+    def build(cls, *, eps: float | None, threat_model: str, seed: int, **kwargs) -> Perturbation:
+        """The perturbation `create_attack` asks for (each kind says what it takes)."""
+        raise NotImplementedError
+
+    @property
+    def nonfinite_grads(self) -> int:
+        """Samples whose input gradient was NaN or infinite, over every call so far."""
+        return int(self._nonfinite)
+
+    @nonfinite_grads.setter
+    def nonfinite_grads(self, value: int) -> None:
+        self._nonfinite = value
+
+    def settings(self) -> dict:
+        """Settings recorded in eval.json; subclasses give theirs."""
+        return {}
+
+    def record(self) -> dict:
+        """What eval.json keeps about this attack beyond its settings and accuracy, over
+        every call so far (e.g. AutoAttack's sub-attacks); empty for most attacks."""
+        return {}
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v}" for k, v in self.settings().items())
+        return f"{type(self).__name__}({opts}, threat_model={self.threat_model!r})"
+
+    def __call__(
+        self,
+        model: nn.Module | None,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        indices: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class Attack(Perturbation):
+    """Base class of the attacks in an ε-ball: eval mode, threat-model geometry, input
+    checks and gradient bookkeeping.
 
     Subclasses implement `perturb(space, z, labels, indices) -> z_adv` in the coordinates of
     the threat model. `nonfinite_grads` counts samples whose input gradient was NaN or
     infinite (NaN entries are replaced by 0 so the attack goes on).
     """
-
-    name: str = "attack"
-    title: str = "attack"  # how tables and captions name it
-    # "white-box" (follows the target's gradient), "black-box" (queries the target's
-    # output only), "transfer" (crafted on another network), "mixed" (AutoAttack: both
-    # kinds in one), "noise" (no model). The masking diagnostics compare the kinds.
-    kind: str = "white-box"
-    needs_eps: bool = True
 
     def __init__(
         self,
@@ -220,33 +328,18 @@ class Attack:
     ):
         if threat_model not in THREAT_MODELS:
             raise ValueError(f"threat_model must be one of {THREAT_MODELS}; got {threat_model!r}")
+        super().__init__(seed=seed, dtype=dtype)
         self.eps = check_eps(eps)
         self.threat_model = threat_model
-        self.seed = int(seed)
-        self.dtype = dtype
-        self.nonfinite_grads = 0
 
-    @property
-    def nonfinite_grads(self) -> int:
-        """Samples whose input gradient was NaN or infinite, over every call so far."""
-        return int(self._nonfinite)
+    @classmethod
+    def build(cls, *, eps: float | None, threat_model: str, seed: int, **kwargs) -> Attack:
+        if eps is None:
+            raise ValueError(f"attack {cls.name!r} needs eps (a float in [0, 1], e.g. 8/255)")
+        return cls(eps=eps, threat_model=threat_model, seed=seed, **kwargs)
 
-    @nonfinite_grads.setter
-    def nonfinite_grads(self, value: int) -> None:
-        self._nonfinite = value
-
-    # Settings recorded in eval.json; subclasses add theirs.
     def settings(self) -> dict:
         return {"eps": self.eps, "steps": 1, "alpha": self.eps, "restarts": 1}
-
-    def record(self) -> dict:
-        """What eval.json keeps about this attack beyond its settings and accuracy, over
-        every call so far (e.g. AutoAttack's sub-attacks); empty for most attacks."""
-        return {}
-
-    def __repr__(self) -> str:
-        opts = ", ".join(f"{k}={v}" for k, v in self.settings().items())
-        return f"{type(self).__name__}({opts}, threat_model={self.threat_model!r})"
 
     def __call__(
         self,

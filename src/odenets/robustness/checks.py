@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from odenets.robustness.base import list_attacks
 from odenets.robustness.counts import frac
 
 # Sanity-check thresholds (accuracy fractions).
@@ -14,8 +15,6 @@ MONOTONE_TOL = 0.01  # allowed rise of accuracy with ε (random starts add noise
 MASKING_GAP = 0.05  # APGD this far below PGD suggests gradient masking
 EPS1_MAX_ACC = 0.05  # accuracy allowed under an unbounded (ε = 1) attack
 EPS1_SAMPLES = 100  # samples of the ε = 1 check
-
-MULTI_STEP = ("ifgsm", "pgd", "pgd_start_centred", "apgd_ce", "apgd_dlr")
 
 
 def sanity_checks(result: Mapping) -> list[dict]:
@@ -57,9 +56,10 @@ def _list(entries: list[dict], ref: float, what: str) -> str:
 def _not_weaker_than_fgsm(by_key: Mapping[tuple, float], n: int | None) -> dict:
     weaker = []
     margin = max(MARKEDLY_WEAKER, 3 / n) if n else MARKEDLY_WEAKER
+    multi_step = list_attacks(category="multi-step")
     for (name, tm, eps), acc in by_key.items():
         fgsm = by_key.get(("fgsm", tm, eps))
-        if name in MULTI_STEP and fgsm is not None and acc > fgsm + margin:
+        if name in multi_step and fgsm is not None and acc > fgsm + margin:
             weaker.append(f"{name} {tm} {eps * 255:g}/255: {acc:.4f} > fgsm {fgsm:.4f}")
     return _check(
         "multi_step_not_weaker_than_fgsm",

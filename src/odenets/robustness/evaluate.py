@@ -38,7 +38,6 @@ from odenets.robustness.checks import (
     MARKEDLY_WEAKER,
     MASKING_GAP,
     MONOTONE_TOL,
-    MULTI_STEP,
     sanity_checks,
 )
 from odenets.robustness.counts import entry_counts, frac
@@ -62,7 +61,6 @@ __all__ = [
     "MARKEDLY_WEAKER",
     "MASKING_GAP",
     "MONOTONE_TOL",
-    "MULTI_STEP",
     "NOISE_ATTACK",
     "SEVERITIES",
     "evaluate",

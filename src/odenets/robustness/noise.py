@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from odenets.robustness.base import Attack, _check_batch, register_attack, sample_seed
+from odenets.robustness.base import Perturbation, _check_batch, register_attack, sample_seed
 
 # perturbation name -> CIFAR-C corruption name of odenets.data.NOISE_CORRUPTIONS
 CORRUPTION_OF = {
@@ -25,17 +25,21 @@ CORRUPTION_OF = {
 }
 
 
-class Noise(Attack):
-    """Base class of the noise perturbations: no gradient, no ε, no model needed."""
+class Noise(Perturbation):
+    """Base class of the noise perturbations: no gradient, no ε, no model needed; the
+    noise acts on pixels."""
 
-    needs_eps = False
+    category = "noise"
     kind = "noise"
 
-    def __init__(self, *, seed: int = 0, dtype: torch.dtype = torch.float32):
-        self.seed = int(seed)
-        self.dtype = dtype
-        self.threat_model = "pixel"
-        self.nonfinite_grads = 0
+    @classmethod
+    def build(cls, *, eps: float | None, threat_model: str, seed: int, **kwargs) -> Noise:
+        if eps is not None:
+            raise ValueError(
+                f"{cls.name!r} is a noise perturbation and takes no eps; set its level with "
+                "severity=1..5 (CIFAR-C noises) or sigma= (gaussian)"
+            )
+        return cls(seed=seed, **kwargs)
 
     def stream(self) -> str:
         raise NotImplementedError
@@ -91,25 +95,35 @@ class Corruption(Noise):
 class GaussianNoise(Corruption):
     """CIFAR-C gaussian noise: x + N(0, c²), c = 0.04 ... 0.10."""
 
+    title = "gaussian noise"
+
 
 @register_attack("shot_noise")
 class ShotNoise(Corruption):
     """CIFAR-C shot noise: Poisson(x c) / c, c = 500 ... 50."""
+
+    title = "shot noise"
 
 
 @register_attack("impulse_noise")
 class ImpulseNoise(Corruption):
     """CIFAR-C impulse noise: salt and pepper, amount 0.01 ... 0.07."""
 
+    title = "impulse noise"
+
 
 @register_attack("speckle_noise")
 class SpeckleNoise(Corruption):
     """CIFAR-C speckle noise: x + x N(0, c²), c = 0.06 ... 0.20."""
 
+    title = "speckle noise"
+
 
 @register_attack("gaussian")
 class Gaussian(Noise):
     """x + N(0, σ²) with σ in pixel units, clipped to [0, 1]."""
+
+    title = "gaussian noise of σ"
 
     def __init__(self, *, sigma: float = 0.1, seed: int = 0, dtype: torch.dtype = torch.float32):
         super().__init__(seed=seed, dtype=dtype)

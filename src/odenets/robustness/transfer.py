@@ -37,6 +37,8 @@ class Transfer(Attack):
         self.surrogate = surrogate
         self.source = source
         self.name = TRANSFER_PREFIX + base.name
+        self.title = f"{base.title or base.name} (transfer)"
+        self.category = base.category
 
     @property
     def nonfinite_grads(self) -> int:
