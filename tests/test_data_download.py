@@ -14,7 +14,8 @@ import pytest
 
 from odenets import cli
 from odenets.data import load_cifar
-from odenets.data.download import download_cifar, download_file
+from odenets.data.archives import download_cifar
+from odenets.data.download import download_file
 from odenets.errors import DataError
 
 PAYLOAD = np.random.default_rng(0).integers(0, 256, 300_000, dtype=np.uint8).tobytes()

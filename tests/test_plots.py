@@ -188,13 +188,13 @@ def test_projected_nais_blocks_have_radius_below_one(tiny_runs):
 
 
 def test_one_call_helpers_used_by_the_report(tiny_runs, eval_files, tmp_path):
-    from odenets.analysis import plots
+    from odenets.analysis import figures
     from odenets.analysis.robustness_results import load_eval
 
     written = [
-        plots.plot_coefficients(tiny_runs["in_resnet20"], tmp_path / "coefficients.png"),
-        plots.plot_robustness_curves([load_eval(p) for p in eval_files], tmp_path / "rc.png"),
-        plots.plot_depth(tiny_runs["naisnet10"], tmp_path / "depth.png", limit=16),
+        figures.plot_coefficients(tiny_runs["in_resnet20"], tmp_path / "coefficients.png"),
+        figures.plot_robustness_curves([load_eval(p) for p in eval_files], tmp_path / "rc.png"),
+        figures.plot_depth(tiny_runs["naisnet10"], tmp_path / "depth.png", limit=16),
     ]
     assert [p.name for p in written] == ["coefficients.png", "rc.png", "depth.png"]
     _check_pngs(tmp_path, ["coefficients", "rc", "depth", "depth_images"])

@@ -11,8 +11,10 @@ import pytest
 
 from odenets.checkpoint import write_json_atomic
 from odenets.errors import OdenetsError
+from odenets.experiments.aggregate import build_report
 from odenets.experiments.paper import get_table, list_tables
-from odenets.experiments.report import build_report, render_markdown, write_report
+from odenets.experiments.report import write_report
+from odenets.experiments.report_markdown import render_markdown
 from odenets.experiments.reproduce import JOB_FILE, RUNS, load_grid, prepare_folder
 
 

@@ -9,15 +9,27 @@ no `**kwargs`, so a misspelt option is an error. Every function returns the path
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from odenets.analysis import plots, plots_nais
+from odenets.analysis.coefficients import run_coefficients
+from odenets.analysis.depth import measure_depth
+from odenets.analysis.depth_stats import depth_summary
+from odenets.analysis.dynamics import nais_state_differences, one_d_dynamics
+from odenets.analysis.input_landscape import input_landscape, noisy_images
+from odenets.analysis.jacobian import stability_per_block
+from odenets.analysis.robustness_results import ensemble_gain, load_eval, robustness_curves
+from odenets.analysis.weight_landscape import weight_landscape
+from odenets.data.datasets import load_dataset
+from odenets.data.splits import subset_indices
 from odenets.device import resolve_device
 from odenets.models.base import model_device
+from odenets.training.runs import load_run, read_run
 
 
 @dataclass
@@ -44,10 +56,6 @@ def load_test_images(
         data_root: overrides the root recorded in the first run's config.json.
         limit: number of images (None: all); the subset depends only on `seed`.
     """
-    from odenets.data import load_dataset
-    from odenets.data.splits import subset_indices
-    from odenets.training import read_run
-
     datasets = [read_run(r).config["dataset"] for r in run_dirs]
     names = {d["name"] for d in datasets}
     if len(names) != 1:
@@ -62,15 +70,11 @@ def load_test_images(
 
 
 def _load(run: str | Path, device: str) -> torch.nn.Module:
-    from odenets.training import load_run
-
     return load_run(run, device=resolve_device(device))
 
 
 def run_labels(run_dirs: Sequence[str | Path]) -> list[str]:
     """Model names, with the seed or folder name added where a model name repeats."""
-    from odenets.training import read_run
-
     configs = [read_run(r).config for r in run_dirs]
     names = [c["model"] for c in configs]
     labels = []
@@ -84,9 +88,6 @@ def run_labels(run_dirs: Sequence[str | Path]) -> list[str]:
 
 def coefficients_figure(run_dirs: Sequence[str | Path], out_dir: str | Path) -> list[Path]:
     """λ_n per block (mean and spread over seeds) and over epochs."""
-    from odenets.analysis import plots
-    from odenets.analysis.coefficients import run_coefficients
-
     fig = plots.draw_coefficients(run_coefficients(run_dirs))
     return plots.save_figure(fig, out_dir, "coefficients")
 
@@ -106,9 +107,6 @@ def input_landscape_figure(
     device: str = "auto",
 ) -> list[Path]:
     """Input-space loss curves (and surfaces) of several models on the same noisy images."""
-    from odenets.analysis import plots
-    from odenets.analysis.input_landscape import input_landscape, noisy_images
-
     data = load_test_images(run_dirs, data_root=data_root, limit=limit, seed=seed)
     images = noisy_images(data.images, noise, severity, seed=seed)
     results = {}
@@ -155,9 +153,6 @@ def weight_landscape_figure(
     device: str = "auto",
 ) -> list[Path]:
     """Weight-space loss along filter-normalised directions, 1-D and 2-D, per model."""
-    from odenets.analysis import plots
-    from odenets.analysis.weight_landscape import weight_landscape
-
     data = load_test_images(run_dirs, data_root=data_root, limit=limit, seed=seed)
     labels = run_labels(run_dirs)
     curves, surfaces = {}, {}
@@ -196,9 +191,6 @@ def ensemble_gain_figure(
     threat_model: str = "pixel",
 ) -> list[Path]:
     """Ensemble minus single-model accuracy per metric and model family (paper's Fig. 2)."""
-    from odenets.analysis import plots
-    from odenets.analysis.robustness_results import ensemble_gain, load_eval
-
     gains = ensemble_gain(
         [load_eval(p) for p in eval_paths], eps_255=eps_255, threat_model=threat_model
     )
@@ -210,9 +202,6 @@ def ensemble_gain_figure(
 
 def robustness_curves_figure(eval_paths: Sequence[str | Path], out_dir: str | Path):
     """Accuracy against ε per attack and against severity per noise, per evaluation."""
-    from odenets.analysis import plots
-    from odenets.analysis.robustness_results import load_eval, robustness_curves
-
     curves = robustness_curves([load_eval(p) for p in eval_paths])
     return plots.save_figure(plots.draw_robustness_curves(curves), out_dir, "robustness_curves")
 
@@ -230,10 +219,6 @@ def depth_figure(
     device: str = "auto",
 ) -> list[Path]:
     """Per-image depth of each NAIS run: histogram, per class, extreme images."""
-    from odenets.analysis import plots, plots_nais
-    from odenets.analysis.depth import measure_depth
-    from odenets.analysis.depth_stats import depth_summary
-
     data = load_test_images(run_dirs, data_root=data_root, limit=limit, seed=seed)
     paths = []
     labels = run_labels(run_dirs)
@@ -268,9 +253,6 @@ def dynamics_figure(
     device: str = "auto",
 ) -> list[Path]:
     """The poster's 1-D tanh block, and (given NAIS runs) a trained block's state changes."""
-    from odenets.analysis import plots, plots_nais
-    from odenets.analysis.dynamics import nais_state_differences, one_d_dynamics
-
     trained = None
     if run_dirs:
         data = load_test_images(run_dirs, data_root=data_root, limit=limit, seed=seed)
@@ -295,15 +277,35 @@ def stability_figure(
     device: str = "auto",
 ) -> list[Path]:
     """Per-block stage-Jacobian spectral radius (NAIS) or block-Jacobian norm (ResNets)."""
-    from odenets.analysis import plots, plots_nais
-    from odenets.analysis.jacobian import stability_per_block
-
     data = load_test_images(run_dirs, data_root=data_root, limit=limit, seed=seed)
     results = {
         label: stability_per_block(_load(run, device), data.images, iters=iters, seed=seed)
         for label, run in zip(run_labels(run_dirs), run_dirs, strict=True)
     }
     return plots.save_figure(plots_nais.draw_stability(results), out_dir, "stability")
+
+
+# --- one-call helpers (compute, draw, save) ------------------------------------------------
+def plot_coefficients(run_dirs: Sequence[str | Path], path: str | Path) -> Path:
+    """Draw the coefficient figure of run folders to `path` (PNG; a PDF beside it)."""
+    return _save_as(plots.draw_coefficients(run_coefficients(run_dirs)), path)
+
+
+def plot_robustness_curves(evals: Sequence[Mapping], path: str | Path) -> Path:
+    """Draw the robustness curves of eval.json dictionaries to `path` (PNG; a PDF beside it)."""
+    return _save_as(plots.draw_robustness_curves(robustness_curves(evals)), path)
+
+
+def plot_depth(run_dirs: Sequence[str | Path], path: str | Path, **options) -> Path:
+    """Draw the depth figures of NAIS run folders next to `path`; returns the first PNG."""
+    path = Path(path)
+    written = depth_figure(run_dirs, path.parent, **options)
+    return next(p for p in written if p.suffix == ".png")
+
+
+def _save_as(fig, path: str | Path) -> Path:
+    path = Path(path)
+    return plots.save_figure(fig, path.parent, path.stem)[0]
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from odenets.analysis.coefficients import STABLE_RANGE
 from odenets.checkpoint import atomic_open
 from odenets.robustness.base import attack_title
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def save_figure(
@@ -37,7 +40,12 @@ def save_figure(
     return paths
 
 
-def _grid(n: int, *, ncols: int = 3, size=(4.6, 3.6), title: str | None = None):
+def subplot_grid(n: int, *, ncols: int = 3, size=(4.6, 3.6), title: str | None = None):
+    """A figure of `n` panels, `ncols` per row, each `size` inches; returns (figure, axes)."""
+    # matplotlib is imported when a figure is drawn, not with the module: `odenets plot
+    # --help` and the other commands start without it.
+    from matplotlib.figure import Figure
+
     ncols = max(1, min(ncols, n))
     nrows = -(-n // ncols)
     fig = Figure(figsize=(size[0] * ncols, size[1] * nrows + (0.5 if title else 0)))
@@ -57,7 +65,7 @@ def draw_coefficients(groups: Mapping[str, Mapping]) -> Figure:
     Args:
         groups: the output of `odenets.analysis.coefficients.run_coefficients`.
     """
-    fig, axes = _grid(
+    fig, axes = subplot_grid(
         1 + len(groups),
         ncols=min(3, 1 + len(groups)),
         title="Learned interpolation coefficients λ_n (shaded: stable range 0 ≤ λ ≤ 2)",
@@ -119,7 +127,7 @@ def draw_input_landscape(results: Mapping[str, Mapping], *, noise: str) -> Figur
         results: label -> output of `odenets.analysis.input_landscape.input_landscape`.
         noise: what the inputs are (e.g. "gaussian noise, severity 3"), for the title.
     """
-    fig, axes = _grid(2, ncols=2, title=f"Loss in input space around {noise} images")
+    fig, axes = subplot_grid(2, ncols=2, title=f"Loss in input space around {noise} images")
     for key, ax, what in (
         ("attack", axes[0], "attack direction sign(∇ₓ loss) (per model)"),
         ("random", axes[1], "random sign direction (same for all models)"),
@@ -153,7 +161,7 @@ def draw_surfaces(
     """
     import matplotlib as mpl
 
-    fig, axes = _grid(len(surfaces), ncols=3, title=title)
+    fig, axes = subplot_grid(len(surfaces), ncols=3, title=title)
     finite = [np.asarray(s[z])[np.isfinite(s[z])] for s in surfaces.values()]
     lo = min(f.min() for f in finite)
     hi = max(f.max() for f in finite)
@@ -178,7 +186,7 @@ def draw_surfaces(
 
 def draw_weight_landscape(results: Mapping[str, Mapping], *, title_extra: str = "") -> Figure:
     """Loss and accuracy along a filter-normalised random weight direction, per model."""
-    fig, axes = _grid(
+    fig, axes = subplot_grid(
         2,
         ncols=2,
         title="Loss in weight space along a filter-normalised random direction "
@@ -213,7 +221,7 @@ def draw_ensemble_gain(gains: Mapping[str, Mapping], *, setting: str) -> Figure:
         gains: the output of `odenets.analysis.robustness_results.ensemble_gain`.
         setting: attack radius and threat model, for the title.
     """
-    fig, (ax,) = _grid(1, size=(7.5, 4.2))
+    fig, (ax,) = subplot_grid(1, size=(7.5, 4.2))
     metrics = next(iter(gains.values()))["metrics"]
     width = 0.8 / len(gains)
     x = np.arange(len(metrics))
@@ -236,7 +244,9 @@ def draw_robustness_curves(curves: Mapping[str, Mapping]) -> Figure:
     panels = [("attack", a) for a in attacks] + [("noise", n) for n in noises]
     if not panels:
         raise ValueError("the evaluations hold no attack or noise results to plot")
-    fig, axes = _grid(len(panels), ncols=4, title="Accuracy under attack and noise, per model")
+    fig, axes = subplot_grid(
+        len(panels), ncols=4, title="Accuracy under attack and noise, per model"
+    )
     styles = _curve_styles(curves)
     for ax, (kind, name) in zip(axes, panels, strict=True):
         for label, c in curves.items():
@@ -271,32 +281,3 @@ def _curve_styles(curves: Mapping[str, Mapping]) -> dict[str, dict]:
             "lw": 2.0 if ensemble else 1.0,
         }
     return styles
-
-
-# --- one-call helpers (compute, draw, save) for the report ---------------------------------
-def plot_coefficients(run_dirs: Sequence[str | Path], path: str | Path) -> Path:
-    """Draw the coefficient figure of run folders to `path` (PNG; a PDF beside it)."""
-    from odenets.analysis.coefficients import run_coefficients
-
-    return _save_as(draw_coefficients(run_coefficients(run_dirs)), path)
-
-
-def plot_robustness_curves(evals: Sequence[Mapping], path: str | Path) -> Path:
-    """Draw the robustness curves of eval.json dictionaries to `path` (PNG; a PDF beside it)."""
-    from odenets.analysis.robustness_results import robustness_curves
-
-    return _save_as(draw_robustness_curves(robustness_curves(evals)), path)
-
-
-def plot_depth(run_dirs: Sequence[str | Path], path: str | Path, **options) -> Path:
-    """Draw the depth figures of NAIS run folders next to `path`; returns the first PNG."""
-    from odenets.analysis.figures import depth_figure
-
-    path = Path(path)
-    written = depth_figure(run_dirs, path.parent, **options)
-    return next(p for p in written if p.suffix == ".png")
-
-
-def _save_as(fig: Figure, path: str | Path) -> Path:
-    path = Path(path)
-    return save_figure(fig, path.parent, path.stem)[0]

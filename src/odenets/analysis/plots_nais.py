@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib.figure import Figure
 
-from odenets.analysis.plots import _grid
+from odenets.analysis.plots import subplot_grid
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def draw_depth(summary: Mapping[str, np.ndarray], class_names: Sequence[str], *, label: str):
@@ -16,7 +19,7 @@ def draw_depth(summary: Mapping[str, np.ndarray], class_names: Sequence[str], *,
     Args:
         summary: the output of `odenets.analysis.depth_stats.depth_summary`.
     """
-    fig, axes = _grid(2, ncols=2, title=f"{label}: pattern-dependent depth per test image")
+    fig, axes = subplot_grid(2, ncols=2, title=f"{label}: pattern-dependent depth per test image")
     from matplotlib.ticker import MaxNLocator
 
     n = int(summary["counts"].sum())
@@ -50,6 +53,8 @@ def draw_depth_extremes(
     Args:
         images: uint8 (N, H, W, C) in the order the depths were measured.
     """
+    from matplotlib.figure import Figure  # with the figure, as in `subplot_grid`
+
     cols = len(summary["lowest"])
     fig = Figure(figsize=(1.5 * cols, 3.8))
     axes = fig.subplots(2, cols, squeeze=False)
@@ -74,7 +79,7 @@ def draw_dynamics(one_d: Mapping[str, Mapping], trained: Mapping[str, np.ndarray
         one_d: the output of `odenets.analysis.dynamics.one_d_dynamics`.
         trained: label -> (N, steps) state-difference norms (`nais_state_differences`).
     """
-    fig, axes = _grid(
+    fig, axes = subplot_grid(
         2 + (trained is not None),
         ncols=3,
         title="NAIS-Net block x(k+1) = x(k) + h·tanh(a·x(k) + b·u + c): unstable vs stable",
@@ -117,7 +122,7 @@ def draw_stability(results: Mapping[str, Mapping]) -> Figure:
         results: label -> output of `odenets.analysis.jacobian.stability_per_block`.
     """
     quantities = sorted({r["quantity"] for r in results.values()})
-    fig, axes = _grid(
+    fig, axes = subplot_grid(
         len(quantities), ncols=2, size=(6, 4), title="Stability per block over test images"
     )
     for ax, q in zip(axes, quantities, strict=True):

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _download(args: argparse.Namespace) -> int:
-    from odenets.data.download import download_cifar
+    from odenets.data.archives import download_cifar
 
     path = download_cifar(
         args.name, args.root, format=args.format, url=args.url, retries=args.retries

@@ -8,6 +8,7 @@ import time
 from odenets.experiments.demo import TABLE_EPS, demo_grid
 from odenets.experiments.grid_folder import check_not_a_run_folder
 from odenets.experiments.report import write_report
+from odenets.experiments.report_markdown import rows_markdown
 from odenets.experiments.reproduce import run_grid
 
 
@@ -43,8 +44,6 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"Accuracy (%) on the digits test set; attacks at ε = {TABLE_EPS}/255, pixel threat model:"
     )
-    from odenets.experiments.report import rows_markdown
-
     print(rows_markdown(report.rows, report.metrics, paper=False))
     for note in report.notes:
         print(f"note: {note}")

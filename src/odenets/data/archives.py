@@ -29,7 +29,7 @@ import numpy as np
 
 from odenets.checkpoint import write_json_atomic
 from odenets.data._io import cache_root
-from odenets.data.download import download_cifar, file_md5
+from odenets.data.download import base_url, download_file, file_md5
 from odenets.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -82,6 +82,42 @@ def archive_spec(name: str, fmt: str) -> ArchiveSpec:
             raise ValueError(f"unknown CIFAR data set {name!r}; choose 'cifar10' or 'cifar100'")
         raise ValueError(f"unknown archive format {fmt!r}; choose one of {FORMATS}")
     return ARCHIVES[(name, fmt)]
+
+
+def download_cifar(
+    name: str,
+    root: str | os.PathLike,
+    *,
+    format: str = "python",
+    url: str | None = None,
+    retries: int = 3,
+    timeout: float = 60.0,
+    progress: bool = True,
+) -> Path:
+    """Download an official CIFAR archive into `root` unless a verified copy is there.
+
+    Args:
+        name: "cifar10" or "cifar100".
+        root: folder for the archive (created if needed).
+        format: "python" or "binary".
+        url: full URL of the archive; default `$ODENETS_CIFAR_URL` (or the CIFAR page)
+            followed by the official file name.
+        retries: further attempts after an interrupted transfer, each resuming.
+        timeout: seconds without data before an attempt fails.
+        progress: show a progress bar.
+
+    Returns:
+        the path of the verified archive.
+    """
+    spec = archive_spec(name, format)
+    return download_file(
+        url or base_url() + spec.filename,
+        Path(root).expanduser() / spec.filename,
+        md5=spec.md5,
+        retries=retries,
+        timeout=timeout,
+        progress=progress,
+    )
 
 
 def load_cifar(

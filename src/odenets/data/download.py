@@ -1,4 +1,4 @@
-"""Resumable, md5-verified downloads of the official CIFAR archives.
+"""Resumable, md5-verified downloads (of the official CIFAR archives: `archives.download_cifar`).
 
 The bytes go to `<file>.part`; an interrupted transfer keeps it and the next attempt asks
 the server for the rest (HTTP Range). Only a complete file whose md5 matches is renamed to
@@ -39,44 +39,6 @@ def file_md5(path: str | os.PathLike) -> str:
         while block := f.read(1 << 20):
             h.update(block)
     return h.hexdigest()
-
-
-def download_cifar(
-    name: str,
-    root: str | os.PathLike,
-    *,
-    format: str = "python",
-    url: str | None = None,
-    retries: int = 3,
-    timeout: float = 60.0,
-    progress: bool = True,
-) -> Path:
-    """Download an official CIFAR archive into `root` unless a verified copy is there.
-
-    Args:
-        name: "cifar10" or "cifar100".
-        root: folder for the archive (created if needed).
-        format: "python" or "binary".
-        url: full URL of the archive; default `$ODENETS_CIFAR_URL` (or the CIFAR page)
-            followed by the official file name.
-        retries: further attempts after an interrupted transfer, each resuming.
-        timeout: seconds without data before an attempt fails.
-        progress: show a progress bar.
-
-    Returns:
-        the path of the verified archive.
-    """
-    from odenets.data.archives import archive_spec
-
-    spec = archive_spec(name, format)
-    return download_file(
-        url or base_url() + spec.filename,
-        Path(root).expanduser() / spec.filename,
-        md5=spec.md5,
-        retries=retries,
-        timeout=timeout,
-        progress=progress,
-    )
 
 
 def download_file(

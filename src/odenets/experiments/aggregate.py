@@ -1,5 +1,8 @@
-"""Seeds aggregated into the rows of a paper table, beside the paper's numbers.
+"""The runs of a results folder aggregated into a `Report`: seeds into the rows of a paper
+table, beside the paper's numbers.
 
+`build_report(folder)` reads the folder (`results.collect`) and builds the `Report` that
+report.md, report.csv and report.json are written from (`report.write_report`).
 `table_rows` groups the runs of a manifest by (data set, row); each metric of a row is a
 `Cell`: our values over seeds (mean, sample std), the paper's value and the difference.
 `split_runs` keeps runs of another preset or scale apart, never merged into a row.
@@ -10,11 +13,12 @@ from __future__ import annotations
 import statistics
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from odenets.experiments.paper import INRESNET_METRICS, NAIS_METRICS, get_table
-from odenets.experiments.results import RunRecord
+from odenets.experiments.results import RunRecord, collect
 from odenets.robustness.base import list_attacks
 
 DONE = ("finished", "evaluated")  # statuses of runs whose numbers enter the table
@@ -167,3 +171,28 @@ def split_runs(
         else:
             foreign.append(run)
     return mine, foreign, loose
+
+
+@dataclass
+class Report:
+    """What report.md, report.csv and report.json are written from."""
+
+    folder: Path
+    manifest: dict[str, Any] | None
+    rows: list[TableRow]
+    mine: list[RunRecord]
+    foreign: list[RunRecord]
+    loose: list[RunRecord]
+    metrics: tuple[str, ...]
+    figures: list[tuple[str, str]] = field(default_factory=list)  # (title, relative path)
+    notes: list[str] = field(default_factory=list)
+
+
+def build_report(folder: str | Path) -> Report:
+    """The report of a results folder: its runs read, split and aggregated into rows."""
+    folder = Path(folder)
+    manifest, runs = collect(folder)
+    mine, foreign, loose = split_runs(manifest, runs)
+    rows = table_rows(manifest, mine) if manifest else []
+    metrics = metrics_of(manifest) if manifest else loose_metrics(runs)
+    return Report(folder, manifest, rows, mine, foreign, loose, metrics)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
 
+from odenets.analysis import figures as analysis_figures
+from odenets.experiments.aggregate import Report
 from odenets.training.run_folder import EVAL, RunFolder
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ TITLES = {
 EXTRA_TITLES = {"depth_images": "NAIS-Net: the test images with the lowest and highest depth"}
 
 
-def _inputs(kind: str, runs: list, report: Any) -> list[str]:
+def _inputs(kind: str, runs: list, report: Report) -> list[str]:
     """The run folders or eval.json files one figure kind needs ([] = not applicable)."""
     if kind == "coefficients":
         return [str(r.path) for r in runs if r.job.get("seed") is not None and _has_coeffs(r)]
@@ -53,14 +54,12 @@ def _has_coeffs(run) -> bool:
     return bool(metrics and metrics[-1].get("coefficients"))
 
 
-def draw_figures(report: Any) -> tuple[list[tuple[str, str]], list[str]]:
+def draw_figures(report: Report) -> tuple[list[tuple[str, str]], list[str]]:
     """Draw every figure that applies to the report's runs.
 
     Returns:
         ([(title, PNG path relative to the report folder)], [notes on figures not drawn]).
     """
-    from odenets.analysis.figures import FIGURE_KINDS
-
     folder = Path(report.folder)
     runs = [r for r in (report.mine or report.loose) if r.status in ("finished", "evaluated")]
     ev = (report.manifest or {}).get("evaluate", {})
@@ -73,7 +72,7 @@ def draw_figures(report: Any) -> tuple[list[tuple[str, str]], list[str]]:
         if not inputs:
             continue
         out_dir = folder / FIGURES_DIR
-        figure = FIGURE_KINDS[kind]
+        figure = analysis_figures.FIGURE_KINDS[kind]
         options = {k: v for k, v in setting.items() if k in figure.options}
         try:
             paths = figure.draw(inputs, out_dir, **options)

@@ -8,13 +8,11 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from odenets.checkpoint import atomic_open
+from odenets.experiments.aggregate import Report
 from odenets.experiments.results import RunRecord
-
-if TYPE_CHECKING:
-    from odenets.experiments.report import Report
 
 CSV_FIELDS = (
     "preset",

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from odenets.experiments.aggregate import Cell, TableRow
+from odenets.experiments.aggregate import Cell, Report, TableRow
 from odenets.experiments.paper import get_table
 from odenets.experiments.results import RunRecord, failed_checks
 from odenets.robustness.base import attack_title, attacks_taking
-
-if TYPE_CHECKING:
-    from odenets.experiments.report import Report
 
 # Column titles of the metrics that are not attacks (an attack's is its class's title).
 METRIC_TITLES = {"clean": "Acc.", "noise": "Noise", "train": "Train acc.", "test": "Test acc."}
