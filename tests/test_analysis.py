@@ -33,7 +33,6 @@ from odenets.analysis.jacobian import (
     block_jacobian_norms,
     jacobian_spectral_norm,
     power_iteration,
-    spectral_radius,
 )
 from odenets.analysis.robustness_results import (
     attack_accuracy,
@@ -42,6 +41,7 @@ from odenets.analysis.robustness_results import (
     robustness_curves,
 )
 from odenets.analysis.weight_landscape import filter_normalized_direction, weight_landscape
+from odenets.stability import spectral_radius
 
 
 def _tiny(name: str, num_classes: int = 4) -> nn.Module:

@@ -6,7 +6,7 @@ import json
 
 from odenets.cli import main
 from odenets.experiments.demo import TABLE_EPS
-from odenets.experiments.reproduce import RUNS
+from odenets.experiments.grid_folder import RUNS
 
 MODELS = ("resnet20", "in_resnet20", "lambda_in_resnet20", "naisnet10")
 

@@ -8,7 +8,7 @@ import torch
 
 import odenets
 from odenets.analysis.depth import adaptive_depth, measure_depth
-from odenets.models.naisnet import NaisBlock, NaisConvBlock
+from odenets.models.nais_blocks import NaisBlock, NaisConvBlock
 
 
 def _fixed_unroll(block, u: torch.Tensor, steps: int) -> torch.Tensor:

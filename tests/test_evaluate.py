@@ -22,7 +22,7 @@ from odenets.robustness import (
     merge_shards,
     shard_slice,
 )
-from odenets.robustness.evaluate import sanity_checks
+from odenets.robustness.checks import sanity_checks
 
 FAST = {"pgd": {"steps": 5, "alpha": 0.04}, "apgd_ce": {"steps": 10}}
 TOP_KEYS = {

@@ -10,7 +10,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 import odenets
-from odenets.models.naisnet import NaisBlock, NaisConvBlock, SharedResidualBlock
+from odenets.models.nais_blocks import NaisBlock, NaisConvBlock, SharedResidualBlock
 
 ACT = {"tanh": torch.tanh, "relu": torch.relu}
 

@@ -51,3 +51,14 @@ def test_tested_torch_version_is_stated():
     section = readme.split("## Tested with", 1)[1].split("\n## ", 1)[0]
     assert re.search(r"torch \d+\.\d+\.\d+ \(the CPU wheel\)", section)
     assert "Tested with torch" in (REPO / "pyproject.toml").read_text(encoding="utf-8")
+
+
+def test_every_shipped_toml_file_is_declared_package_data():
+    import fnmatch
+
+    package = Path(odenets.__file__).parent
+    globs = PYPROJECT["tool"]["setuptools"]["package-data"]["odenets"]
+    shipped = sorted(str(p.relative_to(package)) for p in package.rglob("*.toml"))
+    assert shipped and all(any(fnmatch.fnmatch(p, g) for g in globs) for p in shipped)
+    assert any(p.startswith("training/recipes/") for p in shipped)  # read by load_recipe
+    assert any(p.startswith("experiments/presets/") for p in shipped)  # read by load_preset

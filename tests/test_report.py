@@ -12,10 +12,11 @@ import pytest
 from odenets.checkpoint import write_json_atomic
 from odenets.errors import OdenetsError
 from odenets.experiments.aggregate import build_report
+from odenets.experiments.grid_folder import JOB_FILE, RUNS, prepare_folder
+from odenets.experiments.jobs import load_grid
 from odenets.experiments.paper import get_table, list_tables
 from odenets.experiments.report import write_report
 from odenets.experiments.report_markdown import render_markdown
-from odenets.experiments.reproduce import JOB_FILE, RUNS, load_grid, prepare_folder
 
 
 def fake_eval(clean, noise, fgsm, ifgsm, pgd) -> dict:
@@ -225,8 +226,8 @@ def _train(out: Path, epochs: int, *extra: str) -> None:
 def retrained(tmp_path_factory) -> dict:
     """A grid-like folder whose one run was evaluated after 1 epoch, then trained to 2."""
     from odenets.cli import main
+    from odenets.experiments.grid_folder import job_state
     from odenets.experiments.jobs import Job
-    from odenets.experiments.reproduce import job_state
 
     out = tmp_path_factory.mktemp("retrained")
     run = out / RUNS / "digits-resnet20-seed0"

@@ -16,15 +16,11 @@ from pathlib import Path
 import pytest
 
 from odenets.cli import main
+from odenets.experiments.grid_folder import RUNS
+from odenets.experiments.job_commands import job_command
+from odenets.experiments.jobs import expand_jobs, load_grid
 from odenets.experiments.presets import list_presets
-from odenets.experiments.reproduce import (
-    RUNS,
-    expand_jobs,
-    job_command,
-    load_grid,
-    parse_shard,
-    select_jobs,
-)
+from odenets.experiments.reproduce import parse_shard, select_jobs
 
 REPO = Path(__file__).resolve().parents[1]
 

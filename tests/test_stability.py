@@ -12,7 +12,7 @@ from torch.overrides import TorchFunctionMode
 
 import odenets
 from odenets import stability
-from odenets.models.naisnet import NaisBlock, NaisConvBlock
+from odenets.models.nais_blocks import NaisBlock, NaisConvBlock
 
 HS = (0.1, 0.5, 1.0)
 DRAWS = 12

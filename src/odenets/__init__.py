@@ -10,17 +10,8 @@ Example:
     torch.Size([6])
 """
 
-from odenets.models import create_model, list_models, register_model
-
-__version__ = "0.1.0"
+from odenets._version import __version__
+from odenets.models.registry import create_model, list_models, register_model
+from odenets.training.runs import load_run
 
 __all__ = ["create_model", "list_models", "register_model", "load_run", "__version__"]
-
-
-def __getattr__(name: str):
-    # Imported lazily so that `import odenets` stays light and free of cycles.
-    if name == "load_run":
-        from odenets.training import load_run
-
-        return load_run
-    raise AttributeError(f"module 'odenets' has no attribute {name!r}")

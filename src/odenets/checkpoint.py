@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save
 
 from odenets.errors import CheckpointError
 
@@ -192,8 +194,6 @@ def save_safetensors_atomic(
     Returns:
         The SHA-256 of the file written (hex), for an integrity check on loading.
     """
-    from safetensors.torch import save
-
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"safetensors files must end in .safetensors; got {path.name}")
@@ -224,8 +224,6 @@ def load_safetensors(
     Raises:
         CheckpointError: the file is missing, truncated or corrupt, or is a pickle file.
     """
-    from safetensors import safe_open
-
     path = Path(path)
     _refuse_pickle(path)
     if not path.is_file():

@@ -11,7 +11,8 @@ import os
 import sys
 import warnings
 
-from odenets.commands import cache_settings
+from odenets._version import __version__
+from odenets.commands._cache import cache_settings
 from odenets.errors import OdenetsError
 
 # name -> one-line help. The module odenets.commands.<name> implements it.
@@ -28,8 +29,6 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from odenets import __version__
-
     parser = argparse.ArgumentParser(
         prog="odenets",
         description="ODE-inspired robust and stable deep networks (In-ResNet, NAIS-Net).",

@@ -2,8 +2,8 @@
 
 Each function returns plain numpy arrays or dicts of them (the landscapes are
 `input_landscape.input_landscape` and `weight_landscape.weight_landscape`); drawing lives
-in `plots` and `plots_nais`, and `figures.FIGURE_KINDS` ties both together for
-`odenets plot`.
+in `plots` and `plots_nais` (matplotlib is imported when a figure is drawn), and
+`figures.FIGURE_KINDS` ties both together for `odenets plot`.
 
 Example:
     >>> from odenets.analysis import one_d_dynamics
@@ -12,53 +12,70 @@ Example:
     (False, True)
 """
 
-from __future__ import annotations
+from odenets.analysis.coefficients import (
+    STABLE_RANGE,
+    coefficient_history,
+    model_coefficients,
+    run_coefficients,
+)
+from odenets.analysis.depth import measure_depth
+from odenets.analysis.depth_stats import depth_summary
+from odenets.analysis.dynamics import (
+    nais_state_differences,
+    one_d_dynamics,
+    scalar_tanh_trajectory,
+)
+from odenets.analysis.figures import FIGURE_KINDS
+from odenets.analysis.input_landscape import (
+    attack_direction,
+    input_landscape_1d,
+    input_landscape_2d,
+    noisy_images,
+    random_sign_direction,
+)
+from odenets.analysis.jacobian import (
+    block_jacobian_norms,
+    jacobian_spectral_norm,
+    nais_active_radii,
+    nais_spectral_radii,
+    power_iteration,
+    stability_per_block,
+)
+from odenets.analysis.robustness_results import (
+    ensemble_gain,
+    load_eval,
+    paper_metrics,
+    robustness_curves,
+)
+from odenets.analysis.weight_landscape import filter_normalized_direction
+from odenets.stability import spectral_radius
 
-import importlib
-
-# public name -> module that defines it; imported on first use so `import odenets.analysis`
-# stays light (no matplotlib until a figure is drawn).
-_EXPORTS = {
-    "model_coefficients": "coefficients",
-    "coefficient_history": "coefficients",
-    "run_coefficients": "coefficients",
-    "STABLE_RANGE": "coefficients",
-    "attack_direction": "input_landscape",
-    "random_sign_direction": "input_landscape",
-    "input_landscape_1d": "input_landscape",
-    "input_landscape_2d": "input_landscape",
-    "noisy_images": "input_landscape",
-    "filter_normalized_direction": "weight_landscape",
-    "load_eval": "robustness_results",
-    "paper_metrics": "robustness_results",
-    "ensemble_gain": "robustness_results",
-    "robustness_curves": "robustness_results",
-    "measure_depth": "depth",
-    "depth_summary": "depth_stats",
-    "scalar_tanh_trajectory": "dynamics",
-    "one_d_dynamics": "dynamics",
-    "nais_state_differences": "dynamics",
-    "power_iteration": "jacobian",
-    "spectral_radius": "jacobian",
-    "jacobian_spectral_norm": "jacobian",
-    "block_jacobian_norms": "jacobian",
-    "nais_spectral_radii": "jacobian",
-    "nais_active_radii": "jacobian",
-    "stability_per_block": "jacobian",
-    "FIGURE_KINDS": "figures",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'odenets.analysis' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"odenets.analysis.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__all__ = [
+    "FIGURE_KINDS",
+    "STABLE_RANGE",
+    "attack_direction",
+    "block_jacobian_norms",
+    "coefficient_history",
+    "depth_summary",
+    "ensemble_gain",
+    "filter_normalized_direction",
+    "input_landscape_1d",
+    "input_landscape_2d",
+    "jacobian_spectral_norm",
+    "load_eval",
+    "measure_depth",
+    "model_coefficients",
+    "nais_active_radii",
+    "nais_spectral_radii",
+    "nais_state_differences",
+    "noisy_images",
+    "one_d_dynamics",
+    "paper_metrics",
+    "power_iteration",
+    "random_sign_direction",
+    "robustness_curves",
+    "run_coefficients",
+    "scalar_tanh_trajectory",
+    "spectral_radius",
+    "stability_per_block",
+]

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from odenets.training.runs import load_run, read_run
+
 # Stable range of λ·Δt for the forward-Euler scheme, Δt = 1 (|1 - λ| <= 1).
 STABLE_RANGE = (0.0, 2.0)
 
@@ -85,8 +87,6 @@ def run_coefficients(run_dirs: Sequence[str | Path]) -> dict[str, dict]:
         ``{model_name: {"runs": [paths], "values"/"mean"/"std"/"min"/"max": arrays
         (see `summarize_over_seeds`), "history": [coefficient_history per run]}}``.
     """
-    from odenets.training import load_run, read_run
-
     grouped: dict[str, dict] = {}
     for run_dir in run_dirs:
         info = read_run(run_dir)

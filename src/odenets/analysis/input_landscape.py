@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from odenets.analysis._common import eval_mode, per_sample_loss
+from odenets.data.corruptions import apply_noise
 from odenets.models.base import model_device
 
 
@@ -140,7 +141,6 @@ def noisy_images(
     """CIFAR-C style noisy copies of `images` (unchanged when ``noise`` is None)."""
     if noise is None:
         return images
-    from odenets.data import apply_noise
 
     generator = torch.Generator().manual_seed(seed)
     return apply_noise(images, noise, severity, generator=generator)

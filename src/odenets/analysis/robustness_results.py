@@ -11,15 +11,15 @@ from pathlib import Path
 
 import numpy as np
 
+from odenets.checkpoint import read_json
+from odenets.training.run_folder import EVAL
+
 # The columns of the paper's tables (SPEC §6), in order.
 PAPER_METRICS = ("clean", "noise", "fgsm", "ifgsm", "pgd")
 
 
 def load_eval(path: str | Path) -> dict:
     """Read an ``eval.json`` file, or the ``eval.json`` inside a folder."""
-    from odenets.checkpoint import read_json
-    from odenets.training.run_folder import EVAL
-
     path = Path(path)
     if path.is_dir():
         path = path / EVAL

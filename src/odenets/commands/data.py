@@ -6,7 +6,10 @@ from __future__ import annotations
 import argparse
 import time
 
-from odenets.commands import add_cache_arguments
+from odenets.commands._cache import add_cache_arguments
+from odenets.data.archives import download_cifar
+from odenets.data.corruptions import NOISE_CORRUPTIONS, corruption_name, write_cifar_c
+from odenets.data.datasets import load_dataset
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -53,8 +56,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _download(args: argparse.Namespace) -> int:
-    from odenets.data.archives import download_cifar
-
     path = download_cifar(
         args.name, args.root, format=args.format, url=args.url, retries=args.retries
     )
@@ -63,9 +64,6 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _corrupt(args: argparse.Namespace) -> int:
-    from odenets.data.corruptions import NOISE_CORRUPTIONS, corruption_name, write_cifar_c
-    from odenets.data.datasets import load_dataset
-
     names = [corruption_name(n) for n in args.corruptions or NOISE_CORRUPTIONS]
     data = load_dataset(args.dataset, root=args.root, split="test")
     t0 = time.perf_counter()

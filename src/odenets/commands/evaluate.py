@@ -23,7 +23,15 @@ import sys
 import time
 from pathlib import Path
 
-from odenets.commands import add_cache_arguments
+from odenets.checkpoint import read_json, write_json_atomic
+from odenets.commands._cache import add_cache_arguments
+from odenets.experiments.reproduce import parse_shard
+from odenets.robustness.base import attack_options, attacks_taking, list_attacks
+from odenets.robustness.evaluate import DEFAULT_ATTACKS, DEFAULT_TRANSFER
+from odenets.robustness.runs import evaluate_runs
+from odenets.robustness.shards import merge_shards
+from odenets.robustness.table import format_table
+from odenets.training.run_folder import EVAL
 
 _EPILOG = """\
 attacks: {attacks}.
@@ -42,8 +50,6 @@ records the weights scored (file, epoch, SHA-256), so the report can spot stale 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from odenets.robustness.evaluate import DEFAULT_ATTACKS, DEFAULT_TRANSFER
-
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = _EPILOG.format(attacks=", ".join(_gradient_attacks()))
     parser.add_argument("runs", nargs="*", metavar="RUN", help="run folder(s); several = ensemble")
@@ -145,23 +151,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _gradient_attacks() -> list[str]:
     """The registered attacks that take a radius (the others are noises)."""
-    from odenets.robustness.base import list_attacks
-
     noises = list_attacks(category="noise")
     return [a for a in list_attacks() if a not in noises]
 
 
 def _taking(setting: str) -> str:
     """The registered attacks that a flag sets, for its help text."""
-    from odenets.robustness.base import attacks_taking
-
     return ", ".join(attacks_taking(setting))
 
 
 def _check_attack_names(names: list[str]) -> None:
     """Refuse a noise given to --attacks, pointing to the noise flags."""
-    from odenets.robustness.base import list_attacks
-
     for name in names:
         if name in list_attacks(category="noise"):
             raise ValueError(
@@ -201,8 +201,6 @@ def _radii(text: str) -> list[float]:
 def _shard(text: str) -> tuple[int, int]:
     """'i/n' (1-based, as `odenets reproduce --shard`) -> (i - 1, n), the 0-based index that
     eval.json and `shard_slice` use."""
-    from odenets.experiments.reproduce import parse_shard
-
     try:
         index, count = parse_shard(text)
     except ValueError as err:
@@ -221,9 +219,6 @@ def _positive_int(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from odenets.checkpoint import read_json, write_json_atomic
-    from odenets.robustness import format_table, merge_shards
-
     if args.merge:
         if args.runs or not args.out:
             raise ValueError("--merge takes shard files and --out, and no RUN folders")
@@ -251,8 +246,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _out_path(args) -> Path:
-    from odenets.training.run_folder import EVAL
-
     if args.out:
         return _checked_out(Path(args.out))
     if len(args.runs) > 1:
@@ -283,8 +276,6 @@ def _checked_out(out: Path) -> Path:
 
 
 def _evaluate(args) -> dict:
-    from odenets.robustness.runs import evaluate_runs
-
     noise = "official" if args.noise_root else ("generated" if args.noise else None)
     return evaluate_runs(
         args.runs,
@@ -314,8 +305,6 @@ def _evaluate(args) -> dict:
 def _attack_options(args) -> dict[str, dict]:
     """Per-attack options from the flags each attack takes (its class's `options`), for the
     requested (and transfer) attacks only; a flag not given leaves the attack's default."""
-    from odenets.robustness.base import attack_options
-
     settings = {
         **vars(args),
         "alpha": None if args.alpha is None else args.alpha / 255,  # the flag is in 1/255

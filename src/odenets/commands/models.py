@@ -8,7 +8,7 @@ import re
 
 import torch
 
-from odenets.models import create_model, list_models
+from odenets.models.registry import create_model, list_models
 
 COLUMNS = ("name", "family", "depth", "parameters", "interpolating")
 

@@ -6,18 +6,12 @@ import argparse
 import time
 from pathlib import Path
 
-from odenets.commands import add_cache_arguments, cache_flags
+from odenets.commands._cache import add_cache_arguments, cache_flags
+from odenets.experiments.job_commands import job_command, python_executable
+from odenets.experiments.jobs import DATASETS, expand_jobs, load_grid
 from odenets.experiments.presets import SCALES, list_presets, load_preset
-from odenets.experiments.reproduce import (
-    DATASETS,
-    expand_jobs,
-    job_command,
-    load_grid,
-    parse_shard,
-    python_executable,
-    run_grid,
-    select_jobs,
-)
+from odenets.experiments.report import write_report
+from odenets.experiments.reproduce import parse_shard, run_grid, select_jobs
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -145,8 +139,6 @@ def _run_jobs(args: argparse.Namespace, grid, out: str, shard) -> int:
         + f" ({time.perf_counter() - start:.0f} s)"
     )
     if args.job is None and shard is None and not args.no_report and not args.train_only:
-        from odenets.experiments.report import write_report
-
         write_report(out)
         print(f"report: {out}/report.md")
     done = (

@@ -20,7 +20,11 @@ import types
 import typing
 from pathlib import Path
 
-from odenets.commands import add_cache_arguments
+from odenets.commands._cache import add_cache_arguments
+from odenets.errors import DivergenceError
+from odenets.training import fit
+from odenets.training.config import RECIPE_FIELDS, TrainConfig, list_recipes
+from odenets.training.run_folder import RunFolder
 
 EXIT_DIVERGED = 3
 EXIT_INTERRUPTED = 130  # as the shell reports a Ctrl-C
@@ -42,9 +46,6 @@ def _flag_kind(annotation) -> type:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from odenets.training import TrainConfig, list_recipes
-    from odenets.training.config import RECIPE_FIELDS
-
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = _EPILOG.format(recipes=", ".join(list_recipes()), diverged=EXIT_DIVERGED)
     annotations = typing.get_type_hints(TrainConfig)
@@ -80,9 +81,6 @@ def _json_object(text: str) -> dict:
 
 def config_from_args(args: argparse.Namespace):
     """The TrainConfig of the given flags; with --resume, unset flags come from the run."""
-    from odenets.training import TrainConfig
-    from odenets.training.run_folder import RunFolder
-
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     given = {k: v for k, v in vars(args).items() if k in names}
     values = {}
@@ -98,9 +96,6 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from odenets.errors import DivergenceError
-    from odenets.training import fit
-
     config = config_from_args(args)
     main_rank = int(os.environ.get("RANK", "0")) == 0
     try:

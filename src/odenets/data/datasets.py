@@ -8,6 +8,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from odenets.data.archives import cifar_class_names, load_cifar
+from odenets.data.digits import DIGITS_CLASSES, load_digits
+from odenets.data.folder import load_image_folder
+
 DATASETS = ("cifar10", "cifar100", "folder", "digits")
 
 
@@ -65,23 +69,17 @@ def load_dataset(
 
 
 def _cifar(name: str, root, split: str, **kwargs) -> Dataset:
-    from odenets.data.archives import cifar_class_names, load_cifar
-
     images, labels = load_cifar(name, root, split=split, **kwargs)
     label_kind = kwargs.get("label_kind", "fine")
     return Dataset(images, labels, cifar_class_names(name, root, label_kind=label_kind), name)
 
 
 def _folder(name: str, root, split: str, **kwargs) -> Dataset:
-    from odenets.data.folder import load_image_folder
-
     images, labels, class_names = load_image_folder(root, split=split, **kwargs)
     return Dataset(images, labels, class_names, name)
 
 
 def _digits(name: str, root, split: str, **kwargs) -> Dataset:
-    from odenets.data.digits import DIGITS_CLASSES, load_digits
-
     if kwargs:
         raise TypeError(f"digits takes no options; got {sorted(kwargs)}")
     images, labels = load_digits(split=split)

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from tqdm.auto import tqdm
 
 from odenets.data._io import atomic_write, cache_enabled, cache_root
@@ -196,8 +197,6 @@ def _write_cache(path: Path, images: np.ndarray, labels: np.ndarray, class_names
 
 
 def _decode_all(split_dir: Path, files, num_workers: int | None) -> tuple[np.ndarray, np.ndarray]:
-    from PIL import Image
-
     first = _open(Image, split_dir / files[0][1])
     mode = "L" if first.mode in ("1", "L", "I", "I;16", "F") else "RGB"
     first = np.asarray(first.convert(mode))

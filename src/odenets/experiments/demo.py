@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from odenets.experiments.jobs import Grid
 from odenets.experiments.presets import Preset, parse_preset
-from odenets.experiments.reproduce import Grid
 
 TABLE_EPS = 16  # 1/255 units; the first radius of the list is the table's
 DEMO_EPS = [16, 4, 8]  # IFGSM / PGD take 20 steps of α = 2.5·ε/20 (1/255 at 8/255)

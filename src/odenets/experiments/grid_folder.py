@@ -11,10 +11,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from odenets._version import __version__
 from odenets.checkpoint import read_json, write_json_atomic
-from odenets.errors import OdenetsError
+from odenets.errors import CheckpointError, OdenetsError
 from odenets.experiments.jobs import Grid, Job, expand_jobs
 from odenets.training.run_folder import CONFIG, LAST_JSON, RunFolder
+from odenets.training.runs import weights_record
 
 MANIFEST = "manifest.json"
 JOB_FILE = "job.json"
@@ -23,8 +25,6 @@ END_STATES = ("finished", "diverged", "failed")  # a job in one of these is neve
 
 
 def manifest_dict(grid: Grid, jobs: Sequence[Job]) -> dict[str, Any]:
-    from odenets import __version__
-
     return {
         "preset": grid.preset.name,
         "scale": grid.scale,
@@ -90,9 +90,6 @@ def eval_freshness(ev: dict[str, Any], run_dirs: Sequence[Path]) -> tuple[str, s
         ("current", ""); ("stale", why) when a run's weights changed since (training went
         on); or ("unknown", why) for an eval.json that records no weights (older odenets).
     """
-    from odenets.errors import CheckpointError
-    from odenets.training.runs import weights_record
-
     scored = ev.get("weights") or []
     if not scored or len(scored) != len(run_dirs) or not all(scored):
         return "unknown", "it records no weights (written by an older odenets)"

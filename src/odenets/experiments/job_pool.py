@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from odenets.experiments.grid_folder import END_STATES, job_state, prepare_folder
 from odenets.experiments.job_commands import job_command, python_executable
 from odenets.experiments.jobs import Grid, Job
@@ -26,8 +28,6 @@ LOGS = "logs"
 
 def devices() -> list[str | None]:
     """The CUDA device indices to spread jobs over, or [None] (one CPU "device")."""
-    import torch
-
     if torch.cuda.is_available():
         return [str(i) for i in range(torch.cuda.device_count())]
     return [None]

@@ -11,9 +11,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from odenets.errors import OdenetsError
+from odenets.errors import DivergenceError, OdenetsError
 from odenets.experiments.grid_folder import END_STATES, RUNS, job_state, write_job_record
 from odenets.experiments.jobs import Grid, Job
+from odenets.robustness.base import attack_options
+from odenets.robustness.runs import evaluate_runs
+from odenets.training import fit
+from odenets.training.config import TrainConfig
 from odenets.training.run_folder import EVAL, LockedError, RunFolder, hold_lock
 
 log = logging.getLogger(__name__)
@@ -25,8 +29,6 @@ def train_config(grid: Grid, job: Job, folder: Path):
     `resume` is always on: a fresh folder starts from scratch, an interrupted one continues
     from its last checkpoint (exactly, see `odenets.training.fit`).
     """
-    from odenets.training import TrainConfig
-
     fields = set(TrainConfig.__dataclass_fields__)
     overrides = grid.train_overrides
     unknown = sorted(set(overrides) - fields)
@@ -52,9 +54,6 @@ def train_config(grid: Grid, job: Job, folder: Path):
 
 def train_job(grid: Grid, job: Job, folder: Path) -> None:
     """Train (or resume) one job; a diverged run is recorded by `fit`, not raised here."""
-    from odenets.errors import DivergenceError
-    from odenets.training import fit
-
     try:
         fit(train_config(grid, job, folder))
     except DivergenceError as err:
@@ -75,9 +74,6 @@ def evaluate_run(
     The test subset (`settings.limit`) is the same seeded subset `odenets evaluate --limit`
     takes, so results agree with the command.
     """
-    from odenets.robustness.base import attack_options
-    from odenets.robustness.runs import evaluate_runs
-
     noise = ("official" if noise_root else "generated") if settings.noise else None
     return evaluate_runs(
         run_dirs,

@@ -11,6 +11,7 @@ from odenets.experiments.aggregate import Cell, Report, TableRow
 from odenets.experiments.paper import get_table
 from odenets.experiments.results import RunRecord, failed_checks
 from odenets.robustness.base import attack_title, attacks_taking
+from odenets.robustness.masking import diagnostics, same_depth_resnet, verdict
 
 # Column titles of the metrics that are not attacks (an attack's is its class's title).
 METRIC_TITLES = {"clean": "Acc.", "noise": "Noise", "train": "Train acc.", "test": "Test acc."}
@@ -225,8 +226,6 @@ def _checks_section(report: Report) -> list[str]:
 def _masking_section(report: Report) -> list[str]:
     """The gradient-masking verdict of every evaluated run, with its evidence; the gradient
     norm is compared with a plain ResNet of the same depth among the report's runs."""
-    from odenets.robustness.masking import diagnostics, same_depth_resnet, verdict
-
     runs = [r for r in (report.mine or report.loose) if r.evaluation]
     runs = [r for r in runs if (r.evaluation.get("masking") or {}).get("grad_norm") is not None]
     if not runs:

@@ -14,9 +14,10 @@ and diverged jobs are never run again, an interrupted one resumes from its last 
 Each job is also one self-contained shell command (`job_command`), so a scheduler can run
 the grid on many machines.
 
-This module holds the grid runner (shards, skipping what is done) and re-exports the
-pieces: `jobs` (Grid, Job, expand_jobs), `grid_folder` (manifest, job state),
-`job_runner` (train and evaluate one job), `job_commands` (one shell command per job).
+This module holds the grid runner (shards, skipping what is done); the pieces are
+`jobs` (Grid, Job, expand_jobs, load_grid), `grid_folder` (manifest, job state),
+`job_runner` (train and evaluate one job), `job_pool` (N jobs at once per device) and
+`job_commands` (one shell command per job).
 """
 
 from __future__ import annotations
@@ -25,59 +26,10 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from odenets.experiments.grid_folder import (
-    END_STATES,
-    JOB_FILE,
-    MANIFEST,
-    RUNS,
-    job_state,
-    manifest_dict,
-    prepare_folder,
-    read_manifest,
-)
-from odenets.experiments.job_commands import job_command, python_executable
+from odenets.experiments.grid_folder import END_STATES, job_state, prepare_folder
 from odenets.experiments.job_pool import run_pool
-from odenets.experiments.job_runner import (
-    evaluate_job,
-    evaluate_run,
-    run_job,
-    train_config,
-    train_job,
-)
-from odenets.experiments.jobs import (
-    DATASETS,
-    Grid,
-    Job,
-    expand_jobs,
-    load_grid,
-    paper_dataset_for,
-)
-
-__all__ = [
-    "DATASETS",
-    "JOB_FILE",
-    "MANIFEST",
-    "RUNS",
-    "Grid",
-    "Job",
-    "evaluate_job",
-    "evaluate_run",
-    "expand_jobs",
-    "job_command",
-    "job_state",
-    "load_grid",
-    "manifest_dict",
-    "paper_dataset_for",
-    "parse_shard",
-    "prepare_folder",
-    "python_executable",
-    "read_manifest",
-    "run_grid",
-    "run_job",
-    "select_jobs",
-    "train_config",
-    "train_job",
-]
+from odenets.experiments.job_runner import run_job
+from odenets.experiments.jobs import Grid, Job
 
 
 def parse_shard(text: str) -> tuple[int, int]:

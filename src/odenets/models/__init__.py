@@ -1,9 +1,17 @@
 """Networks: the In-ResNet family (pre-activation CIFAR ResNets with interpolation
-junctions) and NAIS-Net, all behind one registry."""
+junctions) and NAIS-Net, all behind one registry (`create_model`, `list_models`)."""
 
-# Importing the model files registers their presets.
-from odenets.models import naisnet as _naisnet  # noqa: F401
-from odenets.models import resnet as _resnet  # noqa: F401
+from odenets.models.naisnet import NaisMLP, NaisNet, SharedResNet
 from odenets.models.registry import create_model, is_model, list_models, register_model
+from odenets.models.resnet import PreActResNet
 
-__all__ = ["create_model", "is_model", "list_models", "register_model"]
+__all__ = [
+    "NaisMLP",
+    "NaisNet",
+    "PreActResNet",
+    "SharedResNet",
+    "create_model",
+    "is_model",
+    "list_models",
+    "register_model",
+]

@@ -40,18 +40,12 @@ from torch import nn
 from odenets.models.base import CIFAR_MEAN, CIFAR_STD, OdeNet
 from odenets.models.nais_blocks import NaisBlock, NaisConvBlock, SharedResidualBlock
 from odenets.models.registry import register_model
-from odenets.models.unrolled import ACTIVATIONS, X0_MODES, UnrolledBlock
+from odenets.models.unrolled import UnrolledBlock
 
 __all__ = [
-    "ACTIVATIONS",
-    "X0_MODES",
-    "NaisBlock",
-    "NaisConvBlock",
     "NaisMLP",
     "NaisNet",
     "SharedResNet",
-    "SharedResidualBlock",
-    "UnrolledBlock",
     "UnrolledCifarNet",
     "nais_mlp",
     "naisnet1",

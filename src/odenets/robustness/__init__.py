@@ -9,22 +9,34 @@ Example:
     20
 """
 
-from odenets.robustness import apgd, attacks, autoattack, noise  # noqa: F401  (registration)
 from odenets.robustness.apgd import APGD, APGDCE, APGDDLR, dlr_loss
 from odenets.robustness.attacks import FGSM, IFGSM, PGD, PGDStartCentred
 from odenets.robustness.autoattack import AutoAttack, Square
 from odenets.robustness.base import (
     THREAT_MODELS,
     Attack,
+    Perturbation,
+    attack_class,
     check_eps,
     create_attack,
     list_attacks,
     register_attack,
 )
 from odenets.robustness.ensemble import Ensemble
-from odenets.robustness.evaluate import evaluate, format_table, merge_shards, shard_slice
+from odenets.robustness.evaluate import evaluate
 from odenets.robustness.metrics import accuracy, correct_mask
-from odenets.robustness.noise import Corruption, Gaussian, Noise
+from odenets.robustness.noise import (
+    Corruption,
+    Gaussian,
+    GaussianNoise,
+    ImpulseNoise,
+    Noise,
+    ShotNoise,
+    SpeckleNoise,
+)
+from odenets.robustness.runs import evaluate_runs
+from odenets.robustness.shards import merge_shards, shard_slice
+from odenets.robustness.table import format_table
 from odenets.robustness.transfer import Transfer
 
 __all__ = [
@@ -40,16 +52,23 @@ __all__ = [
     "Corruption",
     "Ensemble",
     "Gaussian",
+    "GaussianNoise",
+    "ImpulseNoise",
     "Noise",
+    "Perturbation",
     "PGDStartCentred",
+    "ShotNoise",
+    "SpeckleNoise",
     "Square",
     "Transfer",
     "accuracy",
+    "attack_class",
     "check_eps",
     "correct_mask",
     "create_attack",
     "dlr_loss",
     "evaluate",
+    "evaluate_runs",
     "format_table",
     "list_attacks",
     "merge_shards",

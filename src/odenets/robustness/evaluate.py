@@ -15,7 +15,7 @@ transfer attacks broke, PGD with more steps and restarts, and the input-gradient
 
 The pieces live beside this module: `noise_accuracy` (the noise section), `checks` (the
 sanity checks), `shards` (shard slices and their merge), `table` (markdown tables) and
-`counts` (accuracies with their counts); their public names are re-exported here.
+`counts` (accuracies with their counts); `runs.evaluate_runs` evaluates run folders.
 """
 
 from __future__ import annotations
@@ -29,47 +29,16 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from odenets._version import __version__
 from odenets.models.base import channels_last_weights, model_device
 from odenets.robustness import masking as masking_evidence
 from odenets.robustness.base import Attack, create_attack
-from odenets.robustness.checks import (
-    EPS1_MAX_ACC,
-    EPS1_SAMPLES,
-    MARKEDLY_WEAKER,
-    MASKING_GAP,
-    MONOTONE_TOL,
-    sanity_checks,
-)
+from odenets.robustness.checks import EPS1_SAMPLES, sanity_checks
 from odenets.robustness.counts import entry_counts, frac
 from odenets.robustness.ensemble import Ensemble
 from odenets.robustness.metrics import DEFAULT_BATCH_SIZE, correct_mask
-from odenets.robustness.noise_accuracy import (
-    NOISE_ATTACK,
-    SEVERITIES,
-    noise_accuracy,
-    noise_section,
-)
-from odenets.robustness.shards import merge_shards, shard_slice
-from odenets.robustness.table import format_table
+from odenets.robustness.noise_accuracy import noise_accuracy
 from odenets.robustness.transfer import Transfer
-
-__all__ = [
-    "DEFAULT_ATTACKS",
-    "DEFAULT_EPS",
-    "EPS1_MAX_ACC",
-    "EPS1_SAMPLES",
-    "MARKEDLY_WEAKER",
-    "MASKING_GAP",
-    "MONOTONE_TOL",
-    "NOISE_ATTACK",
-    "SEVERITIES",
-    "evaluate",
-    "format_table",
-    "merge_shards",
-    "noise_section",
-    "sanity_checks",
-    "shard_slice",
-]
 
 DEFAULT_ATTACKS = ("fgsm", "ifgsm", "pgd", "apgd_ce")
 DEFAULT_EPS = (2 / 255, 4 / 255, 8 / 255)
@@ -328,8 +297,6 @@ def _skeleton(
 
 
 def _versions(model: nn.Module) -> dict:
-    from odenets import __version__
-
     device = model_device(model)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
     return {

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from odenets.data.corruptions import apply_noise
 from odenets.robustness.base import Perturbation, _check_batch, register_attack, sample_seed
 
 # perturbation name -> CIFAR-C corruption name of odenets.data.NOISE_CORRUPTIONS
@@ -86,8 +87,6 @@ class Corruption(Noise):
         return f"{self.name}/{self.severity}"
 
     def noisy(self, image, generator):
-        from odenets.data import apply_noise
-
         return apply_noise(image, CORRUPTION_OF[self.name], self.severity, generator=generator)
 
 

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from odenets.data.corruptions import load_cifar_c
+from odenets.errors import DataError
 from odenets.robustness.base import create_attack
 from odenets.robustness.counts import frac
 from odenets.robustness.metrics import correct_mask
@@ -51,9 +53,6 @@ def noise_accuracy(
 
 
 def _official_noise(root, corruption, severity, indices, labels) -> torch.Tensor:
-    from odenets.data import load_cifar_c
-    from odenets.errors import DataError
-
     images, file_labels = load_cifar_c(root, corruption, severity)
     if int(indices.max()) >= len(images):
         raise DataError(

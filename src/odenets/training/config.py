@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+from odenets._toml import TOMLDecodeError, loads
+
 DATASETS = ("cifar10", "cifar100", "folder", "digits")
 SELECT = ("final", "best-val", "best-test")
 # Recipe used when `recipe` is None: the paper recipe of the data set.
@@ -106,8 +108,6 @@ class TrainConfig:
 
 
 def _load_toml(text: str, name: str) -> dict:
-    from odenets._toml import TOMLDecodeError, loads
-
     try:
         return loads(text)
     except TOMLDecodeError as err:
@@ -115,7 +115,7 @@ def _load_toml(text: str, name: str) -> dict:
 
 
 def _recipe_dir():
-    return resources.files("odenets.experiments").joinpath("recipes")
+    return resources.files("odenets.training").joinpath("recipes")
 
 
 def list_recipes() -> list[str]:

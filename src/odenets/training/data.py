@@ -7,6 +7,9 @@ from typing import Any
 
 import numpy as np
 
+from odenets.data.datasets import load_dataset
+from odenets.data.loader import DeviceLoader
+from odenets.data.splits import stratified_split, subset_indices
 from odenets.training.config import TrainConfig
 
 # Train/test subsets and the validation split are the same for every seed, so seeds differ
@@ -15,9 +18,6 @@ SUBSET_SEED = 0
 
 
 def load_data(cfg: TrainConfig) -> dict[str, Any]:
-    from odenets.data import load_dataset
-    from odenets.data.splits import stratified_split
-
     kwargs = {"download": True} if cfg.download else {}
     if cfg.dataset in ("cifar10", "cifar100"):
         kwargs["verify"] = cfg.verify
@@ -45,15 +45,12 @@ def load_data(cfg: TrainConfig) -> dict[str, Any]:
 def _subset(images: np.ndarray, labels: np.ndarray, limit: int | None):
     if limit is None or limit >= len(labels):
         return images, labels
-    from odenets.data.splits import subset_indices
 
     idx = subset_indices(len(labels), limit, SUBSET_SEED)
     return images[idx], labels[idx]
 
 
 def make_loaders(cfg, data, device, dist) -> dict[str, Any]:
-    from odenets.data import DeviceLoader
-
     # Every rank draws the same global batches and trains on its shard of each.
     loaders = {
         "train": DeviceLoader(

@@ -18,12 +18,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
 
-import odenets
 from odenets.checkpoint import FileWriteError, finite_or_none, write_in_place
 from odenets.device import resolve_device
 from odenets.errors import CheckpointError, DivergenceError, OdenetsError
 from odenets.models.base import to_channels_last
+from odenets.models.registry import create_model
 from odenets.training.config import TrainConfig, lr_at, resolve_config
 from odenets.training.data import load_data, make_loaders
 from odenets.training.distributed import (
@@ -101,7 +103,7 @@ def _fit_locked(cfg, run: RunFolder, device, dist, data) -> RunInfo:
     header = run_header(cfg, data, device, dist)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
-    model = odenets.create_model(
+    model = create_model(
         cfg.model,
         num_classes=data["num_classes"],
         in_chans=data["in_chans"],
@@ -358,7 +360,6 @@ def _fast_path(cfg, model, device, dist, run, header) -> FastPath:
     def wrap(net):
         if not dist.enabled:
             return net
-        from torch.nn.parallel import DistributedDataParallel
 
         ids = [device.index] if device.type == "cuda" else None
         return DistributedDataParallel(net, device_ids=ids)
@@ -400,7 +401,6 @@ def _bar(cfg, epoch, n, dist):
     show = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
     if not (show and dist.is_main):
         return None
-    from tqdm.auto import tqdm
 
     return tqdm(
         total=n, desc=f"epoch {epoch}/{cfg.epochs}", unit="img", unit_scale=True, leave=False

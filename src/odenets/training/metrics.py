@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from odenets.checkpoint import finite_or_none
+from odenets.stability import state_jacobian_spectral_radius as radius_fn
 
 PROBE_IMAGES = 16  # test images at which NAIS stage Jacobians are measured each epoch
 
@@ -39,7 +40,6 @@ def max_stage_jacobian_radius(model, probe: torch.Tensor) -> float | None:
     blocks = model.nais_blocks() if hasattr(model, "nais_blocks") else []
     if not blocks:
         return None
-    from odenets.stability import state_jacobian_spectral_radius as radius_fn
 
     seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     hooks = [

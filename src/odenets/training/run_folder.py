@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save
 
 from odenets.checkpoint import (
     append_jsonl,
@@ -152,8 +153,6 @@ class RunFolder:
         and after (the new one only), so a kill at any moment leaves a file whose digest is
         recorded. Returns the SHA-256 of the file written.
         """
-        from safetensors.torch import save
-
         if name not in WEIGHTS_FILES:
             raise ValueError(f"weights file must be one of {WEIGHTS_FILES}; got {name!r}")
         plain = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}

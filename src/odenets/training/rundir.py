@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-import odenets
+from odenets._version import __version__
 from odenets.checkpoint import finite_or_none
 from odenets.errors import CheckpointError
 from odenets.training import schemas
@@ -278,7 +278,7 @@ def run_header(cfg, data, device, dist) -> dict[str, Any]:
         },
         "train": train,
         "seed": cfg.seed,
-        "odenets_version": odenets.__version__,
+        "odenets_version": __version__,
         "torch_version": torch.__version__,
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "world_size": dist.world_size,

@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from torch import nn
 
 from odenets.checkpoint import PICKLE_SUFFIXES
 from odenets.errors import CheckpointError
+from odenets.models.registry import create_model
 from odenets.training.run_folder import FINAL_WEIGHTS, LAST_WEIGHTS, RunFolder
 
 __all__ = [
@@ -95,8 +97,6 @@ def weights_record(path: str | os.PathLike, *, which: str = "auto") -> dict[str,
         the epoch the weights are from (None if the file does not say), "epochs": the
         planned epochs, "sha256": the file's SHA-256}.
     """
-    from safetensors import safe_open
-
     file = weights_file(path, which=which)
     try:
         with safe_open(str(file), framework="pt") as f:
@@ -138,8 +138,6 @@ def load_run(
         CheckpointError: missing, corrupt or pickle-only checkpoints, or weights that do
             not fit the model named in config.json.
     """
-    from odenets.models import create_model
-
     path = Path(path)
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise CheckpointError(
