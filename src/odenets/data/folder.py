@@ -197,7 +197,7 @@ def _write_cache(path: Path, images: np.ndarray, labels: np.ndarray, class_names
 
 
 def _decode_all(split_dir: Path, files, num_workers: int | None) -> tuple[np.ndarray, np.ndarray]:
-    first = _open(Image, split_dir / files[0][1])
+    first = _open(split_dir / files[0][1])
     mode = "L" if first.mode in ("1", "L", "I", "I;16", "F") else "RGB"
     first = np.asarray(first.convert(mode))
     shape = first.shape if first.ndim == 3 else (*first.shape, 1)
@@ -206,7 +206,7 @@ def _decode_all(split_dir: Path, files, num_workers: int | None) -> tuple[np.nda
 
     def decode(i: int) -> None:
         path = split_dir / files[i][1]
-        arr = np.asarray(_open(Image, path).convert(mode))
+        arr = np.asarray(_open(path).convert(mode))
         arr = arr.reshape(*arr.shape[:2], -1)
         if arr.shape != shape:
             raise DataError(
@@ -238,7 +238,7 @@ def _decode_all(split_dir: Path, files, num_workers: int | None) -> tuple[np.nda
     return images, labels
 
 
-def _open(Image, path: Path):
+def _open(path: Path):
     try:
         im = Image.open(path)
         im.load()

@@ -260,7 +260,7 @@ class Perturbation:
     """
 
     name: str = "perturbation"  # the registry name, set by `register_attack`
-    title: str = ""  # "" : the name
+    title: str = ""  # empty: the registry name
     category: str = ""  # required: `register_attack` refuses a class without one
     kind: str = "white-box"
     options: ClassVar[Mapping[str, str]] = {}
