@@ -98,8 +98,10 @@ class _PackageAttack(Attack):
                 if len(todo) == 0:
                     break
                 adversary.attacks_to_run = [name]
+                # Standard-layout inputs too: autograd gives a leaf's gradient its layout, so
+                # channels_last images would bring channels_last gradients back.
                 x_adv, y_adv = adversary.run_standard_evaluation(
-                    z[todo], labels[todo], batch_size=len(z)
+                    z[todo].contiguous(), labels[todo], batch_size=len(z)
                 )
                 broke = y_adv != labels[todo]
                 hit = todo[broke]
