@@ -410,7 +410,13 @@ class Check:
         text = json.dumps(_jsonable(self.record), indent=2) + "\n"
         _write_text(self.work / "device_check.json", text)
         _write_text(self.out / "device_check.json", text)
-        summary = summary_markdown(self.record)
+        try:
+            summary = summary_markdown(self.record)
+        except Exception as err:  # the figures are in the JSON; the check goes on
+            with self.log("summary-error").open("a") as log:
+                traceback.print_exc(file=log)
+            summary = f"# Device check\n\nThe summary could not be written ({err!r}); see "
+            summary += "device_check.json and logs/summary-error.log.\n"
         _write_text(self.work / "summary.md", summary)
         _write_text(self.out / "summary.md", summary)
         pack_results(self.work, self.out / "device_check.tar.gz")
@@ -1159,7 +1165,7 @@ def _header(record: dict) -> list[str]:
     m = record["machine"]
     bench = m.get("benchmark", {})
     gpu = bench.get("gpu") or (m.get("nvidia_smi") or "").split(",")[0] or None
-    title = "CPU dry run" if record["mode"] == "cpu-dry-run" else gpu
+    title = "CPU dry run" if record["mode"] == "cpu-dry-run" else (gpu or "no GPU found")
     lines = [f"# Device check: {title} ({record['started'][:10]})", ""]
     if record["mode"] == "cpu-dry-run":
         lines += [
@@ -1250,6 +1256,8 @@ def _attacks_section(results: dict, record: dict) -> list[str]:
             for r in results["rows"]
         ],
     )
+    if results.get("not_run"):
+        lines += ["", "Not timed: " + "; ".join(results["not_run"]) + "."]
     pgd = next((r for r in results["rows"] if r["attack"] == "pgd"), None)
     if pgd:
         lines += [
@@ -1330,7 +1338,8 @@ def _fast_path_words(fast_path: dict | None) -> str:
     """config.json's fast_path in words: the features that ran, then each fallback."""
     if not fast_path:
         return "-"
-    on = [k for k in ("amp", "compile", "cuda_graphs") if fast_path.get(k)]
+    names = {"amp": "bf16", "compile": "compile", "cuda_graphs": "CUDA graphs"}
+    on = [word for key, word in names.items() if fast_path.get(key)]
     words = "+".join(on) if on else "eager float32"
     for fallback in fast_path.get("fallbacks") or []:
         words += f"; {fallback.get('feature')} dropped: {fallback.get('cause')}"
