@@ -402,6 +402,22 @@ def test_jobs_per_device_gives_the_serial_results(tiny, killed_and_rerun, capsys
         assert [x["correct"] for x in a["attacks"]] == [x["correct"] for x in b["attacks"]]
 
 
+@pytest.mark.parametrize(
+    ("count", "visible", "want"),
+    [
+        (2, None, ["0", "1"]),
+        (2, "", ["0", "1"]),
+        (2, "2,3", ["2", "3"]),
+        (1, " 3 ", ["3"]),
+        (2, "GPU-8f1c,GPU-77aa", ["GPU-8f1c", "GPU-77aa"]),
+    ],
+)
+def test_jobs_get_the_parents_devices_under_cuda_visible_devices(count, visible, want):
+    from odenets.experiments.job_pool import visible_device_ids
+
+    assert visible_device_ids(count, visible) == want
+
+
 def test_jobs_per_device_below_zero_is_refused(tmp_path, capsys):
     assert main(["reproduce", "inresnet-table1", "--jobs-per-device", "-1"]) != 0
     assert "--jobs-per-device must be >= 1" in capsys.readouterr().err
