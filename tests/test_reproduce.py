@@ -4,6 +4,8 @@ not repeated; `--list-jobs` run line by line gives the same results; grid bookke
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -94,7 +96,7 @@ def _env() -> dict[str, str]:
 @pytest.fixture(scope="module")
 def killed_and_rerun(tiny) -> dict:
     """Run the grid in a subprocess, SIGKILL it once the second run has started training,
-    note the first run's file times, then rerun the grid to the end in-process."""
+    note the first run's file times (`rerun` then finishes the grid)."""
     out = tiny["base"] / "killed"
     cmd = [sys.executable, "-m", "odenets", "reproduce", *_args(tiny, out)]
     proc = subprocess.Popen(
@@ -121,18 +123,29 @@ def killed_and_rerun(tiny) -> dict:
     }
 
 
-def test_kill_then_rerun_skips_finished_runs(tiny, killed_and_rerun, capsys):
+@pytest.fixture(scope="module")
+def rerun(tiny, killed_and_rerun) -> dict:
+    """The killed grid rerun to the end in-process, once, with what that rerun printed (the
+    tests that compare with the finished grid need it, whatever order they run in)."""
     out = killed_and_rerun["out"]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["reproduce", *_args(tiny, out)])
+    return {**killed_and_rerun, "code": code, "printed": printed.getvalue()}
+
+
+def test_kill_then_rerun_skips_finished_runs(tiny, rerun, capsys):
+    out = rerun["out"]
     # The kill came during the second run: it had started and not finished.
-    assert killed_and_rerun["killed_summary"]["status"] == "running"
-    assert not killed_and_rerun["killed_report"]
-    assert main(["reproduce", *_args(tiny, out)]) == 0
-    printed = capsys.readouterr().out
+    assert rerun["killed_summary"]["status"] == "running"
+    assert not rerun["killed_report"]
+    assert rerun["code"] == 0
+    printed = rerun["printed"]
     assert f"[0] {RUN_NAMES[0]}: skipped (finished)" in printed
     for k, name in enumerate(RUN_NAMES[1:], start=1):
         assert f"[{k}] {name}: finished" in printed
     first = out / RUNS / RUN_NAMES[0]
-    assert {f.name: f.stat().st_mtime_ns for f in first.iterdir()} == killed_and_rerun["stamps"]
+    assert {f.name: f.stat().st_mtime_ns for f in first.iterdir()} == rerun["stamps"]
     for name in RUN_NAMES:
         summary = json.loads((out / RUNS / name / "summary.json").read_text())
         assert summary["status"] == "finished" and summary["epochs_done"] == 1
@@ -151,7 +164,7 @@ def test_kill_then_rerun_skips_finished_runs(tiny, killed_and_rerun, capsys):
 
 
 @pytest.mark.slow
-def test_list_jobs_lines_give_the_same_results(tiny, killed_and_rerun, capsys):
+def test_list_jobs_lines_give_the_same_results(tiny, rerun, capsys):
     out = tiny["base"] / "by-lines"
     assert main(["reproduce", *_args(tiny, out), "--list-jobs"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -166,7 +179,7 @@ def test_list_jobs_lines_give_the_same_results(tiny, killed_and_rerun, capsys):
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-    ref = killed_and_rerun["out"]
+    ref = rerun["out"]
     assert sorted(p.name for p in (out / RUNS).iterdir()) == sorted(RUN_NAMES)
     for name in RUN_NAMES:
         files = {p.name for p in (out / RUNS / name).iterdir()}
@@ -378,7 +391,7 @@ def test_train_only_trains_and_a_later_call_evaluates(tiny, capsys):
     assert (out / "report.md").exists()
 
 
-def test_jobs_per_device_gives_the_serial_results(tiny, killed_and_rerun, capsys, monkeypatch):
+def test_jobs_per_device_gives_the_serial_results(tiny, rerun, capsys, monkeypatch):
     """Two jobs at a time, one process and one thread each: the same weights and evaluations
     as the serial run."""
     from odenets.checkpoint import load_safetensors
@@ -387,7 +400,7 @@ def test_jobs_per_device_gives_the_serial_results(tiny, killed_and_rerun, capsys
     out = tiny["base"] / "pooled"
     assert main(["reproduce", *_args(tiny, out), "--jobs-per-device", "2"]) == 0
     printed = capsys.readouterr().out
-    ref = killed_and_rerun["out"]
+    ref = rerun["out"]
     for k, name in enumerate(RUN_NAMES):
         assert f"[{k}] {name}: finished" in printed
         assert (out / "logs" / f"{name}.log").is_file()
