@@ -10,6 +10,10 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
+from odenets.models import layers
+from odenets.models.nais_blocks import nais_blocks
+from odenets.models.unrolled import depth_stats
+
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
 
@@ -115,20 +119,22 @@ class OdeNet(nn.Module):
         return torch.rand(batch, self.in_chans, 32, 32, generator=generator)
 
     def coefficients(self) -> torch.Tensor:
-        """Effective interpolation coefficients λ_n, one per interpolating block (1-D)."""
-        return torch.zeros(0)
+        """Effective interpolation coefficients λ_n, one per interpolating block (1-D,
+        detached; empty for networks without interpolation). See `layers.coefficients`."""
+        return layers.coefficients(self)
 
     def coefficient_parameters(self) -> list[nn.Parameter]:
         """The raw parameters behind `coefficients()` (for weight-decay exemption)."""
-        return []
+        return layers.coefficient_parameters(self)
 
     def nais_blocks(self) -> list[nn.Module]:
         """The NAIS-Net blocks of the network, in order (empty for other families)."""
-        return []
+        return nais_blocks(self)
 
     def depth_stats(self) -> dict[str, float]:
-        """Mean and max unrolled steps of the last forward pass (NAIS-Net only)."""
-        return {}
+        """Mean and max unrolled steps per sample of the last forward pass, summed over the
+        unrolled blocks (NAIS-Net family; empty for other networks)."""
+        return depth_stats(self)
 
     def project_(self) -> None:
         """Apply stability projections in place (NAIS-Net); a no-op elsewhere."""

@@ -69,25 +69,13 @@ def _conv_bn(cin: int, cout: int, stride: int) -> nn.Sequential:
 
 
 class _UnrolledNetMixin:
-    """Surface shared by the NAIS-Net family: depth statistics and step sizes."""
+    """Surface shared by the NAIS-Net family beyond `OdeNet`'s: step sizes."""
 
     blocks: nn.ModuleList
-
-    def nais_blocks(self) -> list[nn.Module]:
-        return [b for b in self.blocks if isinstance(b, (NaisBlock, NaisConvBlock))]
 
     def step_sizes(self) -> torch.Tensor:
         """h of every block, (n_blocks,)."""
         return torch.tensor([b.h for b in self.blocks])
-
-    def depth_stats(self) -> dict[str, float]:
-        """Per-sample network depth of the last forward: unrolled steps summed over the
-        blocks; mean and max over the batch. Empty before the first forward."""
-        steps = [b.last_steps for b in self.blocks]
-        if not steps or any(s is None for s in steps):
-            return {}
-        total = torch.stack(steps, dim=1).sum(dim=1).double()  # (N,)
-        return {"mean": float(total.mean()), "max": float(total.max())}
 
 
 class UnrolledCifarNet(_UnrolledNetMixin, OdeNet):
