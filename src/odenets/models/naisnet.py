@@ -164,8 +164,13 @@ class NaisMLP(_UnrolledNetMixin, OdeNet):
     def example_input(self, batch: int = 2, *, generator: torch.Generator | None = None):
         return torch.rand(batch, self.in_features, generator=generator)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (N, num_classes) for float vectors (N, in_features)."""
+    def forward(self, x: torch.Tensor, *, check_input: bool | None = None) -> torch.Tensor:
+        """Logits (N, num_classes) for float vectors (N, in_features).
+
+        Vectors are taken as given (no normalisation, no range), so `check_input` only keeps
+        the signature of the image networks; type and shape are always checked.
+        """
+        del check_input
         if not isinstance(x, torch.Tensor) or not torch.is_floating_point(x):
             raise TypeError(f"expected a float tensor (N, {self.in_features}); got {x!r:.80}")
         if x.dim() != 2 or x.shape[1] != self.in_features:
