@@ -151,6 +151,18 @@ def test_ensemble_is_the_log_of_the_mean_softmax(data):
     assert torch.allclose(out.exp().sum(1), torch.ones(len(x)))
 
 
+def test_ensemble_refuses_normalised_images_unless_told_they_are_checked(data):
+    x, _ = data
+    ens = Ensemble([_trained(), TinyNet().eval()])
+    normalised = (x - 0.3) / 0.4
+    with pytest.raises(ValueError, match=r"pixels in \[0, 1\]; got values in \[-0.75, 1.75\]"):
+        ens(normalised)
+    with torch.no_grad():
+        out = ens(normalised, check_input=False)
+        expected = ens.forward_normalized(ens.normalize(normalised))
+    torch.testing.assert_close(out, expected)
+
+
 def test_ensemble_without_shared_normalisation_refuses_normalized_space(data):
     x, y = data
     other = TinyNet().eval()

@@ -102,6 +102,12 @@ def test_torch_compile_traces_the_training_forward_in_one_graph(name):
     model = odenets.create_model(name).train()
     explained = torch._dynamo.explain(model)(torch.rand(2, 3, 32, 32))
     assert (explained.graph_count, explained.graph_break_count) == (1, 0)
+    # The input range check is traced into that graph as a device-side assert; the training
+    # loop's check_input=False leaves it out.
+    assert "_assert_async" in explained.graphs[0].code
+    unchecked = torch._dynamo.explain(model)(torch.rand(2, 3, 32, 32), check_input=False)
+    assert (unchecked.graph_count, unchecked.graph_break_count) == (1, 0)
+    assert "_assert_async" not in unchecked.graphs[0].code
 
 
 def test_bf16_coefficient_gradient_accumulates_in_float32():

@@ -14,7 +14,23 @@ from odenets.models import create_model, list_models, register_model
 
 __version__ = "0.1.0"
 
-__all__ = ["create_model", "list_models", "register_model", "load_run", "__version__"]
+__all__ = [
+    "create_model",
+    "list_models",
+    "register_model",
+    "load_run",
+    "InResNetBlock",
+    "NaisBlock",
+    "NaisConvBlock",
+    "__version__",
+]
+
+# Building blocks for custom networks: public name -> the module that defines it.
+_BLOCKS = {
+    "InResNetBlock": "odenets.models.resnet",
+    "NaisBlock": "odenets.models.nais_blocks",
+    "NaisConvBlock": "odenets.models.nais_blocks",
+}
 
 
 def __getattr__(name: str):
@@ -23,4 +39,8 @@ def __getattr__(name: str):
         from odenets.training import load_run
 
         return load_run
+    if name in _BLOCKS:
+        import importlib
+
+        return getattr(importlib.import_module(_BLOCKS[name]), name)
     raise AttributeError(f"module 'odenets' has no attribute {name!r}")

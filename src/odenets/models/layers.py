@@ -340,3 +340,28 @@ class SigmoidGatingJunction(_GatingJunction):
 
     def raw_of(self, lam):
         return _logit(lam)
+
+
+# --- junctions inside any module ------------------------------------------------------
+
+
+def coefficients(module: nn.Module) -> torch.Tensor:
+    """Effective λ_n of every interpolating junction inside `module` (itself included), in
+    module order: 1-D, detached; empty when there is none.
+
+    Works on any `nn.Module` (an odenets network, a custom network built from
+    `odenets.InResNetBlock`, a single block). Scalar junctions report their λ_n, gating
+    junctions the mean gate over the last batch they saw.
+    """
+    lams = [
+        m.coefficient() for m in module.modules() if isinstance(m, Junction) and m.interpolating
+    ]
+    return torch.stack(lams) if lams else torch.zeros(0)
+
+
+def coefficient_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """The raw parameters behind `coefficients(module)`, in the same order (e.g. to exempt
+    them from weight decay)."""
+    return [
+        p for m in module.modules() if isinstance(m, Junction) for p in m.coefficient_parameters()
+    ]

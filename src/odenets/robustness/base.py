@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from odenets.errors import UnknownNameError
+from odenets.models.base import takes_check_input
 
 THREAT_MODELS = ("pixel", "normalized")
 
@@ -153,6 +154,9 @@ class Space:
             raise ValueError(f"threat_model must be one of {THREAT_MODELS}; got {threat_model!r}")
         self.model = model
         self.threat_model = threat_model
+        # The attack checked its images once (`_check_batch`) and keeps every iterate in
+        # [0, 1]: the model's own range check, per iterate, would only cost time.
+        self._unchecked = {"check_input": False} if takes_check_input(model) else {}
         if threat_model == "normalized":
             norm = getattr(model, "normalize", None)
             if norm is None or not hasattr(model, "forward_normalized"):
@@ -176,7 +180,7 @@ class Space:
 
     def logits(self, z: torch.Tensor) -> torch.Tensor:
         if self.threat_model == "pixel":
-            return self.model(z)
+            return self.model(z, **self._unchecked)
         return self.model.forward_normalized(z)
 
     @staticmethod
