@@ -242,8 +242,45 @@ def test_checks_flag_suspicious_numbers():
         "gradients_finite": False,
         "apgd_close_to_pgd": False,
     }
-    fine = _fake([("fgsm", 0.03, 0.4), ("pgd", 0.03, 0.2), ("apgd_ce", 0.03, 0.19)])
-    assert all(c["ok"] for c in sanity_checks(fine))
+    fine = _fake(
+        [
+            ("fgsm", 0.03, 0.4),
+            ("pgd", 0.03, 0.2),
+            ("apgd_ce", 0.03, 0.19),
+            ("fgsm", 0.06, 0.3),
+            ("pgd", 0.06, 0.1),
+        ]
+    )
+    assert all(c["ok"] is True for c in sanity_checks(fine))
+
+
+def test_a_check_with_nothing_to_compare_is_not_run_never_passed(tmp_path):
+    """FGSM alone at one radius: no multi-step attack beside FGSM, no second radius, no
+    PGD/APGD pair. Those checks say "not run" (ok None), and the table and the report's
+    list of failed checks read them so."""
+    from odenets.experiments.results import RunRecord, failed_checks
+
+    res = _fake([("fgsm", 0.03, 0.4)])
+    checks = {c["name"]: c for c in sanity_checks(res)}
+    assert {k: c["ok"] for k, c in checks.items()} == {
+        "attack_not_above_clean": True,
+        "multi_step_not_weaker_than_fgsm": None,
+        "accuracy_non_increasing_in_eps": None,
+        "eps1_accuracy_near_zero": True,
+        "gradients_finite": True,
+        "apgd_close_to_pgd": None,
+    }
+    for name in ("multi_step_not_weaker_than_fgsm", "apgd_close_to_pgd"):
+        assert checks[name]["detail"].startswith("not run: needs ")
+    # No attack at all: nothing was checked.
+    bare = {**_fake([]), "counts": {"eps1": None, "nonfinite_grads": 0}}
+    assert all(c["ok"] is None for c in sanity_checks(bare))
+    shown = {"models": ["m"], "ensemble": False, "n": 10, "seed": 0, "attacks": []}
+    table = format_table({**res, **shown, "checks": list(checks.values())})
+    assert "- [not run] apgd_close_to_pgd: not run: needs PGD and APGD" in table
+    assert "[ok] apgd_close_to_pgd" not in table
+    record = RunRecord(tmp_path, {}, "finished", evaluation={"checks": list(checks.values())})
+    assert failed_checks([record]) == []
 
 
 def test_bad_attack_name_fails_before_any_work(data):

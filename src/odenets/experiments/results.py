@@ -122,11 +122,12 @@ def collect(folder: str | Path) -> tuple[dict[str, Any] | None, list[RunRecord]]
 
 
 def failed_checks(runs: Sequence[RunRecord]) -> list[tuple[str, str, str]]:
-    """(run name, check name, detail) of every sanity check of eval.json that failed."""
+    """(run name, check name, detail) of every sanity check of eval.json that failed (a
+    check that was not run, "ok": null, did not fail)."""
     return [
         (r.name, c["name"], c.get("detail", ""))
         for r in runs
         if r.evaluation
         for c in r.evaluation.get("checks", [])
-        if not c.get("ok", True)
+        if c.get("ok") is False
     ]

@@ -30,8 +30,9 @@ def format_table(result: Mapping) -> str:
         lines += ["", "Attacks: " + attack_settings(result["attacks"])]
     if result.get("checks"):
         lines.append("")
+        marks = {True: "ok", False: "FLAG", None: "not run"}  # None: nothing to compare
         for c in result["checks"]:
-            lines.append(f"- [{'ok' if c['ok'] else 'FLAG'}] {c['name']}: {c['detail']}")
+            lines.append(f"- [{marks[c['ok']]}] {c['name']}: {c['detail']}")
     lines += masking_lines(result.get("masking") or {})
     return "\n".join(lines)
 
