@@ -289,7 +289,31 @@ def test_list_jobs_of_a_shard_lists_only_its_jobs(tmp_path, capsys):
     assert main([*args, str(tmp_path), "--out", out, "--list-jobs", "--shard", "2/3"]) == 0
     lines = capsys.readouterr().out.splitlines()
     listed = [line for line in lines if "--job" in line]
-    assert listed == [job_command(grid, out, j, python=sys.executable) for j in expected]
+    assert [line.split("  # ")[0] for line in listed] == [
+        job_command(grid, out, j, python=sys.executable) for j in expected
+    ]
+
+
+def test_list_jobs_needs_no_data_root_and_names_each_job(tmp_path, capsys):
+    """Without --data-root the lines carry the placeholder DATA_ROOT to fill in, and each
+    ends with a comment naming the model, the data set and the seed."""
+    rc, lines, err = _list_jobs(capsys, tmp_path, "--seeds", "2")
+    assert rc == 0 and err == ""
+    commands = [line for line in lines if "--job" in line]
+    assert len(commands) == 6 * 2
+    assert any(line.startswith("# replace DATA_ROOT with the data folder") for line in lines)
+    grid = load_grid(
+        "inresnet-table1", scale="paper", seeds=2, datasets=["cifar10"], data_root=str(tmp_path)
+    )
+    for line, job in zip(commands, expand_jobs(grid), strict=True):
+        command, comment = line.split("  # ")
+        assert " --data-root DATA_ROOT " in command and str(tmp_path) + " " not in command
+        assert comment == f"{job.model} on cifar10, seed {job.seed}"
+    assert lines[-1].endswith(f"odenets report {tmp_path / 'out'}")
+    assert not (tmp_path / "out").exists()
+    # A run still needs the data.
+    assert main(["reproduce", "inresnet-table1", "--out", str(tmp_path / "o")]) == 1
+    assert "needs --data-root" in capsys.readouterr().err
 
 
 def test_ensemble_caption_states_no_seed_count():
@@ -443,8 +467,8 @@ def test_train_evaluate_reproduce_leave_the_data_folder_unchanged(tiny, tmp_path
 def test_list_jobs_lines_carry_the_cache_flags(tiny, tmp_path, capsys):
     argv = ["reproduce", *_args(tiny, tmp_path / "g"), "--list-jobs"]
     assert main([*argv, "--cache-dir", str(tmp_path / "c")]) == 0
-    lines = [x for x in capsys.readouterr().out.splitlines() if "--job" in x]
+    lines = [x.split("  # ")[0] for x in capsys.readouterr().out.splitlines() if "--job" in x]
     assert lines and all(x.endswith(f"--cache-dir {tmp_path / 'c'}") for x in lines)
     assert main([*argv, "--no-cache"]) == 0
-    lines = [x for x in capsys.readouterr().out.splitlines() if "--job" in x]
+    lines = [x.split("  # ")[0] for x in capsys.readouterr().out.splitlines() if "--job" in x]
     assert lines and all(x.endswith("--no-cache") for x in lines)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import time
 from pathlib import Path
 
 from odenets.commands import add_cache_arguments, cache_flags
+from odenets.experiments.job_commands import DATA_ROOT_PLACEHOLDER, job_comment
 from odenets.experiments.presets import SCALES, list_presets, load_preset
 from odenets.experiments.reproduce import (
     DATASETS,
@@ -23,7 +25,12 @@ from odenets.experiments.reproduce import (
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("preset", nargs="?", help="preset name (see --list) or a preset .toml file")
     p.add_argument("--list", action="store_true", help="list the presets and exit")
-    p.add_argument("--data-root", default=None, help="data folder (not needed for digits)")
+    p.add_argument(
+        "--data-root",
+        default=None,
+        help="data folder (default: none; needed except for digits; --list-jobs writes the "
+        "placeholder DATA_ROOT without it)",
+    )
     add_cache_arguments(p)
     p.add_argument("--out", default=None, help="results folder (default runs/<preset>-<scale>)")
     p.add_argument(
@@ -90,25 +97,45 @@ def run(args: argparse.Namespace) -> int:
     for flag, root in (("--data-root", args.data_root), ("--noise-root", args.noise_root)):
         if root is not None and not Path(root).is_dir():
             raise ValueError(f"{flag} {root} is not an existing folder")
+    # Listing needs no data: without --data-root the lines carry a placeholder to fill in.
+    placeholder = args.list_jobs and args.data_root is None and _needs_data_root(args)
     grid = load_grid(
         args.preset,
         scale=args.scale,
         seeds=args.seeds or 0,  # 0: the preset's number
         datasets=args.dataset or (),
-        data_root=args.data_root,
+        data_root=DATA_ROOT_PLACEHOLDER if placeholder else args.data_root,
         noise_root=args.noise_root,
         train_limit=args.train_limit,
     )
     out = args.out or f"runs/{grid.preset.name}-{grid.scale}"
     shard = parse_shard(args.shard) if args.shard else None
     if args.list_jobs:
-        return _list_jobs(grid, out, shard=shard, only=args.job, extra=cache_flags(args))
+        return _list_jobs(
+            grid,
+            out,
+            shard=shard,
+            only=args.job,
+            extra=cache_flags(args),
+            data_root=DATA_ROOT_PLACEHOLDER if placeholder else None,
+        )
     return _run_jobs(args, grid, out, shard)
 
 
-def _list_jobs(grid, out: str, *, shard, only, extra: str = "") -> int:
+def _needs_data_root(args: argparse.Namespace) -> bool:
+    """Whether the grid of these arguments trains on a data set other than the digits."""
+    preset = load_preset(args.preset)
+    datasets = args.dataset or preset.datasets_for(args.scale)
+    return any(d != "digits" for d in datasets)
+
+
+def _list_jobs(
+    grid, out: str, *, shard, only, extra: str = "", data_root: str | None = None
+) -> int:
     """Print one shell command per job of the grid (or its --shard / --job; ensembles after
-    the trainings), then the report's. Writes nothing: the folder is claimed by a real run."""
+    the trainings), each ending with a comment naming its model, data set and seed, then the
+    report's. Writes nothing: the folder is claimed by a real run. `data_root`: a
+    placeholder written after --data-root instead of a folder."""
     jobs = expand_jobs(grid)
     chosen = select_jobs(jobs, shard=shard, only=only)
     python = python_executable()
@@ -117,11 +144,14 @@ def _list_jobs(grid, out: str, *, shard, only, extra: str = "") -> int:
         f"# {grid.preset.name} ({grid.scale}): {part}{len(chosen)} of {len(jobs)} jobs; "
         "ensembles need every training job before them; run the report last"
     )
+    if data_root is not None:
+        print(f"# replace {data_root} with the data folder (or list again with --data-root)")
     for job in chosen:
         if job.is_ensemble and not jobs[job.index - 1].is_ensemble:
             print("# after every job above:")
-        print(job_command(grid, out, job, python=python) + extra)
-    print(f"{python} -m odenets report {out}")
+        command = job_command(grid, out, job, python=python, data_root=data_root) + extra
+        print(f"{command}  {job_comment(job)}")
+    print(shlex.join([python, "-m", "odenets", "report", str(Path(out).resolve())]))
     return 0
 
 
