@@ -13,7 +13,7 @@ from odenets.experiments.reproduce import run_grid
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="results folder (default runs/demo)")
-    p.add_argument("--epochs", type=int, default=10, help="training epochs per model")
+    p.add_argument("--epochs", type=int, default=10, help="training epochs per model (default: 10)")
     p.add_argument(
         "--quick",
         action="store_true",

@@ -64,10 +64,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--noise", action="store_true", help="generated CIFAR-C noise accuracy")
     parser.add_argument(
-        "--noise-root", metavar="DIR", help="official CIFAR-C .npy files instead of generated"
+        "--noise-root",
+        metavar="DIR",
+        help="official CIFAR-C .npy files instead of generated (default: generated noise)",
     )
     parser.add_argument(
-        "--gaussian-sigma", type=_radii, default=[], help="plain Gaussian noise levels in 1/255"
+        "--gaussian-sigma",
+        type=_radii,
+        default=[],
+        help="plain Gaussian noise levels in 1/255 (default: none)",
     )
     parser.add_argument(
         "--steps", type=int, help="iterations of ifgsm, pgd, pgd_start_centred (default: 20)"
@@ -78,8 +83,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="their step in 1/255 units (default: 2.5·ε/steps in pixels, 1/255 at ε = 8/255 "
         "with 20 steps; 5·ε/steps normalized)",
     )
-    parser.add_argument("--pgd-restarts", type=int, default=1, help="random restarts of pgd")
-    parser.add_argument("--apgd-steps", type=int, default=100, help="iterations of APGD (100)")
+    parser.add_argument(
+        "--pgd-restarts", type=int, default=1, help="random restarts of pgd (default: 1)"
+    )
+    parser.add_argument(
+        "--apgd-steps", type=int, default=100, help="iterations of APGD (default: 100)"
+    )
     parser.add_argument(
         "--autoattack-version",
         default="standard",
@@ -89,15 +98,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--autoattack-attacks",
         type=_names,
-        help="sub-attacks of --autoattack-version custom, e.g. apgd-ce,apgd-t,fab-t,square",
+        help="sub-attacks of --autoattack-version custom, e.g. apgd-ce,apgd-t,fab-t,square "
+        "(default: the version's)",
     )
     parser.add_argument(
-        "--square-queries", type=int, default=5000, help="queries of --attacks square (5000)"
+        "--square-queries",
+        type=int,
+        default=5000,
+        help="queries of --attacks square (default: 5000)",
     )
     parser.add_argument(
         "--transfer-from",
         metavar="SURROGATE_RUN",
-        help="run folder of a surrogate: --transfer-attacks crafted on it are scored on RUN",
+        help="run folder of a surrogate: --transfer-attacks crafted on it are scored on RUN "
+        "(default: none)",
     )
     parser.add_argument(
         "--transfer-attacks",
@@ -113,14 +127,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "3 restarts at the smallest radius (default: on)",
     )
     parser.add_argument(
-        "--limit", type=_positive_int, help="evaluate a seeded random subset of N images"
+        "--limit",
+        type=_positive_int,
+        help="evaluate a seeded random subset of N images (default: the whole test set)",
     )
     parser.add_argument("--batch-size", type=int, default=500, help="batch size (default: 500)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of random starts and noise")
-    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda:N")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of random starts and noise (default: 0)"
+    )
+    parser.add_argument(
+        "--device", default="auto", help="auto (cuda if available), cpu, cuda:N (default: auto)"
+    )
     parser.add_argument("--data-root", help="data folder (default: the run's config.json)")
     add_cache_arguments(parser)
-    parser.add_argument("--shard", type=_shard, help="i/n: evaluate shard i of n (1 <= i <= n)")
+    parser.add_argument(
+        "--shard",
+        type=_shard,
+        help="i/n: evaluate shard i of n (1 <= i <= n; default: the whole set)",
+    )
     parser.add_argument("--no-checks", action="store_true", help="skip the sanity checks")
     parser.add_argument(
         "--no-verify",
@@ -134,7 +158,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=True,
         help="channels_last weights while evaluating (default: on; float32 either way)",
     )
-    parser.add_argument("--merge", nargs="+", metavar="SHARD", help="merge shard eval files")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="SHARD",
+        help="merge shard eval files into --out instead of evaluating (default: evaluate)",
+    )
     parser.add_argument(
         "--out",
         help="output file (default for one run: RUN/eval.json; with --limit N or --shard i/n, "

@@ -59,15 +59,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--train-limit",
         type=int,
         default=0,
-        help="train on a seeded subset of N images (a quick look; 0 = all)",
+        help="train on a seeded subset of N images, a quick look (default: 0, all images)",
     )
     p.add_argument(
         "--list-jobs",
         action="store_true",
         help="print one self-contained shell command per job and exit",
     )
-    p.add_argument("--shard", default=None, help="run slice i of n of the jobs, e.g. 2/4")
-    p.add_argument("--job", type=int, default=None, help="run only job K (see --list-jobs)")
+    p.add_argument(
+        "--shard", default=None, help="run slice i of n of the jobs, e.g. 2/4 (default: every job)"
+    )
+    p.add_argument(
+        "--job", type=int, default=None, help="run only job K, see --list-jobs (default: every job)"
+    )
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     p.add_argument(
         "--train-only",
