@@ -300,3 +300,30 @@ def test_report_figures_get_only_the_options_they_take(tmp_path, monkeypatch):
     assert notes == [] and set(calls) == set(report_figures.TITLES)
     assert calls["ensemble-gain"] == {"eps_255": 4.0, "threat_model": "normalized"}
     assert calls["coefficients"] == {} and calls["depth"] == {}
+
+
+def test_a_run_evaluated_with_limit_is_reported_and_every_file_left_out_is_named(tmp_path):
+    """`odenets evaluate --limit N` writes RUN/eval.limit-N.json: a run without eval.json is
+    reported from its largest such file; the others, and shards, are named with why."""
+    run = tmp_path / "r1"
+    summary = {"status": "finished", "epochs_done": 1, "epochs": 1, "final_train_acc": 0.5}
+    write_json_atomic(run / "summary.json", {**summary, "final_test_acc": 0.6})
+    for name, clean in (("limit-30", 0.5), ("limit-60", 0.7), ("limit-60.shard-1-of-2", 0.1)):
+        write_json_atomic(run / f"eval.{name}.json", fake_eval(clean, 0.4, 0.3, 0.2, 0.1))
+    report = write_report(tmp_path, figures=False)
+    (record,) = report.loose
+    assert (record.status, record.eval_file) == ("finished", "eval.limit-60.json")
+    assert record.metrics["clean"] == 0.7 and record.metrics["pgd"] == 0.1
+    text = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "## Evaluations of a subset of the test set" in text
+    assert "- `r1`: eval.limit-60.json (n = 100)" in text
+    assert "- `r1`: eval.limit-30.json: eval.limit-60.json evaluates more images" in text
+    assert "- `r1`: eval.limit-60.shard-1-of-2.json: shard 1 of 2 of an evaluation" in text
+    runs = json.loads((tmp_path / "report.json").read_text())["other_runs"]
+    assert runs[0]["eval_file"] == "eval.limit-60.json" and runs[0]["metrics"]["clean"] == 70
+    # The whole test set's eval.json wins; the limited files are named as left out.
+    write_json_atomic(run / "eval.json", fake_eval(0.9, 0.4, 0.3, 0.2, 0.1))
+    (record,) = build_report(tmp_path).loose
+    assert record.eval_file == "eval.json" and record.metrics["clean"] == 0.9
+    assert ("eval.limit-60.json", "eval.json (the whole test set) is used") in record.skipped_evals
+    assert "Evaluations of a subset" not in render_markdown(build_report(tmp_path))

@@ -11,8 +11,8 @@ Radii are given in 1/255 units on the command line (--eps 8 is 8/255). Several r
 evaluated as one averaged-softmax ensemble, attacked as a whole. The test split of the data
 set the (first) run was trained on is used; --limit takes a fixed, seeded random subset
 (the folders of a data set may be sorted by class). Writes RUN/eval.json atomically (the
-file the report reads; RUN/eval.limit-N.json with --limit, RUN/eval.shard-i-of-n.json with
---shard) and prints a markdown table.
+file the report reads; RUN/eval.limit-N.json with --limit, which the report reads for a run
+without eval.json; RUN/eval.shard-i-of-n.json with --shard) and prints a markdown table.
 """
 
 from __future__ import annotations
@@ -167,8 +167,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out",
         help="output file (default for one run: RUN/eval.json; with --limit N or --shard i/n, "
-        "RUN/eval.limit-N.json, RUN/eval.shard-i-of-n.json or both, which the report does "
-        "not read)",
+        "RUN/eval.limit-N.json, RUN/eval.shard-i-of-n.json or both; the report reads "
+        "eval.json, else the largest eval.limit-N.json, and names the files it leaves out)",
     )
 
 
@@ -273,19 +273,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _out_path(args) -> Path:
-    from odenets.training.run_folder import EVAL
+    from odenets.training.run_folder import eval_file_name
 
     if args.out:
         return _checked_out(Path(args.out))
     if len(args.runs) > 1:
         raise ValueError(f"{len(args.runs)} runs form an ensemble: give --out PATH for its result")
-    # Only a whole-test-set evaluation is the run's eval.json (what the report reads).
-    name = Path(EVAL).stem
-    if args.limit is not None:
-        name += f".limit-{args.limit}"
-    if args.shard is not None:
-        name += f".shard-{args.shard[0] + 1}-of-{args.shard[1]}"
-    return Path(args.runs[0]) / f"{name}.json"
+    # Only a whole-test-set evaluation is the run's eval.json; the report falls back on the
+    # largest eval.limit-N.json of a run without one.
+    shard = None if args.shard is None else (args.shard[0] + 1, args.shard[1])
+    return Path(args.runs[0]) / eval_file_name(limit=args.limit, shard=shard)
 
 
 def _checked_out(out: Path) -> Path:

@@ -258,7 +258,7 @@ def _provenance_section(report: Report) -> list[str]:
             "numbers are left out; evaluate the runs again (`odenets evaluate RUN`, or "
             "`odenets reproduce`, which re-evaluates them):\n"
         )
-        out += [f"- `{r.name}`: {r.eval_note}" for r in stale]
+        out += [f"- `{r.name}` ({r.eval_file}): {r.eval_note}" for r in stale]
         out.append("")
     if unknown:
         out.append(
@@ -266,6 +266,33 @@ def _provenance_section(report: Report) -> list[str]:
             "records no weights (written by an older odenets), so they could not be checked "
             "against the runs' current weights.\n"
         )
+    return out
+
+
+def _eval_files_section(report: Report) -> list[str]:
+    """Runs whose numbers come from a subset of the test set (no eval.json, an `odenets
+    evaluate --limit N` file instead), and every evaluation file left out, with why."""
+    from odenets.training.run_folder import EVAL
+
+    runs = [*report.mine, *report.foreign, *report.loose]
+    subset = [r for r in runs if r.eval_file and r.eval_file != EVAL]
+    skipped = [(r, name, why) for r in runs for name, why in r.skipped_evals]
+    out = []
+    if subset:
+        out.append("## Evaluations of a subset of the test set\n")
+        out.append(
+            f"These runs have no {EVAL} (the whole test set); their numbers come from "
+            "`odenets evaluate --limit N`, a seeded subset of N test images, so they carry "
+            "more sampling noise:\n"
+        )
+        for r in subset:
+            n = (r.evaluation or {}).get("n")
+            out.append(f"- `{r.name}`: {r.eval_file}" + (f" (n = {n})" if n else ""))
+        out.append("")
+    if skipped:
+        out.append("## Evaluation files left out\n")
+        out += [f"- `{r.name}`: {name}: {why}" for r, name, why in skipped]
+        out.append("")
     return out
 
 
@@ -295,6 +322,7 @@ def render_markdown(report: Report) -> str:
     out += _checks_section(report)
     out += _masking_section(report)
     out += _provenance_section(report)
+    out += _eval_files_section(report)
     out += _runs_sections(report)
     out += [f"> {note}\n" for note in report.notes]
     return "\n".join(out)
