@@ -12,6 +12,7 @@ import torch
 from _robustness_models import TinyNet, digits, train_tiny
 
 import odenets
+import odenets.progress
 from odenets.models.base import channels_last_weights
 from odenets.robustness import (
     Ensemble,
@@ -527,7 +528,10 @@ def test_evaluation_runs_without_tf32_and_restores_the_flags(data):
 
 def test_cli_evaluate_off_a_terminal_prints_a_line_per_pass(run_dir, tmp_path, capsys):
     """A batch job's log (stderr is no terminal under pytest) gets one line per attack and
-    radius, with the count correct so far and the seconds, and no carriage-return bars."""
+    radius: the count correct, the seconds, the evaluation's time so far and its ETA (the
+    last line: done), and no carriage-return bars."""
+    import re
+
     from odenets.cli import main
 
     out = tmp_path / "e.json"
@@ -536,8 +540,64 @@ def test_cli_evaluate_off_a_terminal_prints_a_line_per_pass(run_dir, tmp_path, c
     err = capsys.readouterr().err
     assert "\r" not in err
     lines = err.splitlines()
-    for desc in ("clean", "fgsm 2/255", "fgsm 8/255"):
-        hits = [x for x in lines if x.startswith(f"{desc}: ")]
-        assert len(hits) == 1, (desc, lines)
-        assert " correct (" in hits[0] and hits[0].endswith(" s")
-    assert "/20 correct" in next(x for x in lines if x.startswith("fgsm 8/255: "))
+    line = re.compile(
+        r"(?P<desc>.+): (?P<k>\d+)/20 correct \((?P<pct>[\d.]+)%\) in [\d.]+ s; "
+        r"evaluation [\d.]+ s so far, (ETA [\d.]+ s|done)"
+    )
+    found = {m["desc"]: m for m in map(line.fullmatch, lines) if m}
+    assert list(found) == ["clean", "fgsm 2/255", "fgsm 8/255"], lines
+    for m in found.values():
+        assert float(m["pct"]) == pytest.approx(100 * int(m["k"]) / 20, abs=0.005)
+    assert lines[-1].endswith(", done") and all(", ETA " in x for x in lines[:-1])
+
+
+class _Recorded(odenets.progress.WorkLog):
+    made: list = []
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        _Recorded.made.append(self)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"noise": "generated", "gaussian_sigmas": (0.05,), "checks": False},
+        {"masking": False, "threat_model": ["pixel", "normalized"]},
+    ],
+    ids=["checks-and-masking", "noise", "two-threat-models"],
+)
+def test_the_eta_is_measured_against_the_cost_of_every_pass_made(data, monkeypatch, options):
+    """The whole an ETA is measured against (planned before any pass) is exactly the sum of
+    the passes made, whatever the evaluation runs; each pass is counted once."""
+    evaluation = importlib.import_module("odenets.robustness.evaluate")  # not the function
+
+    x, y = data
+    _Recorded.made = []
+    monkeypatch.setattr(evaluation, "WorkLog", _Recorded)
+    _run(_trained(), x[:40], y[:40], **options)
+    (log,) = _Recorded.made
+    assert log.total_cost > 0 and log.done_cost == pytest.approx(log.total_cost)
+    assert log.eta() == pytest.approx(0.0, abs=1e-6)
+    # On a terminal there are tqdm bars and no log lines: no plan either.
+    _Recorded.made = []
+    _run(_trained(), x[:40], y[:40], progress=True, **options)
+    assert _Recorded.made == []
+
+
+def test_a_long_pass_logs_its_accuracy_so_far(data, monkeypatch, caplog):
+    """A pass longer than HEARTBEAT_S logs its count so far on the way (here: after every
+    batch), with the evaluation's ETA; the pass's own line follows."""
+    import logging
+
+    x, y = data
+    monkeypatch.setattr(odenets.progress, "HEARTBEAT_S", 0.0)
+    with caplog.at_level(logging.INFO, logger="odenets"):
+        _run(_trained(), x[:90], y[:90], attacks=("fgsm",), eps_list=(0.05,), checks=False,
+             masking=False)  # fmt: skip
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("fgsm 12.75")]
+    assert [x.split(":")[1].split(" done")[0] for x in lines[:-1]] == [" 30/90", " 60/90"]
+    assert all(" correct so far (" in x and ", ETA " in x for x in lines[:-1])
+    assert " 90/90 " not in lines[-2] and lines[-1].startswith("fgsm 12.75/255: ")
+    assert " correct (" in lines[-1]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -127,10 +128,21 @@ def test_kill_then_rerun_skips_finished_runs(tiny, killed_and_rerun, capsys):
     assert killed_and_rerun["killed_summary"]["status"] == "running"
     assert not killed_and_rerun["killed_report"]
     assert main(["reproduce", *_args(tiny, out)]) == 0
-    printed = capsys.readouterr().out
-    assert f"[0] {RUN_NAMES[0]}: skipped (finished)" in printed
-    for k, name in enumerate(RUN_NAMES[1:], start=1):
-        assert f"[{k}] {name}: finished" in printed
+    captured = capsys.readouterr()
+    printed = captured.out
+    # A line per job: its number in the grid, name and state, the jobs done, an ETA.
+    assert f"[1/4] {RUN_NAMES[0]}: skipped (finished); 1/4 jobs done\n" in printed
+    for k, name in enumerate(RUN_NAMES[1:], start=2):
+        assert re.search(rf"\[{k}/4\] {name}: finished in [\d.]+ s; {k}/4 jobs done", printed)
+    assert ", ETA " in printed.splitlines()[2] and ", ETA " not in printed.splitlines()[3]
+    # Each line the jobs log (training epochs, evaluation passes) names its job.
+    logged = [x for x in captured.err.splitlines() if "  epoch " in x or " correct (" in x]
+    labels = {f"[{k}/4] {name}:" for k, name in enumerate(RUN_NAMES, start=1)}
+    assert len(logged) > 6
+    assert all(re.match(r"\[\d/4\] \S+:", x)[0] in labels for x in logged)
+    assert any(x.startswith(f"[2/4] {RUN_NAMES[1]}: resnet20  epoch 1/1") for x in logged)
+    pgd = [x for x in logged if x.startswith(f"[4/4] {RUN_NAMES[3]}: pgd 8/255: ")]
+    assert pgd and "; evaluation " in pgd[0] and (", ETA " in pgd[0] or pgd[0].endswith("done"))
     first = out / RUNS / RUN_NAMES[0]
     assert {f.name: f.stat().st_mtime_ns for f in first.iterdir()} == killed_and_rerun["stamps"]
     for name in RUN_NAMES:
@@ -412,9 +424,12 @@ def test_jobs_per_device_gives_the_serial_results(tiny, killed_and_rerun, capsys
     assert main(["reproduce", *_args(tiny, out), "--jobs-per-device", "2"]) == 0
     printed = capsys.readouterr().out
     ref = killed_and_rerun["out"]
-    for k, name in enumerate(RUN_NAMES):
-        assert f"[{k}] {name}: finished" in printed
-        assert (out / "logs" / f"{name}.log").is_file()
+    for k, name in enumerate(RUN_NAMES, start=1):
+        assert f"[{k}/4] {name}: finished in " in printed
+        # Each job's own log names it on every line it logs.
+        log = (out / "logs" / f"{name}.log").read_text(encoding="utf-8").splitlines()
+        logged = [x for x in log if "  epoch " in x or " correct (" in x]
+        assert logged and all(x.startswith(f"[{k}/4] {name}: ") for x in logged)
         got = load_safetensors(out / RUNS / name / "final.safetensors")[0]
         want = load_safetensors(ref / RUNS / name / "final.safetensors")[0]
         assert got.keys() == want.keys()

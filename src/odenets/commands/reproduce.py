@@ -168,7 +168,7 @@ def _run_jobs(args: argparse.Namespace, grid, out: str, shard) -> int:
         out,
         shard=shard,
         only=args.job,
-        on_event=_print_event,
+        on_event=_event_printer(grid, shard, args.job, args.jobs_per_device),
         train_only=args.train_only,
         jobs_per_device=args.jobs_per_device,
     )
@@ -192,11 +192,19 @@ def _run_jobs(args: argparse.Namespace, grid, out: str, shard) -> int:
     return 0 if not unfinished or args.job is not None or shard is not None else 1
 
 
-def _print_event(job, state, seconds) -> None:
-    print(
-        f"[{job.index}] {job.name}: {state}" + (f" in {seconds:.0f} s" if seconds else ""),
-        flush=True,
-    )
+def _event_printer(grid, shard, only, jobs_per_device: int):
+    """A line per job as it ends: its label, state and time, the jobs done and the ETA."""
+    from odenets.experiments.grid_progress import GridProgress
+    from odenets.experiments.job_pool import devices
+
+    jobs = expand_jobs(grid)
+    parallel = len(devices()) * jobs_per_device if jobs_per_device else 1
+    progress = GridProgress(select_jobs(jobs, shard=shard, only=only), len(jobs), parallel=parallel)
+
+    def on_event(job, state, seconds) -> None:
+        print(progress.event_line(job, state, seconds), flush=True)
+
+    return on_event
 
 
 def _list() -> int:
