@@ -270,16 +270,18 @@ def draw_robustness_curves(curves: Mapping[str, Mapping]) -> Figure:
     fig, axes = _grid(len(panels), ncols=4, title="Accuracy under attack and noise, per model")
     styles = _curve_styles(curves)
     for ax, (kind, name) in zip(axes, panels, strict=True):
-        shown = []
+        shown, setting = [], ""
         for label, c in curves.items():
             d = c["attacks" if kind == "attack" else "noise"].get(name)
             if d is not None:
                 x = d["eps_255"] if kind == "attack" else d["severity"]
                 ax.plot(x, 100 * d["accuracy"], marker="o", ms=3, label=label, **styles[label])
                 shown.append(100 * np.asarray(d["accuracy"], dtype=float))
+                setting = setting or d.get("setting", "")
         if kind == "attack":
             ax.set_xlabel("ε (L∞ radius, /255)")
-            ax.set_title(f"{name}: accuracy vs ε")
+            # The caption of an attack's panel: its steps and step size α (ε is the x-axis).
+            ax.set_title(f"{name}: accuracy vs ε" + (f"\n{setting}" if setting else ""))
         else:
             ax.set_xlabel("severity (CIFAR-C level)")
             ax.set_xticks(range(1, 6))

@@ -127,15 +127,21 @@ def _scored_runs(path: Path, job: dict[str, Any], ev: dict[str, Any]) -> list[Pa
 
 
 def eval_metrics(ev: dict[str, Any], *, eps_255: float, threat_model: str) -> dict[str, float]:
-    """The table's columns from one eval.json: clean, noise mean, attacks at one radius."""
+    """The table's columns from one eval.json: clean, noise mean, attacks at one radius and
+    their per-sample worst case ("worst_case": robust only if correct clean and under every
+    attack at that radius)."""
     out = {"clean": float(ev["clean"])}
     if ev.get("noise"):
         out["noise"] = float(ev["noise"]["mean"])
-    for attack in ev.get("attacks", []):
-        if attack.get("threat_model", "pixel") != threat_model:
-            continue
-        if math.isclose(float(attack["eps_255"]), eps_255, abs_tol=1e-6):
-            out[attack["name"]] = float(attack["accuracy"])
+    at_radius = [
+        entry
+        for key in ("attacks", "worst_case")
+        for entry in ev.get(key) or []
+        if entry.get("threat_model", "pixel") == threat_model
+        and math.isclose(float(entry["eps_255"]), eps_255, abs_tol=1e-6)
+    ]
+    for entry in at_radius:
+        out[entry.get("name", "worst_case")] = float(entry["accuracy"])
     return out
 
 
