@@ -8,6 +8,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -128,10 +129,15 @@ def rerun(tiny, killed_and_rerun) -> dict:
     """The killed grid rerun to the end in-process, once, with what that rerun printed (the
     tests that compare with the finished grid need it, whatever order they run in)."""
     out = killed_and_rerun["out"]
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
+    printed, logged = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(logged):
         code = main(["reproduce", *_args(tiny, out)])
-    return {**killed_and_rerun, "code": code, "printed": printed.getvalue()}
+    return {
+        **killed_and_rerun,
+        "code": code,
+        "printed": printed.getvalue(),
+        "logged": logged.getvalue(),
+    }
 
 
 def test_kill_then_rerun_skips_finished_runs(tiny, rerun, capsys):
@@ -141,9 +147,19 @@ def test_kill_then_rerun_skips_finished_runs(tiny, rerun, capsys):
     assert not rerun["killed_report"]
     assert rerun["code"] == 0
     printed = rerun["printed"]
-    assert f"[0] {RUN_NAMES[0]}: skipped (finished)" in printed
-    for k, name in enumerate(RUN_NAMES[1:], start=1):
-        assert f"[{k}] {name}: finished" in printed
+    # A line per job: its number in the grid, name and state, the jobs done, an ETA.
+    assert f"[1/4] {RUN_NAMES[0]}: skipped (finished); 1/4 jobs done\n" in printed
+    for k, name in enumerate(RUN_NAMES[1:], start=2):
+        assert re.search(rf"\[{k}/4\] {name}: finished in [\d.]+ s; {k}/4 jobs done", printed)
+    assert ", ETA " in printed.splitlines()[2] and ", ETA " not in printed.splitlines()[3]
+    # Each line the jobs log (training epochs, evaluation passes) names its job.
+    logged = [x for x in rerun["logged"].splitlines() if "  epoch " in x or " correct (" in x]
+    labels = {f"[{k}/4] {name}:" for k, name in enumerate(RUN_NAMES, start=1)}
+    assert len(logged) > 6
+    assert all(re.match(r"\[\d/4\] \S+:", x)[0] in labels for x in logged)
+    assert any(x.startswith(f"[2/4] {RUN_NAMES[1]}: resnet20  epoch 1/1") for x in logged)
+    pgd = [x for x in logged if x.startswith(f"[4/4] {RUN_NAMES[3]}: pgd 8/255: ")]
+    assert pgd and "; evaluation " in pgd[0] and (", ETA " in pgd[0] or pgd[0].endswith("done"))
     first = out / RUNS / RUN_NAMES[0]
     assert {f.name: f.stat().st_mtime_ns for f in first.iterdir()} == rerun["stamps"]
     for name in RUN_NAMES:
@@ -302,7 +318,31 @@ def test_list_jobs_of_a_shard_lists_only_its_jobs(tmp_path, capsys):
     assert main([*args, str(tmp_path), "--out", out, "--list-jobs", "--shard", "2/3"]) == 0
     lines = capsys.readouterr().out.splitlines()
     listed = [line for line in lines if "--job" in line]
-    assert listed == [job_command(grid, out, j, python=sys.executable) for j in expected]
+    assert [line.split("  # ")[0] for line in listed] == [
+        job_command(grid, out, j, python=sys.executable) for j in expected
+    ]
+
+
+def test_list_jobs_needs_no_data_root_and_names_each_job(tmp_path, capsys):
+    """Without --data-root the lines carry the placeholder DATA_ROOT to fill in, and each
+    ends with a comment naming the model, the data set and the seed."""
+    rc, lines, err = _list_jobs(capsys, tmp_path, "--seeds", "2")
+    assert rc == 0 and err == ""
+    commands = [line for line in lines if "--job" in line]
+    assert len(commands) == 6 * 2
+    assert any(line.startswith("# replace DATA_ROOT with the data folder") for line in lines)
+    grid = load_grid(
+        "inresnet-table1", scale="paper", seeds=2, datasets=["cifar10"], data_root=str(tmp_path)
+    )
+    for line, job in zip(commands, expand_jobs(grid), strict=True):
+        command, comment = line.split("  # ")
+        assert " --data-root DATA_ROOT " in command and str(tmp_path) + " " not in command
+        assert comment == f"{job.model} on cifar10, seed {job.seed}"
+    assert lines[-1].endswith(f"odenets report {tmp_path / 'out'}")
+    assert not (tmp_path / "out").exists()
+    # A run still needs the data.
+    assert main(["reproduce", "inresnet-table1", "--out", str(tmp_path / "o")]) == 1
+    assert "needs --data-root" in capsys.readouterr().err
 
 
 def test_ensemble_caption_states_no_seed_count():
@@ -401,9 +441,12 @@ def test_jobs_per_device_gives_the_serial_results(tiny, rerun, capsys, monkeypat
     assert main(["reproduce", *_args(tiny, out), "--jobs-per-device", "2"]) == 0
     printed = capsys.readouterr().out
     ref = rerun["out"]
-    for k, name in enumerate(RUN_NAMES):
-        assert f"[{k}] {name}: finished" in printed
-        assert (out / "logs" / f"{name}.log").is_file()
+    for k, name in enumerate(RUN_NAMES, start=1):
+        assert f"[{k}/4] {name}: finished in " in printed
+        # Each job's own log names it on every line it logs.
+        log = (out / "logs" / f"{name}.log").read_text(encoding="utf-8").splitlines()
+        logged = [x for x in log if "  epoch " in x or " correct (" in x]
+        assert logged and all(x.startswith(f"[{k}/4] {name}: ") for x in logged)
         got = load_safetensors(out / RUNS / name / "final.safetensors")[0]
         want = load_safetensors(ref / RUNS / name / "final.safetensors")[0]
         assert got.keys() == want.keys()
@@ -472,8 +515,8 @@ def test_train_evaluate_reproduce_leave_the_data_folder_unchanged(tiny, tmp_path
 def test_list_jobs_lines_carry_the_cache_flags(tiny, tmp_path, capsys):
     argv = ["reproduce", *_args(tiny, tmp_path / "g"), "--list-jobs"]
     assert main([*argv, "--cache-dir", str(tmp_path / "c")]) == 0
-    lines = [x for x in capsys.readouterr().out.splitlines() if "--job" in x]
+    lines = [x.split("  # ")[0] for x in capsys.readouterr().out.splitlines() if "--job" in x]
     assert lines and all(x.endswith(f"--cache-dir {tmp_path / 'c'}") for x in lines)
     assert main([*argv, "--no-cache"]) == 0
-    lines = [x for x in capsys.readouterr().out.splitlines() if "--job" in x]
+    lines = [x.split("  # ")[0] for x in capsys.readouterr().out.splitlines() if "--job" in x]
     assert lines and all(x.endswith("--no-cache") for x in lines)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from odenets.experiments.paper import ROBUSTNESS_METRICS, get_table
+from odenets.experiments.paper import EVAL_METRICS, get_table
 from odenets.experiments.results import RunRecord
 
 DONE = ("finished", "evaluated")  # statuses of runs whose numbers enter the table
@@ -129,13 +129,16 @@ def metrics_of(manifest: dict[str, Any]) -> tuple[str, ...]:
         return get_table(manifest["table"]).metrics
     ev = manifest.get("evaluate", {})
     metrics = ["clean"] + (["noise"] if ev.get("noise") else [])
-    return (*metrics, *[a for a in ev.get("attacks", []) if a in ROBUSTNESS_METRICS])
+    metrics += [a for a in ev.get("attacks", []) if a in EVAL_METRICS]
+    if len(ev.get("attacks", [])) > 1:
+        metrics.append("worst_case")  # per sample over the attacks: the strongest column
+    return tuple(metrics)
 
 
 def loose_metrics(runs: Sequence[RunRecord]) -> tuple[str, ...]:
     """The metrics present in any run, in table order (for a folder with no manifest)."""
     present = {m for r in runs for m in r.metrics}
-    order = (*ROBUSTNESS_METRICS, "train", "test")
+    order = (*EVAL_METRICS, "train", "test")
     return tuple(m for m in order if m in present)
 
 

@@ -105,6 +105,10 @@ def evaluate_run(
     verify = config["train"].get("verify", True)  # off for a run trained with --no-verify
     images, labels, indices = _test_subset(dataset, data_root, settings.limit, seed, verify=verify)
     steps = {"steps": settings.steps} if settings.steps else {}
+    options = {a: steps for a in settings.attacks if a in ("ifgsm", "pgd")}
+    if settings.apgd_steps:
+        apgd = {"steps": settings.apgd_steps}
+        options.update({a: apgd for a in settings.attacks if a in ("apgd_ce", "apgd_dlr")})
     noise = ("official" if noise_root else "generated") if settings.noise else None
     return evaluate(
         models,
@@ -115,7 +119,7 @@ def evaluate_run(
         threat_model=settings.threat_model,
         noise=noise,
         noise_root=noise_root,
-        attack_options={a: steps for a in settings.attacks if a in ("ifgsm", "pgd")},
+        attack_options=options,
         seed=seed,
         indices=indices,
         info={"runs": [str(p) for p in run_dirs], "dataset": dataset["name"], "split": "test"},

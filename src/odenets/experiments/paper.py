@@ -23,11 +23,16 @@ METRIC_TITLES = {
     "fgsm": "FGSM",
     "ifgsm": "IFGSM",
     "pgd": "PGD",
+    "apgd_ce": "APGD-CE",
+    "worst_case": "Worst case",
     "train": "Train acc.",
     "test": "Test acc.",
 }
 
 ROBUSTNESS_METRICS = ("clean", "noise", "fgsm", "ifgsm", "pgd")
+# The columns of a table of ours (no paper numbers): the papers' and APGD-CE and the
+# per-sample worst case over the attacks.
+EVAL_METRICS = (*ROBUSTNESS_METRICS, "apgd_ce", "worst_case")
 NAIS_METRICS = ("train", "test")
 
 INRESNET_SOURCE = (

@@ -35,6 +35,7 @@ class EvalSettings:
     noise: bool = True  # the four CIFAR-C noise corruptions, severities 1-5
     limit: int = 0  # test images to evaluate; 0 = the whole test split
     steps: int = 0  # attack steps for IFGSM / PGD; 0 = the attack's default (20)
+    apgd_steps: int = 0  # APGD iterations; 0 = the attack's default (100)
     threat_model: str = "pixel"  # "pixel" (standard) or "normalized" (authors' first code)
 
 

@@ -82,18 +82,32 @@ def _data_sentence(manifest: dict[str, Any], dataset: str, sample: dict | None) 
     return f"Data: {data}, {n}."
 
 
-def _step_words(sample: dict | None, eps_255: float, steps: int) -> str:
-    """The step of IFGSM / PGD at the table's radius: as recorded by the evaluation, else
-    the default rule."""
-    for a in (sample or {}).get("attacks", []):
-        if a["name"] in ("ifgsm", "pgd") and abs(a["eps_255"] - eps_255) < 1e-6 and a.get("alpha"):
-            return f"step α = {a['alpha'] * 255:.3g}/255"
-    return f"step α = 2.5·ε/{steps} = {2.5 * eps_255 / steps:.3g}/255"
+def _settings_words(ev: dict[str, Any], sample: dict | None) -> str:
+    """Each attack's steps and step size α at the table's radius: as the evaluation
+    recorded them, else the default rules the settings give."""
+    from odenets.robustness.table import attack_settings
+
+    eps_255, tm = float((ev.get("eps") or [8])[0]), ev.get("threat_model", "pixel")
+    recorded = [
+        a
+        for a in (sample or {}).get("attacks", [])
+        if a.get("threat_model", "pixel") == tm and abs(a["eps_255"] - eps_255) < 1e-6
+    ]
+    if recorded:
+        return attack_settings(recorded)
+    steps, apgd_steps = ev.get("steps") or 20, ev.get("apgd_steps") or 100
+    words = {
+        "fgsm": f"fgsm: 1 step of α = ε, at ε = {eps_255:g}/255",
+        "ifgsm": f"ifgsm: {steps} steps, α = 2.5·ε/{steps} = {2.5 * eps_255 / steps:.3g}/255",
+        "pgd": f"pgd: {steps} steps, α = 2.5·ε/{steps} = {2.5 * eps_255 / steps:.3g}/255, "
+        "random start",
+        "apgd_ce": f"apgd_ce: {apgd_steps} steps from α = 2ε, halved by its schedule",
+    }
+    return "; ".join(words.get(a, a) for a in ev["attacks"]) + "."
 
 
 def _attacks_sentence(ev: dict[str, Any], sample: dict | None = None) -> str:
     eps = ev.get("eps") or [8]
-    steps = ev.get("steps") or 20
     tm = ev.get("threat_model", "pixel")
     tm_words = (
         "pixel threat model (ε and steps in [0, 1] pixel units, ball centred on the clean "
@@ -102,11 +116,16 @@ def _attacks_sentence(ev: dict[str, Any], sample: dict | None = None) -> str:
         else "normalized threat model of the authors' first code (ε on the standardised "
         "tensor, about five times weaker)"
     )
+    worst = (
+        " Worst case: per sample over these attacks, robust only if correct clean and under "
+        "every one."
+        if len(ev["attacks"]) > 1
+        else ""
+    )
     return (
-        f"Attacks: untargeted L∞ {', '.join(a.upper() for a in ev['attacks'])} at "
-        f"ε = {eps[0]:g}/255, {steps} steps for IFGSM and PGD "
-        f"({_step_words(sample, float(eps[0]), steps)}; PGD with a random start), "
-        f"{tm_words}; the model in eval mode; robust means correct both clean and attacked."
+        f"Attacks: untargeted L∞ at ε = {eps[0]:g}/255, {tm_words}; the model in eval mode; "
+        f"robust means correct both clean and attacked. Steps and step size α: "
+        f"{_settings_words(ev, sample)}{worst}"
     )
 
 
@@ -164,10 +183,32 @@ def _tables_section(report: Report) -> list[str]:
         out.append(f"## {DATASET_NAMES.get(d, d)}\n")
         out.append(rows_markdown(rows, report.metrics, paper=has_paper) + "\n")
         out.append("*" + caption(m, report.mine, d) + "*\n")
+        out += robustness_verdict(rows, report.metrics, m)
         out += _sizes_note(rows)
         if not has_paper:
             out.append("The paper has no numbers for this data set; only ours are shown.\n")
     return out
+
+
+def table_setting(manifest: dict[str, Any]) -> str:
+    """The radius (and threat model, when not pixel) of a table's attack columns."""
+    ev = manifest.get("evaluate", {})
+    eps = (ev.get("eps") or [8])[0]
+    tm = ev.get("threat_model", "pixel")
+    return f"ε = {eps:g}/255" + ("" if tm == "pixel" else f" ({tm} threat model)")
+
+
+def robustness_verdict(
+    rows: Sequence[TableRow], metrics: Sequence[str], manifest: dict[str, Any]
+) -> list[str]:
+    """In words, from the table's numbers: whether each In-ResNet-family row is more robust
+    than the ResNet of the same depth (`odenets.experiments.comparison`)."""
+    from odenets.experiments.comparison import verdict_lines
+
+    lines = verdict_lines(rows, metrics, setting=table_setting(manifest))
+    if not lines:
+        return []
+    return ["**Is In-ResNet more robust than ResNet on this data?**\n", *lines, ""]
 
 
 def _sizes_note(rows: Sequence[TableRow]) -> list[str]:
@@ -258,7 +299,7 @@ def _provenance_section(report: Report) -> list[str]:
             "numbers are left out; evaluate the runs again (`odenets evaluate RUN`, or "
             "`odenets reproduce`, which re-evaluates them):\n"
         )
-        out += [f"- `{r.name}`: {r.eval_note}" for r in stale]
+        out += [f"- `{r.name}` ({r.eval_file}): {r.eval_note}" for r in stale]
         out.append("")
     if unknown:
         out.append(
@@ -266,6 +307,33 @@ def _provenance_section(report: Report) -> list[str]:
             "records no weights (written by an older odenets), so they could not be checked "
             "against the runs' current weights.\n"
         )
+    return out
+
+
+def _eval_files_section(report: Report) -> list[str]:
+    """Runs whose numbers come from a subset of the test set (no eval.json, an `odenets
+    evaluate --limit N` file instead), and every evaluation file left out, with why."""
+    from odenets.training.run_folder import EVAL
+
+    runs = [*report.mine, *report.foreign, *report.loose]
+    subset = [r for r in runs if r.eval_file and r.eval_file != EVAL]
+    skipped = [(r, name, why) for r in runs for name, why in r.skipped_evals]
+    out = []
+    if subset:
+        out.append("## Evaluations of a subset of the test set\n")
+        out.append(
+            f"These runs have no {EVAL} (the whole test set); their numbers come from "
+            "`odenets evaluate --limit N`, a seeded subset of N test images, so they carry "
+            "more sampling noise:\n"
+        )
+        for r in subset:
+            n = (r.evaluation or {}).get("n")
+            out.append(f"- `{r.name}`: {r.eval_file}" + (f" (n = {n})" if n else ""))
+        out.append("")
+    if skipped:
+        out.append("## Evaluation files left out\n")
+        out += [f"- `{r.name}`: {name}: {why}" for r, name, why in skipped]
+        out.append("")
     return out
 
 
@@ -295,6 +363,7 @@ def render_markdown(report: Report) -> str:
     out += _checks_section(report)
     out += _masking_section(report)
     out += _provenance_section(report)
+    out += _eval_files_section(report)
     out += _runs_sections(report)
     out += [f"> {note}\n" for note in report.notes]
     return "\n".join(out)

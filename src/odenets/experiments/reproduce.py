@@ -35,6 +35,7 @@ from odenets.experiments.grid_folder import (
     prepare_folder,
     read_manifest,
 )
+from odenets.experiments.grid_progress import job_label
 from odenets.experiments.job_commands import job_command, python_executable
 from odenets.experiments.job_pool import run_pool
 from odenets.experiments.job_runner import (
@@ -52,6 +53,7 @@ from odenets.experiments.jobs import (
     load_grid,
     paper_dataset_for,
 )
+from odenets.progress import log_label
 
 __all__ = [
     "DATASETS",
@@ -143,7 +145,8 @@ def run_grid(
             if on_event:
                 on_event(job, f"skipped ({before})", 0.0)
             continue
-        states[job.name] = run_job(grid, out, job, train_only=train_only)
+        with log_label(job_label(job, len(jobs))):  # starts each log line of the job
+            states[job.name] = run_job(grid, out, job, train_only=train_only)
         if on_event:
             on_event(job, states[job.name], time.perf_counter() - start)
     return states

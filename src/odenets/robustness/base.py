@@ -243,6 +243,14 @@ class Attack:
     def settings(self) -> dict:
         return {"eps": self.eps, "steps": 1, "alpha": self.eps, "restarts": 1}
 
+    def cost(self) -> float:
+        """Rough work per image in forward-pass equivalents, for progress estimates (an
+        ETA): a forward and a backward (about two forwards) per step and restart, a forward
+        per query, and the forward that scores the result."""
+        s = self.settings()
+        steps = (s.get("steps") or 1) * (s.get("restarts") or 1)
+        return 3.0 * steps + float(s.get("queries") or 0) + 1.0
+
     def record(self) -> dict:
         """What eval.json keeps about this attack beyond its settings and accuracy, over
         every call so far (e.g. AutoAttack's sub-attacks); empty for most attacks."""
