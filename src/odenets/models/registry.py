@@ -106,7 +106,7 @@ def _unknown_keywords(name, unknown, options, via=None) -> ValueError:
     accepts = f"its keywords go to {via}(), which accepts" if via else "it accepts"
     return ValueError(
         f"model {name!r} has no keyword {', '.join(map(repr, unknown))}; {accepts} "
-        f"{', '.join(options) or 'no others'} besides num_classes and in_chans"
+        f"{', '.join(options) or 'no others'} besides num_classes, in_chans and check_input"
     )
 
 
