@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 # by the attacks we compare against, so it is installed without dependencies.
 TORCHATTACKS_SPEC ?= torchattacks==3.5.1
 
-.PHONY: demo test venv install install-dev lint format clean device-data
+.PHONY: demo test venv install install-dev lint format clean device-data device-check device-check-dry
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,18 @@ format: install-dev
 DATA ?= ../shared/data/cifar10-jpeg
 device-data:
 	bash benchmarks/pack_device_data.sh $(DATA)
+
+# Every GPU figure in one command of at most 9 minutes (docs/benchmarks.md, "GPU figures").
+# On a GPU machine that has a copy of the checkout with its .device/ folder (make device-data
+# here first; a remote runner must take the ignored .device/ along), without make or a venv:
+#     bash benchmarks/device_check.sh OUT
+# The dry run: the same stages at toy size on this machine's CPU, in about a minute.
+DEVICE_OUT ?= runs/device-check
+device-check: device-data
+	PYTHON=$(PYTHON) bash benchmarks/device_check.sh $(DEVICE_OUT)
+
+device-check-dry: install-dev device-data
+	PYTHON=$(PY) bash benchmarks/device_check.sh $(DEVICE_OUT)-dry --cpu-dry-run
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

@@ -28,10 +28,16 @@ the same architecture, written the straightforward way, for comparison:
     ref_resnet{D}             pre-activation ResNet
     ref_in_resnet{D}          In-ResNet, junction written out in eager PyTorch
     ref_lambda_in_resnet{D}   λ-In-ResNet as in the authors' code: f evaluated twice
+
+Several processes sharing one device (their total images/s): start N copies with the same
+`--barrier DIR --barrier-count N`. Each warms up, then waits until all N have, so the timed
+steps of all of them overlap; the JSON records each process's timed window (Unix seconds).
+`--no-peak` skips the matmul peak, which would disturb the others' timed steps.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import time
@@ -95,7 +101,14 @@ def parse_args(argv: list[str] | None) -> Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", default=None, help="write the results here")
-    return p.parse_args(argv)
+    p.add_argument("--barrier", default=None, help="folder shared by processes timed together")
+    p.add_argument("--barrier-count", type=int, default=1, help="processes that share --barrier")
+    p.add_argument("--barrier-timeout", type=float, default=600.0, help="seconds to wait for them")
+    p.add_argument("--no-peak", action="store_true", help="do not measure the matmul peak")
+    args = p.parse_args(argv)
+    if args.barrier_count < 1:
+        p.error(f"--barrier-count must be >= 1; got {args.barrier_count}")
+    return args
 
 
 def fill_device_defaults(args: Namespace, device: torch.device) -> None:
@@ -157,21 +170,46 @@ def interleaved_step_times(
     return times
 
 
+def wait_for_barrier(folder: str, count: int, timeout: float) -> None:
+    """Say this process is ready (a file in `folder`) and wait until `count` processes are."""
+    path = Path(folder)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / f"{os.getpid()}.ready").touch()
+    deadline = time.monotonic() + timeout
+    while (ready := len(list(path.glob("*.ready")))) < count:
+        if time.monotonic() > deadline:
+            raise SystemExit(
+                f"--barrier {folder}: {ready} of --barrier-count {count} processes ready "
+                f"after {timeout:g} s; the others did not start or failed"
+            )
+        time.sleep(0.02)
+
+
 def time_runners(
     runners: list[Runner], args: Namespace, device: torch.device
-) -> tuple[list[list[float]], dict[torch.dtype, float]]:
-    """Interleaved step times of every runner and the device's peak TFLOP/s per dtype."""
+) -> tuple[list[list[float]], dict[torch.dtype, float], tuple[float, float]]:
+    """Interleaved step times of every runner, the device's peak TFLOP/s per dtype (none
+    with `--no-peak`) and the timed window in Unix seconds."""
     # The peak is measured before and after the timed steps and the larger figure kept, so a
     # burst of load from other processes during one measurement does not lower it.
-    dtypes = sorted({r.dtype for r in runners}, key=str)
+    dtypes = [] if args.no_peak else sorted({r.dtype for r in runners}, key=str)
     peaks = {dt: measure_peak_tflops(device, dt) for dt in dtypes}
+    if args.barrier:
+        wait_for_barrier(args.barrier, args.barrier_count, args.barrier_timeout)
+    synchronize(device)
+    start = time.time()
     times = interleaved_step_times(runners, device, reps=args.reps, steps=args.steps)
+    synchronize(device)
+    window = (start, time.time())
     peaks = {dt: max(peaks[dt], measure_peak_tflops(device, dt)) for dt in dtypes}
-    return times, peaks
+    return times, peaks, window
 
 
-def result_row(runner: Runner, times: list[float], flops: float, peak: float, batch: int) -> dict:
-    """One result: median and fastest step time, throughput and the fraction of peak."""
+def result_row(
+    runner: Runner, times: list[float], flops: float, peak: float | None, batch: int
+) -> dict:
+    """One result: median and fastest step time, throughput and the fraction of peak (None
+    where no peak was measured)."""
     step_s = statistics.median(times)
     tflops = flops * batch / step_s / 1e12
     return {
@@ -186,7 +224,7 @@ def result_row(runner: Runner, times: list[float], flops: float, peak: float, ba
         "gflop_per_image": flops / 1e9,
         "tflops": tflops,
         "peak_tflops": peak,
-        "peak_fraction": tflops / peak,
+        "peak_fraction": tflops / peak if peak else None,
         "dtype": str(runner.dtype).removeprefix("torch."),
         "warmup_s": runner.warmup_s,
     }
@@ -195,10 +233,11 @@ def result_row(runner: Runner, times: list[float], flops: float, peak: float, ba
 def print_results(rows: list[dict], peaks: dict[torch.dtype, float]) -> None:
     print()
     print_table(rows, TABLE_COLUMNS)
-    print(
-        "peak TFLOP/s measured with a square matmul: "
-        + ", ".join(f"{str(k).removeprefix('torch.')} {v:.3f}" for k, v in peaks.items())
-    )
+    if peaks:
+        print(
+            "peak TFLOP/s measured with a square matmul: "
+            + ", ".join(f"{str(k).removeprefix('torch.')} {v:.3f}" for k, v in peaks.items())
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,16 +251,18 @@ def main(argv: list[str] | None = None) -> int:
 
     flops = count_model_flops(names, args)
     runners = warmed_up_runners(names, configs, args, device)
-    times, peaks = time_runners(runners, args, device)
+    times, peaks, window = time_runners(runners, args, device)
     rows = [
-        result_row(r, t, flops[r.name], peaks[r.dtype], args.batch)
+        result_row(r, t, flops[r.name], peaks.get(r.dtype), args.batch)
         for r, t in zip(runners, times, strict=True)
     ]
     print_results(rows, peaks)
     if args.json:
         settings = settings_of(args)
         settings["configs"] = configs
-        write_report(args.json, {"machine": info, "settings": settings, "results": rows})
+        report = {"machine": info, "settings": settings, "results": rows}
+        report["timed_window_unix_s"] = list(window)
+        write_report(args.json, report)
     return 0
 
 

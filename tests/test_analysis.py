@@ -341,3 +341,31 @@ def test_ensemble_gain_uses_the_metrics_every_evaluation_holds_and_curves_add_wo
     np.testing.assert_allclose(gain["gain"], [0.05, 0.1, 0.1], atol=1e-12)
     worst = robustness_curves([single])["m"]["attacks"]["worst case (pixel)"]
     np.testing.assert_array_equal(worst["accuracy"], [0.9, 0.05])
+
+
+def test_robustness_curve_panels_give_each_attacks_steps_and_alpha():
+    from odenets.analysis import plots
+
+    def entry(name, eps, **kw):
+        return {"name": name, "threat_model": "pixel", "eps": eps, "eps_255": eps * 255,
+                "accuracy": 0.5, **kw}  # fmt: skip
+
+    ev = _eval("m", False, 0.9, 0.5, [])
+    ev["attacks"] = [
+        *(entry("fgsm", e, steps=1, alpha=e) for e in (4 / 255, 8 / 255)),
+        *(entry("pgd", e, steps=20, alpha=e / 8, random_start=True) for e in (4 / 255, 8 / 255)),
+        entry("apgd_ce", 8 / 255, steps=20, alpha=16 / 255, loss="ce"),
+    ]
+    ev["worst_case"] = [{"eps_255": 8.0, "threat_model": "pixel", "accuracy": 0.4}]
+    attacks = robustness_curves([ev])["m"]["attacks"]
+    assert {k: c["setting"] for k, c in attacks.items()} == {
+        "fgsm (pixel)": "1 step, α = ε",
+        "pgd (pixel)": "20 steps, α = 0.125·ε, random start",
+        "apgd_ce (pixel)": "20 steps from α = 2ε, halved by its schedule",
+        "worst case (pixel)": "per sample over the attacks",
+    }
+    titles = [
+        ax.get_title()
+        for ax in plots.draw_robustness_curves({"m": {**robustness_curves([ev])["m"]}}).axes
+    ]
+    assert "pgd (pixel): accuracy vs ε\n20 steps, α = 0.125·ε, random start" in titles

@@ -10,7 +10,7 @@ from _robustness_models import digits, train_tiny
 
 from odenets.models.base import OdeNet
 from odenets.robustness import accuracy, create_attack, dlr_loss
-from odenets.robustness.apgd import checkpoints
+from odenets.robustness.apgd import APGDCE, checkpoints
 
 
 @functools.lru_cache(maxsize=1)
@@ -101,3 +101,67 @@ def test_apgd_defaults():
     attack = create_attack("apgd_ce", eps=8 / 255)
     assert attack.steps == 100 and attack.restarts == 1
     assert attack.settings()["alpha"] == 2 * 8 / 255
+
+
+class _PackageStart(APGDCE):
+    """Our APGD-CE with the package's random start: t = 2 U(0, 1) - 1 drawn by torch's global
+    generator seeded with the attack's seed, over the samples it attacks."""
+
+    def _start(self, space, z, indices, restart):
+        torch.manual_seed(self.seed)
+        t = 2 * torch.rand(z.shape) - 1
+        return space.clamp(
+            z + self.eps * t / (t.flatten(1).abs().amax(1).view(-1, 1, 1, 1) + 1e-12)
+        )
+
+
+@pytest.mark.parametrize("eps", [0.03, 0.06])
+def test_apgd_ce_matches_the_autoattack_package_sample_by_sample(eps):
+    # An independent implementation: pyautoattack's APGDAttack (the AutoAttack code), run
+    # from the same starting points, must leave exactly the same samples robust and reach the
+    # same highest loss on each of them (dropping broken samples from our batch must not
+    # change the ones still running).
+    package = pytest.importorskip("pyautoattack.autopgd_base", reason="needs pyautoattack")
+    model = _trained()
+    x, y = digits("test")
+    x, y = x[:240], y[:240]
+    with torch.no_grad():
+        clean = model(x).argmax(1) == y
+    x, y = x[clean], y[clean]  # the package attacks the clean-correct samples only
+    theirs = package.APGDAttack(model, n_iter=100, eps=eps, seed=0, loss="ce", device="cpu")
+    theirs.init_hyperparam(x)
+    torch.manual_seed(0)
+    _, robust_theirs, loss_theirs, _ = theirs.attack_single_run(x, y)
+    robust_theirs = robust_theirs.bool()
+    ours = _PackageStart(eps=eps, steps=100, seed=0)
+    with torch.no_grad():
+        logits = model(ours(model, x, y))
+    robust_ours = logits.argmax(1) == y
+    assert 0 < int(robust_ours.sum()) < len(y)  # some samples break, some hold
+    assert torch.equal(robust_ours, robust_theirs)
+    loss_ours = torch.nn.functional.cross_entropy(logits, y, reduction="none")
+    torch.testing.assert_close(
+        loss_ours[robust_ours], loss_theirs[robust_ours], rtol=1e-3, atol=1e-3
+    )
+
+
+def test_apgd_drops_broken_samples_from_the_batch():
+    # Images through the network, counted: a sample leaves the batch at its first
+    # misclassified iterate, and the result equals attacking each sample on its own.
+    model = _trained()
+    x, y = digits("test")
+    x, y = x[:48], y[:48]
+    seen = []
+    hook = model.register_forward_pre_hook(lambda _, args: seen.append(len(args[0])))
+    attack = create_attack("apgd_ce", eps=0.06, steps=30, seed=2)
+    try:
+        adv = attack(model, x, y, indices=torch.arange(48))
+    finally:
+        hook.remove()
+    with torch.no_grad():
+        robust = model(adv).argmax(1) == y
+    assert 0 < int(robust.sum()) < 40
+    assert sum(seen) < 31 * len(x) * 0.75  # broken samples stopped costing passes
+    for i in range(0, 48, 7):
+        one = attack(model, x[i : i + 1], y[i : i + 1], indices=torch.tensor([i]))
+        torch.testing.assert_close(one, adv[i : i + 1], rtol=0, atol=1e-6)

@@ -74,6 +74,24 @@ def test_images_with_nan_are_refused(model, data):
         create_attack("fgsm", eps=0.1)(model, x, y)
 
 
+@pytest.mark.parametrize("name", GRADIENT_ATTACKS)
+def test_attacks_check_their_images_once_not_the_model_per_iterate(model, data, name, monkeypatch):
+    # The attack refuses images outside [0, 1] itself and keeps every iterate in range, so
+    # it calls the model with check_input=False: no range reduction per step.
+    import odenets.models.base as base
+    from odenets.robustness.ensemble import Ensemble
+
+    calls = []
+    real = base.check_pixel_range
+    monkeypatch.setattr(base, "check_pixel_range", lambda x, **kw: calls.append(1) or real(x, **kw))
+    x, y = data
+    for target in (model, Ensemble([model, model])):
+        adv = create_attack(name, eps=0.1, **FAST.get(name, {}))(target, x, y)
+        assert calls == [] and not torch.equal(adv, x)
+    model(x)  # a plain call is checked
+    assert calls == [1]
+
+
 def test_unknown_attack_suggests_close_name():
     with pytest.raises(KeyError, match="Did you mean 'pgd'"):
         create_attack("pgdd", eps=0.1)

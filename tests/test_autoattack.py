@@ -3,6 +3,7 @@ directly; without the package, a one-line error names the install command."""
 
 from __future__ import annotations
 
+import copy
 import functools
 import sys
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 from _robustness_models import digits, train_tiny
 
+import odenets
 from odenets.errors import OdenetsError
 from odenets.robustness import correct_mask, create_attack, evaluate, format_table
 
@@ -129,3 +131,23 @@ def test_without_the_package_a_one_line_error_names_the_install_command(monkeypa
         create_attack(name, eps=EPS)
     message = str(err.value)
     assert "\n" not in message and 'pip install "odenets[autoattack]"' in message
+
+
+def test_channels_last_weights_run_apgd_t_and_match_the_standard_layout():
+    # channels_last weights give channels_last input gradients, which the package's APGD-T
+    # `.view` refuses; our wrapper hands them back in the standard layout.
+    _package()
+    torch.manual_seed(0)
+    standard = odenets.create_model("resnet20").eval()
+    wide = copy.deepcopy(standard).to(memory_format=torch.channels_last)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        y = standard(x).argmax(1)  # clean-correct by construction, so APGD-T runs on both
+    results = []
+    for model, images in ((standard, x), (wide, x.contiguous(memory_format=torch.channels_last))):
+        attack = create_attack("autoattack", eps=EPS, seed=0, version="custom", attacks=["apgd-t"])
+        robust = correct_mask(model, images, y, attack=attack, batch_size=len(x))
+        results.append((robust, attack.record()["sub_attacks"]))
+    assert torch.equal(results[0][0], results[1][0])
+    assert results[0][1] == results[1][1]
+    assert results[0][1][0]["name"] == "apgd-t"

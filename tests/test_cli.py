@@ -9,7 +9,7 @@ import json
 import pytest
 
 from odenets.cli import main
-from odenets.training import TrainConfig
+from odenets.training import TrainConfig, list_recipes
 
 
 def test_train_help_gives_every_field_its_flag_and_text(capsys):
@@ -17,11 +17,13 @@ def test_train_help_gives_every_field_its_flag_and_text(capsys):
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     packed = "".join(text.split())  # and breaks them after hyphens
+    recipes = ", ".join(list_recipes())
     for f in dataclasses.fields(TrainConfig):
         assert f.metadata.get("help"), f"TrainConfig.{f.name} has no help text"
         flag = "--" + f.name.replace("_", "-")
         assert f" {flag}" in text
-        assert "".join(f.metadata["help"].split()) in packed
+        described = f.metadata["help"].replace("{recipes}", recipes)
+        assert "".join(described.split()) in packed
     assert "--batch-size BATCH_SIZE global batch (split across DDP ranks), paper: 128" in text
     assert "(default: the recipe's)" in text and "(default: runs/run)" in text
     assert "--amp, --no-amp bf16 autocast" in text  # bool | None fields are switches
@@ -89,3 +91,48 @@ def test_an_os_error_names_its_path(monkeypatch, capsys):
     assert capsys.readouterr().err.strip() == (
         "odenets models: error: [Errno 2] No such file: '/nowhere/x'"
     )
+
+
+def _subparsers(parser, prefix=()):
+    """(command words, parser) of every command and sub-command, the root's children first."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*prefix, name), sub
+                yield from _subparsers(sub, (*prefix, name))
+
+
+def test_every_option_of_every_command_states_its_default_in_user_terms():
+    """`--help` of each command gives every option's default in words a user reads: no bare
+    None, no Python call; a plain on/off switch (--quick) is off unless given."""
+    import argparse
+
+    from odenets.cli import build_parser
+
+    switches = (argparse._StoreTrueAction, argparse._HelpAction, argparse._VersionAction)
+    missing, code_words = [], []
+    commands = dict(_subparsers(build_parser()))
+    assert {("train",), ("evaluate",), ("plot",), ("data", "corrupt")} <= set(commands)
+    for words, parser in commands.items():
+        for action in parser._actions:
+            if not action.option_strings or action.required or isinstance(action, switches):
+                continue
+            text = action.help or ""
+            where = f"odenets {' '.join(words)} {action.option_strings[-1]}: {text!r}"
+            if "default" not in text.lower():
+                missing.append(where)
+            if "None" in text or "()" in text:
+                code_words.append(where)
+    assert missing == [] and code_words == []
+
+
+def test_help_of_the_speed_switches_and_the_recipe(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "bf16 autocast for forward passes (default: on for CUDA, off for CPU)" in text
+    recipe = text[text.rindex("--recipe RECIPE") :].split("--epochs")[0]  # the option, not usage
+    assert all(name in recipe for name in list_recipes())
+    assert "the data set's paper recipe" in recipe

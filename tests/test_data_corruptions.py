@@ -169,7 +169,17 @@ def test_cli_corrupt_writes_the_official_layout(tmp_path, capsys):
     argv = ["data", "corrupt", "--root", str(tmp_path / "data"), "--dataset", "folder"]
     argv += ["--out", str(tmp_path / "c"), "--seed", "3", "--corruptions", "shot", "speckle"]
     assert cli.main(argv) == 0
-    assert "wrote 2 corruption(s) x 5 severities" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "wrote 2 corruption(s) x 5 severities" in captured.out
+    # Off a terminal (a batch job's log): a line as each noise set starts and ends.
+    steps = [x for x in captured.err.splitlines() if x.startswith(("building", "built"))]
+    assert [x.split(" in ")[0] for x in steps] == [
+        "building noise set shot (1/2): 5 severities of 2 images",
+        f"built {tmp_path / 'c' / 'shot.npy'}",
+        "building noise set speckle (2/2): 5 severities of 2 images",
+        f"built {tmp_path / 'c' / 'speckle.npy'}",
+    ]
+    assert ", ETA " in steps[1] and steps[3].endswith(", done")
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == [
         "labels.npy",
         "shot.npy",

@@ -12,6 +12,7 @@ import torch
 from _robustness_models import TinyNet, digits, train_tiny
 
 import odenets
+import odenets.progress
 from odenets.models.base import channels_last_weights
 from odenets.robustness import (
     Ensemble,
@@ -151,6 +152,18 @@ def test_ensemble_is_the_log_of_the_mean_softmax(data):
     assert torch.allclose(out.exp().sum(1), torch.ones(len(x)))
 
 
+def test_ensemble_refuses_normalised_images_unless_told_they_are_checked(data):
+    x, _ = data
+    ens = Ensemble([_trained(), TinyNet().eval()])
+    normalised = (x - 0.3) / 0.4
+    with pytest.raises(ValueError, match=r"pixels in \[0, 1\]; got values in \[-0.75, 1.75\]"):
+        ens(normalised)
+    with torch.no_grad():
+        out = ens(normalised, check_input=False)
+        expected = ens.forward_normalized(ens.normalize(normalised))
+    torch.testing.assert_close(out, expected)
+
+
 def test_ensemble_without_shared_normalisation_refuses_normalized_space(data):
     x, y = data
     other = TinyNet().eval()
@@ -242,8 +255,45 @@ def test_checks_flag_suspicious_numbers():
         "gradients_finite": False,
         "apgd_close_to_pgd": False,
     }
-    fine = _fake([("fgsm", 0.03, 0.4), ("pgd", 0.03, 0.2), ("apgd_ce", 0.03, 0.19)])
-    assert all(c["ok"] for c in sanity_checks(fine))
+    fine = _fake(
+        [
+            ("fgsm", 0.03, 0.4),
+            ("pgd", 0.03, 0.2),
+            ("apgd_ce", 0.03, 0.19),
+            ("fgsm", 0.06, 0.3),
+            ("pgd", 0.06, 0.1),
+        ]
+    )
+    assert all(c["ok"] is True for c in sanity_checks(fine))
+
+
+def test_a_check_with_nothing_to_compare_is_not_run_never_passed(tmp_path):
+    """FGSM alone at one radius: no multi-step attack beside FGSM, no second radius, no
+    PGD/APGD pair. Those checks say "not run" (ok None), and the table and the report's
+    list of failed checks read them so."""
+    from odenets.experiments.results import RunRecord, failed_checks
+
+    res = _fake([("fgsm", 0.03, 0.4)])
+    checks = {c["name"]: c for c in sanity_checks(res)}
+    assert {k: c["ok"] for k, c in checks.items()} == {
+        "attack_not_above_clean": True,
+        "multi_step_not_weaker_than_fgsm": None,
+        "accuracy_non_increasing_in_eps": None,
+        "eps1_accuracy_near_zero": True,
+        "gradients_finite": True,
+        "apgd_close_to_pgd": None,
+    }
+    for name in ("multi_step_not_weaker_than_fgsm", "apgd_close_to_pgd"):
+        assert checks[name]["detail"].startswith("not run: needs ")
+    # No attack at all: nothing was checked.
+    bare = {**_fake([]), "counts": {"eps1": None, "nonfinite_grads": 0}}
+    assert all(c["ok"] is None for c in sanity_checks(bare))
+    shown = {"models": ["m"], "ensemble": False, "n": 10, "seed": 0, "attacks": []}
+    table = format_table({**res, **shown, "checks": list(checks.values())})
+    assert "- [not run] apgd_close_to_pgd: not run: needs PGD and APGD" in table
+    assert "[ok] apgd_close_to_pgd" not in table
+    record = RunRecord(tmp_path, {}, "finished", evaluation={"checks": list(checks.values())})
+    assert failed_checks([record]) == []
 
 
 def test_bad_attack_name_fails_before_any_work(data):
@@ -511,7 +561,10 @@ def test_evaluation_runs_without_tf32_and_restores_the_flags(data):
 
 def test_cli_evaluate_off_a_terminal_prints_a_line_per_pass(run_dir, tmp_path, capsys):
     """A batch job's log (stderr is no terminal under pytest) gets one line per attack and
-    radius, with the count correct so far and the seconds, and no carriage-return bars."""
+    radius: the count correct, the seconds, the evaluation's time so far and its ETA (the
+    last line: done), and no carriage-return bars."""
+    import re
+
     from odenets.cli import main
 
     out = tmp_path / "e.json"
@@ -520,8 +573,64 @@ def test_cli_evaluate_off_a_terminal_prints_a_line_per_pass(run_dir, tmp_path, c
     err = capsys.readouterr().err
     assert "\r" not in err
     lines = err.splitlines()
-    for desc in ("clean", "fgsm 2/255", "fgsm 8/255"):
-        hits = [x for x in lines if x.startswith(f"{desc}: ")]
-        assert len(hits) == 1, (desc, lines)
-        assert " correct (" in hits[0] and hits[0].endswith(" s")
-    assert "/20 correct" in next(x for x in lines if x.startswith("fgsm 8/255: "))
+    line = re.compile(
+        r"(?P<desc>.+): (?P<k>\d+)/20 correct \((?P<pct>[\d.]+)%\) in [\d.]+ s; "
+        r"evaluation [\d.]+ s so far, (ETA [\d.]+ s|done)"
+    )
+    found = {m["desc"]: m for m in map(line.fullmatch, lines) if m}
+    assert list(found) == ["clean", "fgsm 2/255", "fgsm 8/255"], lines
+    for m in found.values():
+        assert float(m["pct"]) == pytest.approx(100 * int(m["k"]) / 20, abs=0.005)
+    assert lines[-1].endswith(", done") and all(", ETA " in x for x in lines[:-1])
+
+
+class _Recorded(odenets.progress.WorkLog):
+    made: list = []
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        _Recorded.made.append(self)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"noise": "generated", "gaussian_sigmas": (0.05,), "checks": False},
+        {"masking": False, "threat_model": ["pixel", "normalized"]},
+    ],
+    ids=["checks-and-masking", "noise", "two-threat-models"],
+)
+def test_the_eta_is_measured_against_the_cost_of_every_pass_made(data, monkeypatch, options):
+    """The whole an ETA is measured against (planned before any pass) is exactly the sum of
+    the passes made, whatever the evaluation runs; each pass is counted once."""
+    evaluation = importlib.import_module("odenets.robustness.evaluate")  # not the function
+
+    x, y = data
+    _Recorded.made = []
+    monkeypatch.setattr(evaluation, "WorkLog", _Recorded)
+    _run(_trained(), x[:40], y[:40], **options)
+    (log,) = _Recorded.made
+    assert log.total_cost > 0 and log.done_cost == pytest.approx(log.total_cost)
+    assert log.eta() == pytest.approx(0.0, abs=1e-6)
+    # On a terminal there are tqdm bars and no log lines: no plan either.
+    _Recorded.made = []
+    _run(_trained(), x[:40], y[:40], progress=True, **options)
+    assert _Recorded.made == []
+
+
+def test_a_long_pass_logs_its_accuracy_so_far(data, monkeypatch, caplog):
+    """A pass longer than HEARTBEAT_S logs its count so far on the way (here: after every
+    batch), with the evaluation's ETA; the pass's own line follows."""
+    import logging
+
+    x, y = data
+    monkeypatch.setattr(odenets.progress, "HEARTBEAT_S", 0.0)
+    with caplog.at_level(logging.INFO, logger="odenets"):
+        _run(_trained(), x[:90], y[:90], attacks=("fgsm",), eps_list=(0.05,), checks=False,
+             masking=False)  # fmt: skip
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("fgsm 12.75")]
+    assert [x.split(":")[1].split(" done")[0] for x in lines[:-1]] == [" 30/90", " 60/90"]
+    assert all(" correct so far (" in x and ", ETA " in x for x in lines[:-1])
+    assert " 90/90 " not in lines[-2] and lines[-1].startswith("fgsm 12.75/255: ")
+    assert " correct (" in lines[-1]

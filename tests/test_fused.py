@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import odenets
-from odenets.models.fused import _ScaledSum, scaled_sum
+from odenets.models.fused import _GatedSum, _ScaledSum, gated_sum, scaled_sum
 
 
 def _pair(channels_last: bool, dtype=torch.float64):
@@ -93,13 +93,21 @@ def test_junction_coefficient_gradients_match_a_plain_reimplementation(name):
     assert any(g.abs().sum() > 0 for g in fused)
 
 
-@pytest.mark.parametrize("name", ["in_resnet20", "lambda_in_resnet20", "etd_resnet20"])
+@pytest.mark.parametrize(
+    "name", ["in_resnet20", "lambda_in_resnet20", "etd_resnet20", "in_resnet_gating_sig20"]
+)
 def test_torch_compile_traces_the_training_forward_in_one_graph(name):
     # dynamo cannot trace a custom jvp: under compile the junction must be the plain form,
     # or every interpolating block breaks the graph (and hits the recompile limit).
     model = odenets.create_model(name).train()
     explained = torch._dynamo.explain(model)(torch.rand(2, 3, 32, 32))
     assert (explained.graph_count, explained.graph_break_count) == (1, 0)
+    # The input range check is traced into that graph as a device-side assert; the training
+    # loop's check_input=False leaves it out.
+    assert "_assert_async" in explained.graphs[0].code
+    unchecked = torch._dynamo.explain(model)(torch.rand(2, 3, 32, 32), check_input=False)
+    assert (unchecked.graph_count, unchecked.graph_break_count) == (1, 0)
+    assert "_assert_async" not in unchecked.graphs[0].code
 
 
 def test_bf16_coefficient_gradient_accumulates_in_float32():
@@ -128,3 +136,71 @@ def test_bf16_coefficient_gradients_match_float64(channels_last):
     want_b = (g.double() * f.double()).sum().item()
     assert a.grad.item() == pytest.approx(want_a, rel=1e-2, abs=0.2)
     assert b.grad.item() == pytest.approx(want_b, rel=1e-2, abs=0.2)
+
+
+@pytest.mark.parametrize("sigmoid", [False, True])
+@pytest.mark.parametrize("pooled", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_gated_sum_gradients_forward_mode_and_double_backward(sigmoid, pooled, channels_last):
+    x, fx = _pair(channels_last)
+    gen = torch.Generator().manual_seed(5)
+    shape = (2, 3, 1, 1) if pooled else x.shape
+    # Away from ReLU's kink at 0, where finite differences are not defined.
+    d = torch.randn(shape, generator=gen, dtype=torch.float64)
+    d = (d + 0.2 * d.sign()).requires_grad_()
+    fn = lambda x, fx, d: _GatedSum.apply(x, fx, d, sigmoid)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, fx, d), check_forward_ad=True)
+    assert torch.autograd.gradgradcheck(fn, (x, fx, d))
+
+
+@pytest.mark.parametrize("sigmoid", [False, True])
+@pytest.mark.parametrize("pooled", [False, True])
+def test_gated_sum_equals_the_plain_expression(sigmoid, pooled):
+    x, fx = _pair(True, torch.float32)
+    gen = torch.Generator().manual_seed(6)
+    d = torch.randn((2, 3, 1, 1) if pooled else x.shape, generator=gen).requires_grad_()
+    g = torch.randn(x.shape, generator=gen)
+    out = gated_sum(x, fx, d, sigmoid=sigmoid)
+    lam = torch.sigmoid(d) if sigmoid else torch.relu(d)
+    plain = (1 - lam) * x + fx
+    torch.testing.assert_close(out, plain)
+    ours = torch.autograd.grad(out, (x, fx, d), g)
+    theirs = torch.autograd.grad(plain, (x, fx, d), g)
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_gated_sum_under_vmap():
+    gen = torch.Generator().manual_seed(7)
+    xs, fs, ds = (torch.randn(4, 2, 3, 4, 5, generator=gen) for _ in range(3))
+    out = torch.func.vmap(lambda x, f, d: gated_sum(x, f, d, sigmoid=True))(xs, fs, ds)
+    torch.testing.assert_close(out, (1 - torch.sigmoid(ds)) * xs + fs)
+
+
+@pytest.mark.parametrize("name", ["in_resnet_gating20", "in_resnet_gating_sig20"])
+@pytest.mark.parametrize("gate", ["elementwise", "pooled"])
+def test_gating_gradients_match_a_plain_reimplementation(name, gate):
+    torch.manual_seed(0)
+    model = odenets.create_model(name, gate=gate).double().train()
+    with torch.no_grad():  # a gate that depends on x (at initialisation W = 0)
+        for p in model.coefficient_parameters()[::2]:
+            p.normal_(0, 0.1)
+    x = torch.rand(3, 3, 32, 32, dtype=torch.float64)
+    params = list(model.parameters())
+    fused = torch.autograd.grad(model(x).square().sum(), params)
+
+    import odenets.models.layers as layers
+
+    original = layers.gated_sum
+
+    def plain_gate(x, fx, d, *, sigmoid):
+        return (1 - (torch.sigmoid(d) if sigmoid else torch.relu(d))) * x + fx
+
+    layers.gated_sum = plain_gate
+    try:
+        plain = torch.autograd.grad(model(x).square().sum(), params)
+    finally:
+        layers.gated_sum = original
+    for ours, theirs in zip(fused, plain, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)

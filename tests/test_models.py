@@ -297,3 +297,109 @@ def test_bottleneck_projections():
     ]
     assert [s.conv.stride for _, s in shortcuts] == [(1, 1), (2, 2), (2, 2)]
     assert model.fc.in_features == 256
+
+
+# --- the input range: models normalise inside, so they take pixels in [0, 1] ---------------
+
+# One network of every family: the ResNet / In-ResNet junctions and the NAIS-Net family.
+FAMILIES = [
+    "resnet20",
+    "in_resnet20",
+    "lambda_in_resnet20",
+    "in_resnet_sig20",
+    "in_resnet_gating20",
+    "etd_resnet20",
+    "naisnet1",
+    "naisnet10",
+    "resnet_sh10",
+]
+
+
+def _normalised(x: torch.Tensor) -> torch.Tensor:
+    """What torchvision's Normalize with the CIFAR constants makes of pixels in [0, 1]."""
+    mean = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
+    std = torch.tensor([0.2023, 0.1994, 0.2010]).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("name", FAMILIES)
+def test_normalised_input_is_refused_naming_its_range(name, train):
+    model = odenets.create_model(name).train(train)
+    x = _normalised(_images())
+    low, high = float(x.min()), float(x.max())
+    with pytest.raises(ValueError, match=r"images must be pixels in \[0, 1\]") as err:
+        model(x)
+    message = str(err.value)
+    assert f"got values in [{low:.4g}, {high:.4g}]" in message
+    assert "Already normalised" in message and "normalise inside" in message
+    # check_input=False: the caller vouches for its input, and the network runs on it as is.
+    with torch.no_grad():
+        out = model(x, check_input=False)
+        torch.testing.assert_close(out, model.forward_normalized(model.normalize(x)))
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_input_in_the_unit_range_runs_and_the_check_changes_nothing(name):
+    model = odenets.create_model(name).eval()
+    x = _images(3)
+    x[0], x[1] = 0.0, 1.0  # both ends of the range are valid pixels
+    with torch.no_grad():
+        out = model(x)
+        assert out.shape == (3, 10) and torch.isfinite(out).all()
+        torch.testing.assert_close(out, model(x, check_input=False), rtol=0, atol=0)
+
+
+def test_check_input_is_a_model_setting_and_a_per_call_override():
+    x = _normalised(_images())
+    model = odenets.create_model("in_resnet20", check_input=False).eval()
+    assert model.check_input is False
+    with torch.no_grad():
+        assert model(x).shape == (2, 10)
+        with pytest.raises(ValueError, match=r"pixels in \[0, 1\]"):
+            model(x, check_input=True)
+        model.check_input = True
+        with pytest.raises(ValueError, match=r"pixels in \[0, 1\]"):
+            model(x)
+
+
+@pytest.mark.parametrize(
+    ("images", "match"),
+    [
+        (torch.full((2, 3, 8, 8), float("inf")), "NaN or infinite"),
+        (torch.full((2, 3, 8, 8), 255.0), "Divide uint8 pixels by 255"),
+        (torch.full((2, 3, 8, 8), -0.001), r"got values in \[-0.001, -0.001\]"),
+    ],
+)
+def test_out_of_range_input_errors_say_what_is_wrong(images, match):
+    model = odenets.create_model("resnet20")
+    with pytest.raises(ValueError, match=match):
+        model(images)
+
+
+def test_the_asynchronous_range_assert_refuses_the_same_inputs():
+    # The form CUDA steps and compiled graphs use; on CPU the assert fires at once.
+    from odenets.models.base import check_pixel_range
+
+    check_pixel_range(_images(), sync=False)
+    check_pixel_range(torch.zeros(0, 3, 4, 4), sync=False)
+    for bad in (_normalised(_images()), torch.full((1, 3, 2, 2), float("nan"))):
+        with pytest.raises(RuntimeError, match=r"images must be pixels in \[0, 1\]"):
+            check_pixel_range(bad, sync=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_training_step_checks_without_a_host_sync():
+    model = odenets.create_model("in_resnet20").cuda().train()
+    x = _images(4).cuda()
+    with pytest.raises(ValueError, match=r"got values in \["):
+        model(_normalised(x.cpu()).cuda())  # the first call reads the range on the host
+    model(x).sum().backward()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any host sync from here on raises
+    try:
+        model(x).sum().backward()  # checked by the asynchronous device assert
+        model(x, check_input=False).sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()

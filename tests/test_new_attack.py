@@ -59,6 +59,9 @@ def test_the_registry_describes_it(toy):
     assert base.attack_title("toy") == "Toy"
     assert base.attacks_taking("steps") == ["ifgsm", "pgd", "pgd_start_centred", "toy"]
     assert base.attack_options(["toy", "fgsm"], {"steps": 3}) == {"toy": {"steps": 3}, "fgsm": {}}
+    # Its work per image for progress estimates, from its settings: 3 forward-pass
+    # equivalents per step, and the forward that scores the result.
+    assert base.create_attack("toy", eps=8 / 255, steps=3).cost() == 3 * 3 + 1
 
 
 def test_a_class_without_a_category_is_refused(monkeypatch):
@@ -118,7 +121,7 @@ def test_the_report_gives_it_a_column(toy, run_dir, tmp_path):
     lines = (tmp_path / "results" / "report.md").read_text().splitlines()
     header = next(line for line in lines if line.startswith("| Run |"))
     titles = [t.strip() for t in header.strip("|").split("|")]
-    assert titles[5:] == ["Acc.", "FGSM", "Toy", "Train acc.", "Test acc."]
+    assert titles[5:] == ["Acc.", "FGSM", "Toy", "Worst case", "Train acc.", "Test acc."]
     row = lines[lines.index(header) + 2]
     toy_cell = row.strip("|").split("|")[titles.index("Toy")].strip()
     assert toy_cell == f"{100 * ev['clean']:.2f}"

@@ -225,3 +225,77 @@ def test_a_misspelt_figure_option_is_an_error(tmp_path):
     with pytest.raises(TypeError, match="unexpected keyword argument 'alpha'"):
         FIGURE_KINDS["coefficients"].draw(runs, tmp_path, alpha=1.0)
     assert not any(tmp_path.iterdir())
+
+
+def _coefficient_groups(rng, bases: dict[str, np.ndarray], epochs: int = 6) -> dict:
+    """`run_coefficients`-shaped data: two seeds per model, λ_n drifting from 0.5 to `base`."""
+    groups = {}
+    for name, base in bases.items():
+        values = np.stack([base + 0.01 * rng.standard_normal(len(base)) for _ in range(2)])
+        history = [
+            {
+                "epoch": np.arange(1, epochs + 1),
+                "lambda": np.linspace(np.full_like(base, 0.5), base, epochs),  # (epochs, blocks)
+            }
+            for _ in range(2)
+        ]
+        groups[name] = {
+            "values": values,
+            "mean": values.mean(0),
+            "std": values.std(0),
+            "min": values.min(0),
+            "max": values.max(0),
+            "history": history,
+        }
+    return groups
+
+
+def test_coefficient_axes_fit_the_data_and_the_legend_is_off_the_points():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from odenets.analysis import plots
+
+    rng = np.random.default_rng(0)
+    bases = {"in_resnet20": np.linspace(0.45, 0.6, 9), "lambda_in_resnet20": np.full(9, 0.52)}
+    groups = _coefficient_groups(rng, bases)
+    fig = plots.draw_coefficients(groups)
+    FigureCanvasAgg(fig).draw()
+    axes = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"][:3]
+    finals = [
+        np.r_[g["min"], g["max"], g["mean"] + g["std"], g["mean"] - g["std"]]
+        for g in groups.values()
+    ]
+    per_axis = [np.concatenate(finals)] + [
+        np.concatenate([h["lambda"].ravel() for h in g["history"]]) for g in groups.values()
+    ]
+    for ax, data in zip(axes, per_axis, strict=True):
+        lo, hi = ax.get_ylim()
+        # The data fill the axis (a band of width ~0.17), not the stable range 0..2.
+        assert lo <= data.min() and data.max() <= hi and hi - lo < 0.3, (lo, hi)
+    # The legend sits outside every panel, so it covers no point.
+    assert axes[0].get_legend() is None and len(fig.legends) == 1
+    legend = fig.legends[0].get_window_extent()
+    for ax in axes:
+        assert not legend.overlaps(ax.get_window_extent())
+
+
+def test_robustness_curves_zoom_to_the_accuracies_shown():
+    from odenets.analysis import plots
+
+    eps = np.array([0.0, 4.0, 8.0, 16.0])
+    curves = {
+        name: {
+            "clean": 0.95,
+            "attacks": {
+                "pgd (pixel)": {"eps_255": eps, "accuracy": top - np.array([0, 0.1, 0.2, 0.3])}
+            },
+            "noise": {"gaussian": {"severity": np.arange(1, 6), "accuracy": np.full(5, top)}},
+        }
+        for name, top in (("resnet20", 0.95), ("in_resnet20", 0.9))
+    }
+    fig = plots.draw_robustness_curves(curves)
+    attack, noise = fig.axes[:2]
+    lo, hi = attack.get_ylim()
+    assert 50 < lo <= 60 and 95 <= hi < 100  # 60-95 % shown, not 0-100 %
+    lo, hi = noise.get_ylim()
+    assert 85 < lo <= 90 and 95 <= hi < 100

@@ -243,7 +243,9 @@ def test_keywords_are_checked_against_the_signature_before_building(restore_regi
     ) as err:
         odenets.create_model("sig_checked", wdth=3)
     # depth is accepted (the factory sets it) but not offered: it has no default.
-    assert str(err.value).endswith("_build(), which accepts width besides num_classes and in_chans")
+    assert str(err.value).endswith(
+        "_build(), which accepts width besides num_classes, in_chans and check_input"
+    )
     assert calls == []  # refused before anything was built
     assert odenets.create_model("sig_checked", width=3, depth=2).in_features == 3
     with pytest.raises(TypeError, match="unexpected keyword argument 'widht'"):

@@ -99,11 +99,19 @@ def test_legacy_run_folder_loads_evaluates_and_resumes(tmp_path, capsys):
     model = load_run(run)
     assert model.run_weights["file"] == "final.safetensors"
     assert model.run_weights["sha256"] == sha256_file(run / "final.safetensors")
-    # This odenets trains the same configuration to the same weights, bit for bit.
+    # This odenets trains the same configuration to the same weights and metrics, up to the
+    # float rounding of the CPU's kernels (the folder was written on another CPU: AVX2 and
+    # AVX-512 kernels round differently, by about 1e-7 here).
     fresh = tmp_path / "fresh"
     fit(tiny(fresh))
-    assert _same_weights(fresh / "final.safetensors", run / "final.safetensors")
-    assert _metrics(fresh) == _metrics(run)
+    ours, theirs = (load_safetensors(r / "final.safetensors")[0] for r in (fresh, run))
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        torch.testing.assert_close(ours[name], theirs[name], rtol=1e-5, atol=1e-6)
+    for mine, old in zip(_metrics(fresh), _metrics(run), strict=True):
+        assert mine.keys() == old.keys()
+        for key, value in old.items():
+            assert mine[key] == pytest.approx(value, rel=1e-6), key
 
     args = ["evaluate", str(run), "--attacks", "fgsm", "--eps", "8"]
     assert main([*args, "--device", "cpu", "--no-checks"]) == 0

@@ -303,3 +303,111 @@ def test_report_figures_get_only_the_options_they_take(tmp_path, monkeypatch):
     assert notes == [] and set(calls) == set(report_figures.TITLES)
     assert calls["ensemble-gain"] == {"eps_255": 4.0, "threat_model": "normalized"}
     assert calls["coefficients"] == {} and calls["depth"] == {}
+
+
+def test_a_run_evaluated_with_limit_is_reported_and_every_file_left_out_is_named(tmp_path):
+    """`odenets evaluate --limit N` writes RUN/eval.limit-N.json: a run without eval.json is
+    reported from its largest such file; the others, and shards, are named with why."""
+    run = tmp_path / "r1"
+    summary = {"status": "finished", "epochs_done": 1, "epochs": 1, "final_train_acc": 0.5}
+    write_json_atomic(run / "summary.json", {**summary, "final_test_acc": 0.6})
+    for name, clean in (("limit-30", 0.5), ("limit-60", 0.7), ("limit-60.shard-1-of-2", 0.1)):
+        write_json_atomic(run / f"eval.{name}.json", fake_eval(clean, 0.4, 0.3, 0.2, 0.1))
+    report = write_report(tmp_path, figures=False)
+    (record,) = report.loose
+    assert (record.status, record.eval_file) == ("finished", "eval.limit-60.json")
+    assert record.metrics["clean"] == 0.7 and record.metrics["pgd"] == 0.1
+    text = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "## Evaluations of a subset of the test set" in text
+    assert "- `r1`: eval.limit-60.json (n = 100)" in text
+    assert "- `r1`: eval.limit-30.json: eval.limit-60.json evaluates more images" in text
+    assert "- `r1`: eval.limit-60.shard-1-of-2.json: shard 1 of 2 of an evaluation" in text
+    runs = json.loads((tmp_path / "report.json").read_text())["other_runs"]
+    assert runs[0]["eval_file"] == "eval.limit-60.json" and runs[0]["metrics"]["clean"] == 70
+    # The whole test set's eval.json wins; the limited files are named as left out.
+    write_json_atomic(run / "eval.json", fake_eval(0.9, 0.4, 0.3, 0.2, 0.1))
+    (record,) = build_report(tmp_path).loose
+    assert record.eval_file == "eval.json" and record.metrics["clean"] == 0.9
+    assert ("eval.limit-60.json", "eval.json (the whole test set) is used") in record.skipped_evals
+    assert "Evaluations of a subset" not in render_markdown(build_report(tmp_path))
+
+
+def test_the_report_says_in_words_whether_in_resnet_is_more_robust(variants_folder):
+    """PGD at 8/255: In-ResNet-110 30% (one run of 100 images) against ResNet-110 4% and 6%
+    (two runs): standard errors 100·√(0.3·0.7/100) = 4.58 and max(100·√(0.05·0.95/200),
+    s/√2 = 1.0) = 1.54, of the difference 4.83; +25 points is more than twice that."""
+    from odenets.experiments.comparison import MARGIN_SE, Comparison, row_standard_error
+
+    report = build_report(variants_folder)
+    rows = {r.key: r for r in report.rows}
+    assert row_standard_error(rows["in_resnet110"], "pgd") == pytest.approx(4.5826, abs=1e-4)
+    assert row_standard_error(rows["resnet110"], "pgd") == pytest.approx(1.5411, abs=1e-4)
+    text = render_markdown(report)
+    assert "**Is In-ResNet more robust than ResNet on this data?**" in text
+    assert (
+        "- In-ResNet-110 vs ResNet-110: **more robust** than ResNet-110 under PGD at "
+        "ε = 8/255 (30.0% vs 5.0%, difference +25.0 points, standard error 4.8)." in text
+    )
+    assert "Noise +19.0 ± 5.8 (more robust); FGSM +9.0 ± 6.1 (no clear difference)" in text
+    assert f"exceeds {MARGIN_SE:g} standard errors of the difference" in text
+    # The rule at its edges: more, less, and within the margin.
+    assert Comparison("pgd", 50.0, 40.0, 4.9).verdict == "more robust"
+    assert Comparison("pgd", 40.0, 50.0, 4.9).verdict == "less robust"
+    assert Comparison("pgd", 50.0, 40.0, 5.0).verdict == "no clear difference"
+
+
+def test_the_verdict_is_headed_by_the_strongest_column():
+    """The worst case where the table has it, else the attack under which the ResNet is
+    least accurate, else noise; noise never heads while an attack can."""
+    from odenets.experiments.comparison import Comparison, headline
+
+    found = {
+        m: Comparison(m, ours, base, 1.0)
+        for m, ours, base in [
+            ("noise", 50, 5),
+            ("fgsm", 40, 30),
+            ("ifgsm", 25, 12),
+            ("pgd", 20, 10),
+        ]
+    }
+    assert headline(found).metric == "pgd"
+    assert headline({**found, "worst_case": Comparison("worst_case", 15, 9, 1.0)}).metric == (
+        "worst_case"
+    )
+    assert headline({"noise": found["noise"]}).metric == "noise"
+    assert headline({}) is None
+
+
+def test_a_table_of_ours_has_apgd_and_the_worst_case_and_its_caption_gives_eps_alpha_steps():
+    from odenets.experiments.aggregate import metrics_of
+    from odenets.experiments.demo import demo_grid
+    from odenets.experiments.grid_folder import manifest_dict
+    from odenets.experiments.report_markdown import caption
+    from odenets.experiments.results import RunRecord, eval_metrics
+
+    grid = demo_grid(quick=True)
+    manifest = manifest_dict(grid, [])
+    assert metrics_of(manifest) == (
+        "clean", "noise", "fgsm", "ifgsm", "pgd", "apgd_ce", "worst_case"
+    )  # fmt: skip
+    ev = fake_eval(0.9, 0.5, 0.4, 0.3, 0.2)
+    ev["worst_case"] = [
+        {"eps": 8 / 255, "eps_255": 8.0, "threat_model": "pixel", "accuracy": 0.15},
+        {"eps": 4 / 255, "eps_255": 4.0, "threat_model": "pixel", "accuracy": 0.6},
+    ]
+    assert eval_metrics(ev, eps_255=8.0, threat_model="pixel")["worst_case"] == 0.15
+    # Without an evaluation the caption gives the settings of the attacks the preset builds
+    # (as an evaluation would record them); with one, what it recorded.
+    words = caption(manifest, [], "digits")
+    assert "ε = 16/255" in words and "fgsm: 1 step of α = ε" in words
+    assert "pgd: 20 steps, α = 2/255 at ε = 16/255, random start" in words
+    assert "apgd_ce: 20 steps from α = 2ε, halved by its schedule" in words
+    assert "Worst case: per sample over these attacks" in words
+    ev = fake_eval(0.9, 0.5, 0.4, 0.3, 0.2)
+    for a in ev["attacks"]:
+        a.update(eps=16 / 255, eps_255=16.0, alpha=4 / 255 if a["name"] != "fgsm" else 16 / 255)
+    ev["attacks"][0]["steps"] = 1
+    run = RunRecord(Path("r"), {"dataset": "digits"}, "finished", evaluation=ev)
+    words = caption(manifest, [run], "digits")
+    assert "fgsm: 1 step of α = ε, at ε = 16/255" in words
+    assert "ifgsm: 20 steps, α = 4/255 at ε = 16/255" in words

@@ -4,8 +4,11 @@ not repeated; `--list-jobs` run line by line gives the same results; grid bookke
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -90,7 +93,7 @@ def _env() -> dict[str, str]:
 @pytest.fixture(scope="module")
 def killed_and_rerun(tiny) -> dict:
     """Run the grid in a subprocess, SIGKILL it once the second run has started training,
-    note the first run's file times, then rerun the grid to the end in-process."""
+    note the first run's file times (`rerun` then finishes the grid)."""
     out = tiny["base"] / "killed"
     cmd = [sys.executable, "-m", "odenets", "reproduce", *_args(tiny, out)]
     proc = subprocess.Popen(
@@ -117,18 +120,44 @@ def killed_and_rerun(tiny) -> dict:
     }
 
 
-def test_kill_then_rerun_skips_finished_runs(tiny, killed_and_rerun, capsys):
+@pytest.fixture(scope="module")
+def rerun(tiny, killed_and_rerun) -> dict:
+    """The killed grid rerun to the end in-process, once, with what that rerun printed (the
+    tests that compare with the finished grid need it, whatever order they run in)."""
     out = killed_and_rerun["out"]
+    printed, logged = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(logged):
+        code = main(["reproduce", *_args(tiny, out)])
+    return {
+        **killed_and_rerun,
+        "code": code,
+        "printed": printed.getvalue(),
+        "logged": logged.getvalue(),
+    }
+
+
+def test_kill_then_rerun_skips_finished_runs(tiny, rerun, capsys):
+    out = rerun["out"]
     # The kill came during the second run: it had started and not finished.
-    assert killed_and_rerun["killed_summary"]["status"] == "running"
-    assert not killed_and_rerun["killed_report"]
-    assert main(["reproduce", *_args(tiny, out)]) == 0
-    printed = capsys.readouterr().out
-    assert f"[0] {RUN_NAMES[0]}: skipped (finished)" in printed
-    for k, name in enumerate(RUN_NAMES[1:], start=1):
-        assert f"[{k}] {name}: finished" in printed
+    assert rerun["killed_summary"]["status"] == "running"
+    assert not rerun["killed_report"]
+    assert rerun["code"] == 0
+    printed = rerun["printed"]
+    # A line per job: its number in the grid, name and state, the jobs done, an ETA.
+    assert f"[1/4] {RUN_NAMES[0]}: skipped (finished); 1/4 jobs done\n" in printed
+    for k, name in enumerate(RUN_NAMES[1:], start=2):
+        assert re.search(rf"\[{k}/4\] {name}: finished in [\d.]+ s; {k}/4 jobs done", printed)
+    assert ", ETA " in printed.splitlines()[2] and ", ETA " not in printed.splitlines()[3]
+    # Each line the jobs log (training epochs, evaluation passes) names its job.
+    logged = [x for x in rerun["logged"].splitlines() if "  epoch " in x or " correct (" in x]
+    labels = {f"[{k}/4] {name}:" for k, name in enumerate(RUN_NAMES, start=1)}
+    assert len(logged) > 6
+    assert all(re.match(r"\[\d/4\] \S+:", x)[0] in labels for x in logged)
+    assert any(x.startswith(f"[2/4] {RUN_NAMES[1]}: resnet20  epoch 1/1") for x in logged)
+    pgd = [x for x in logged if x.startswith(f"[4/4] {RUN_NAMES[3]}: pgd 8/255: ")]
+    assert pgd and "; evaluation " in pgd[0] and (", ETA " in pgd[0] or pgd[0].endswith("done"))
     first = out / RUNS / RUN_NAMES[0]
-    assert {f.name: f.stat().st_mtime_ns for f in first.iterdir()} == killed_and_rerun["stamps"]
+    assert {f.name: f.stat().st_mtime_ns for f in first.iterdir()} == rerun["stamps"]
     for name in RUN_NAMES:
         summary = json.loads((out / RUNS / name / "summary.json").read_text())
         assert summary["status"] == "finished" and summary["epochs_done"] == 1
@@ -147,7 +176,7 @@ def test_kill_then_rerun_skips_finished_runs(tiny, killed_and_rerun, capsys):
 
 
 @pytest.mark.slow
-def test_list_jobs_lines_give_the_same_results(tiny, killed_and_rerun, capsys):
+def test_list_jobs_lines_give_the_same_results(tiny, rerun, capsys):
     out = tiny["base"] / "by-lines"
     assert main(["reproduce", *_args(tiny, out), "--list-jobs"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -162,7 +191,7 @@ def test_list_jobs_lines_give_the_same_results(tiny, killed_and_rerun, capsys):
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-    ref = killed_and_rerun["out"]
+    ref = rerun["out"]
     assert sorted(p.name for p in (out / RUNS).iterdir()) == sorted(RUN_NAMES)
     for name in RUN_NAMES:
         files = {p.name for p in (out / RUNS / name).iterdir()}
@@ -285,7 +314,31 @@ def test_list_jobs_of_a_shard_lists_only_its_jobs(tmp_path, capsys):
     assert main([*args, str(tmp_path), "--out", out, "--list-jobs", "--shard", "2/3"]) == 0
     lines = capsys.readouterr().out.splitlines()
     listed = [line for line in lines if "--job" in line]
-    assert listed == [job_command(grid, out, j, python=sys.executable) for j in expected]
+    assert [line.split("  # ")[0] for line in listed] == [
+        job_command(grid, out, j, python=sys.executable) for j in expected
+    ]
+
+
+def test_list_jobs_needs_no_data_root_and_names_each_job(tmp_path, capsys):
+    """Without --data-root the lines carry the placeholder DATA_ROOT to fill in, and each
+    ends with a comment naming the model, the data set and the seed."""
+    rc, lines, err = _list_jobs(capsys, tmp_path, "--seeds", "2")
+    assert rc == 0 and err == ""
+    commands = [line for line in lines if "--job" in line]
+    assert len(commands) == 6 * 2
+    assert any(line.startswith("# replace DATA_ROOT with the data folder") for line in lines)
+    grid = load_grid(
+        "inresnet-table1", scale="paper", seeds=2, datasets=["cifar10"], data_root=str(tmp_path)
+    )
+    for line, job in zip(commands, expand_jobs(grid), strict=True):
+        command, comment = line.split("  # ")
+        assert " --data-root DATA_ROOT " in command and str(tmp_path) + " " not in command
+        assert comment == f"{job.model} on cifar10, seed {job.seed}"
+    assert lines[-1].endswith(f"odenets report {tmp_path / 'out'}")
+    assert not (tmp_path / "out").exists()
+    # A run still needs the data.
+    assert main(["reproduce", "inresnet-table1", "--out", str(tmp_path / "o")]) == 1
+    assert "needs --data-root" in capsys.readouterr().err
 
 
 def test_ensemble_caption_states_no_seed_count():
@@ -374,7 +427,7 @@ def test_train_only_trains_and_a_later_call_evaluates(tiny, capsys):
     assert (out / "report.md").exists()
 
 
-def test_jobs_per_device_gives_the_serial_results(tiny, killed_and_rerun, capsys, monkeypatch):
+def test_jobs_per_device_gives_the_serial_results(tiny, rerun, capsys, monkeypatch):
     """Two jobs at a time, one process and one thread each: the same weights and evaluations
     as the serial run."""
     from odenets.checkpoint import load_safetensors
@@ -383,10 +436,13 @@ def test_jobs_per_device_gives_the_serial_results(tiny, killed_and_rerun, capsys
     out = tiny["base"] / "pooled"
     assert main(["reproduce", *_args(tiny, out), "--jobs-per-device", "2"]) == 0
     printed = capsys.readouterr().out
-    ref = killed_and_rerun["out"]
-    for k, name in enumerate(RUN_NAMES):
-        assert f"[{k}] {name}: finished" in printed
-        assert (out / "logs" / f"{name}.log").is_file()
+    ref = rerun["out"]
+    for k, name in enumerate(RUN_NAMES, start=1):
+        assert f"[{k}/4] {name}: finished in " in printed
+        # Each job's own log names it on every line it logs.
+        log = (out / "logs" / f"{name}.log").read_text(encoding="utf-8").splitlines()
+        logged = [x for x in log if "  epoch " in x or " correct (" in x]
+        assert logged and all(x.startswith(f"[{k}/4] {name}: ") for x in logged)
         got = load_safetensors(out / RUNS / name / "final.safetensors")[0]
         want = load_safetensors(ref / RUNS / name / "final.safetensors")[0]
         assert got.keys() == want.keys()
@@ -396,6 +452,22 @@ def test_jobs_per_device_gives_the_serial_results(tiny, killed_and_rerun, capsys
         assert (a["clean"], a["attacks"]) != (None, None)
         assert a["clean"] == b["clean"]
         assert [x["correct"] for x in a["attacks"]] == [x["correct"] for x in b["attacks"]]
+
+
+@pytest.mark.parametrize(
+    ("count", "visible", "want"),
+    [
+        (2, None, ["0", "1"]),
+        (2, "", ["0", "1"]),
+        (2, "2,3", ["2", "3"]),
+        (1, " 3 ", ["3"]),
+        (2, "GPU-8f1c,GPU-77aa", ["GPU-8f1c", "GPU-77aa"]),
+    ],
+)
+def test_jobs_get_the_parents_devices_under_cuda_visible_devices(count, visible, want):
+    from odenets.experiments.job_pool import visible_device_ids
+
+    assert visible_device_ids(count, visible) == want
 
 
 def test_jobs_per_device_below_zero_is_refused(tmp_path, capsys):
@@ -439,8 +511,8 @@ def test_train_evaluate_reproduce_leave_the_data_folder_unchanged(tiny, tmp_path
 def test_list_jobs_lines_carry_the_cache_flags(tiny, tmp_path, capsys):
     argv = ["reproduce", *_args(tiny, tmp_path / "g"), "--list-jobs"]
     assert main([*argv, "--cache-dir", str(tmp_path / "c")]) == 0
-    lines = [x for x in capsys.readouterr().out.splitlines() if "--job" in x]
+    lines = [x.split("  # ")[0] for x in capsys.readouterr().out.splitlines() if "--job" in x]
     assert lines and all(x.endswith(f"--cache-dir {tmp_path / 'c'}") for x in lines)
     assert main([*argv, "--no-cache"]) == 0
-    lines = [x for x in capsys.readouterr().out.splitlines() if "--job" in x]
+    lines = [x.split("  # ")[0] for x in capsys.readouterr().out.splitlines() if "--job" in x]
     assert lines and all(x.endswith("--no-cache") for x in lines)

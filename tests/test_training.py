@@ -264,6 +264,20 @@ def test_project_is_called_after_every_step(tmp_path):
     assert cls.project_calls == 2 * 23  # ceil(1437 / 64) steps per epoch
 
 
+def test_training_skips_the_models_input_range_check(tmp_path, monkeypatch):
+    # The loaders yield uint8 / 255 images: training and its evaluation passes call the
+    # model with check_input=False, so the hot path has no range reduction.
+    import odenets.models.base as base
+
+    calls = []
+    real = base.check_pixel_range
+    monkeypatch.setattr(base, "check_pixel_range", lambda x, **kw: calls.append(1) or real(x, **kw))
+    info = fit(tiny_config(tmp_path, epochs=1))
+    assert calls == [] and info.summary["status"] == "finished"
+    odenets.create_model("tiny_net", in_chans=1)(torch.rand(2, 1, 8, 8))
+    assert calls == [1]  # a direct call is checked
+
+
 # --- refusing the wrong run --------------------------------------------------------------
 
 

@@ -11,7 +11,18 @@ Example:
 """
 
 from odenets._version import __version__
+from odenets.models.nais_blocks import NaisBlock, NaisConvBlock
 from odenets.models.registry import create_model, list_models, register_model
+from odenets.models.resnet import InResNetBlock
 from odenets.training.runs import load_run
 
-__all__ = ["create_model", "list_models", "register_model", "load_run", "__version__"]
+__all__ = [
+    "create_model",
+    "list_models",
+    "register_model",
+    "load_run",
+    "InResNetBlock",
+    "NaisBlock",
+    "NaisConvBlock",
+    "__version__",
+]

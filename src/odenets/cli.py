@@ -14,6 +14,7 @@ import warnings
 from odenets._version import __version__
 from odenets.commands._cache import cache_settings
 from odenets.errors import OdenetsError
+from odenets.progress import JobLabelFilter, current_job_label
 
 # name -> one-line help. The module odenets.commands.<name> implements it.
 COMMANDS = {
@@ -57,10 +58,12 @@ def _command_module(name: str):
 @contextlib.contextmanager
 def _log_to_stderr():
     """The library logs (one line per epoch, per job); a command shows those lines on stderr
-    for its own duration only, and only on the main rank of a distributed run."""
+    for its own duration only, and only on the main rank of a distributed run. While a grid
+    runs a job, its lines start with the job's label ("[2/4] name:")."""
     log = logging.getLogger("odenets")
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.addFilter(JobLabelFilter())
+    handler.setFormatter(logging.Formatter("%(job)s%(message)s"))
     main_rank = int(os.environ.get("RANK", "0")) == 0
     level = log.level
     if main_rank:
@@ -79,7 +82,10 @@ def _warnings_as_lines(command: str):
     Python source line, for the command's duration."""
 
     def show(message, category, filename, lineno, file=None, line=None) -> None:
-        print(f"odenets {command}: warning: {message}", file=sys.stderr)
+        label = current_job_label()
+        print(
+            f"{label + ' ' if label else ''}odenets {command}: warning: {message}", file=sys.stderr
+        )
 
     with warnings.catch_warnings():
         warnings.showwarning = show

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from odenets.models.base import model_device
+from odenets.models.base import model_device, takes_check_input
 
 
 @contextlib.contextmanager
@@ -26,22 +26,30 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 @torch.no_grad()
 def per_sample_loss(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int = 256
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    batch_size: int = 256,
+    check_input: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy and correctness per sample, in batches, without gradients.
 
     Args:
         images: (N, C, H, W) float; labels: (N,) int64.
+        check_input: False lets images outside [0, 1] through an odenets network (its
+            `check_input`), e.g. for an unclamped slice of input space.
 
     Returns:
         (loss (N,) float32, correct (N,) bool), on the CPU.
     """
     device = model_device(model)
+    kwargs = {} if check_input or not takes_check_input(model) else {"check_input": False}
     losses, correct = [], []
     for start in range(0, len(images), batch_size):
         x = images[start : start + batch_size].to(device)
         y = labels[start : start + batch_size].to(device)
-        logits = model(x).float()
+        logits = model(x, **kwargs).float()
         losses.append(F.cross_entropy(logits, y, reduction="none").cpu())
         correct.append((logits.argmax(dim=1) == y).cpu())
     return torch.cat(losses), torch.cat(correct)

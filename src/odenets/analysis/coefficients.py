@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from odenets.models.layers import coefficient_parameters, coefficients
 from odenets.training.runs import load_run, read_run
 
 # Stable range of λ·Δt for the forward-Euler scheme, Δt = 1 (|1 - λ| <= 1).
@@ -23,16 +24,18 @@ def model_coefficients(model: nn.Module) -> dict[str, np.ndarray]:
     """The effective λ_n of a model's interpolating blocks and the raw parameters behind them.
 
     Args:
-        model: any registered network (the `OdeNet` surface).
+        model: any `nn.Module`: a registered network, or a custom one built from
+            `odenets.InResNetBlock`s (the junctions inside it are found by walking it).
 
     Returns:
-        ``{"lambda": (n,) float64, "raw": (m,) float64}``: ``lambda`` is
-        ``model.coefficients()`` (empty for networks without interpolation), ``raw`` the
-        concatenated ``model.coefficient_parameters()``.
+        ``{"lambda": (n,) float64, "raw": (m,) float64}``: ``lambda`` holds the λ_n of the
+        interpolating junctions in module order (empty without interpolation; for a
+        registered network, ``model.coefficients()``), ``raw`` the concatenated raw
+        parameters behind them (``model.coefficient_parameters()``).
     """
     with torch.no_grad():
-        lam = model.coefficients().detach().double().cpu().reshape(-1).numpy()
-        params = [p.detach().double().cpu().reshape(-1) for p in model.coefficient_parameters()]
+        lam = coefficients(model).detach().double().cpu().reshape(-1).numpy()
+        params = [p.detach().double().cpu().reshape(-1) for p in coefficient_parameters(model)]
     raw = torch.cat(params).numpy() if params else np.zeros(0)
     return {"lambda": lam, "raw": raw}
 

@@ -9,15 +9,17 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from odenets.models.nais_blocks import nais_blocks
+
 __all__ = ["adaptive_depth", "measure_depth"]
 
 
 @contextmanager
 def adaptive_depth(model: nn.Module, *, tol: float, max_steps: int) -> Iterator[nn.Module]:
-    """Within the block, every NAIS block of `model` unrolls until
+    """Within the block, every NAIS block inside `model` (any `nn.Module`) unrolls until
     ‖x(k+1) - x(k)‖ / (‖x(k)‖ + 1e-12) < tol per sample, or `max_steps`; the blocks'
     previous settings are restored on exit."""
-    blocks = model.nais_blocks()
+    blocks = nais_blocks(model)
     saved = [(b.tol, b.max_steps) for b in blocks]
     try:
         for b in blocks:
@@ -40,7 +42,8 @@ def measure_depth(
     """Steps used by every NAIS block for every input, with adaptive unrolling.
 
     Args:
-        model: a network with `nais_blocks()` (e.g. ``naisnet10``); run in eval mode.
+        model: any `nn.Module` with NAIS blocks inside (e.g. ``naisnet10``, or a custom
+            network built with `odenets.NaisConvBlock`); run in eval mode.
         images: inputs the model takes, (N, C, H, W) in [0, 1] (or (N, F) for ``nais_mlp``).
         tol: relative-change tolerance (> 0). max_steps: cap on steps per block (>= 1).
         batch_size: inputs per forward pass; the result does not depend on it.
@@ -49,7 +52,7 @@ def measure_depth(
         int64 tensor (N, n_nais_blocks); entry (i, j) is the number of updates block j
         applied to input i, in [1, max_steps].
     """
-    blocks = model.nais_blocks()
+    blocks = nais_blocks(model)
     if not blocks:
         raise ValueError(f"{type(model).__name__} has no NAIS blocks to measure")
     if batch_size < 1:

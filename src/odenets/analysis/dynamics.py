@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from odenets.analysis._common import block_inputs, eval_mode
+from odenets.models.nais_blocks import nais_blocks
 
 # The poster's unstable example (SPEC §5).
 UNSTABLE_1D = {"a": -10.0, "b": 1.0, "c": 0.0, "h": 1.0}
@@ -112,7 +113,7 @@ def nais_state_differences(
     Returns:
         (N, steps) float64 array of Euclidean norms per image.
     """
-    nais = model.nais_blocks()
+    nais = nais_blocks(model)
     if not nais:
         raise ValueError(f"{getattr(model, 'model_name', 'this model')} has no NAIS blocks")
     if not 0 <= block_index < len(nais):

@@ -65,7 +65,8 @@ def _mean_loss_at(
     x = images + offset
     if clamp:
         x = x.clamp(0.0, 1.0)
-    loss, _ = per_sample_loss(model, x, labels, batch_size=batch_size)
+    # Unclamped points leave [0, 1] on purpose: the model's range check is off for them.
+    loss, _ = per_sample_loss(model, x, labels, batch_size=batch_size, check_input=clamp)
     return float(loss.double().mean())
 
 

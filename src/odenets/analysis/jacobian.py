@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from odenets.analysis._common import block_inputs, eval_mode
+from odenets.models.nais_blocks import nais_blocks
 from odenets.stability import spectral_radius, state_jacobian_spectral_radius
 
 
@@ -111,9 +112,9 @@ def nais_spectral_radii(model: nn.Module, images: torch.Tensor) -> np.ndarray:
     (via `odenets.stability.state_jacobian_spectral_radius`).
 
     Returns:
-        (N, len(model.nais_blocks())) float64 array.
+        (N, len(nais_blocks(model))) float64 array.
     """
-    nais = model.nais_blocks()
+    nais = nais_blocks(model)
     with eval_mode(model):
         inputs = block_inputs(model, images, nais)
         columns = []
@@ -136,10 +137,10 @@ def nais_active_radii(
     state shape.
 
     Returns:
-        (len(model.nais_blocks()),) float64 array.
+        (len(nais_blocks(model)),) float64 array.
     """
     generator = torch.Generator().manual_seed(seed)
-    nais = model.nais_blocks()
+    nais = nais_blocks(model)
     radii = []
     with eval_mode(model), torch.no_grad():
         inputs = block_inputs(model, images[:1], nais)
@@ -164,7 +165,7 @@ def stability_per_block(
         ``{"quantity": "spectral_radius" | "jacobian_norm", "values": (N, blocks)}``; NAIS
         models also ``"active_radius"`` (blocks,), see `nais_active_radii`.
     """
-    if model.nais_blocks():
+    if nais_blocks(model):
         return {
             "quantity": "spectral_radius",
             "values": nais_spectral_radii(model, images),

@@ -40,6 +40,27 @@ def save_figure(
     return paths
 
 
+def data_limits(
+    values, *, pad: float = 0.08, min_span: float, bounds: tuple[float, float] | None = None
+) -> tuple[float, float]:
+    """Axis limits that fit the finite `values` with a margin of `pad` of their span (at
+    least `min_span` wide, centred on the data), inside `bounds` when given, so a figure
+    zooms to its data instead of showing a fixed range."""
+    finite = np.asarray(values, dtype=float).ravel()
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0:
+        return bounds if bounds is not None else (0.0, 1.0)
+    lo, hi = float(finite.min()), float(finite.max())
+    if hi - lo < min_span:
+        mid = (lo + hi) / 2
+        lo, hi = mid - min_span / 2, mid + min_span / 2
+    margin = pad * (hi - lo)
+    lo, hi = lo - margin, hi + margin
+    if bounds is not None:
+        lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
+    return lo, hi
+
+
 def subplot_grid(n: int, *, ncols: int = 3, size=(4.6, 3.6), title: str | None = None):
     """A figure of `n` panels, `ncols` per row, each `size` inches; returns (figure, axes)."""
     # matplotlib is imported when a figure is drawn, not with the module: `odenets plot
@@ -60,7 +81,9 @@ def subplot_grid(n: int, *, ncols: int = 3, size=(4.6, 3.6), title: str | None =
 
 def draw_coefficients(groups: Mapping[str, Mapping]) -> Figure:
     """Final λ_n per interpolating block (mean ± std over seeds, min-max bars), and λ_n over
-    epochs for each model; the stable range [0, 2] of forward Euler is shaded.
+    epochs for each model; the stable range [0, 2] of forward Euler is shaded. Each y-axis
+    fits its data (λ_n may sit in a narrow band); the legend sits below the panels, off
+    the points.
 
     Args:
         groups: the output of `odenets.analysis.coefficients.run_coefficients`.
@@ -85,10 +108,19 @@ def draw_coefficients(groups: Mapping[str, Mapping]) -> Figure:
     ax.set_xlabel("interpolating block n (input → output)")
     ax.set_ylabel("λ_n (dimensionless)")
     ax.set_title("final λ_n per block")
-    ax.legend(fontsize="small")
+    spread = [
+        np.concatenate([g["mean"] - g["std"], g["mean"] + g["std"], g["min"], g["max"]])
+        for g in groups.values()
+    ]
+    ax.set_ylim(*data_limits(np.concatenate(spread), min_span=LAMBDA_MIN_SPAN))
+    handles, names = ax.get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside lower center", ncols=min(2, len(names)))
     for ax, (name, g) in zip(axes[1:], groups.items(), strict=True):
         _draw_history(ax, name, g["history"])
     return fig
+
+
+LAMBDA_MIN_SPAN = 0.05  # narrowest λ range a coefficient panel shows (dimensionless)
 
 
 def _shade_stable(ax) -> None:
@@ -114,6 +146,11 @@ def _draw_history(ax, name: str, histories: Sequence[Mapping]) -> None:
         ax.figure.colorbar(sm, ax=ax, label="block n")
     else:
         ax.text(0.5, 0.5, "no per-epoch coefficients", ha="center", transform=ax.transAxes)
+    values = [h["lambda"] for h in histories if h["lambda"].size]
+    if values:
+        ax.set_ylim(
+            *data_limits(np.concatenate([v.ravel() for v in values]), min_span=LAMBDA_MIN_SPAN)
+        )
     ax.xaxis.set_major_locator(mpl.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("λ_n (dimensionless)")
@@ -238,7 +275,8 @@ def draw_ensemble_gain(gains: Mapping[str, Mapping], *, setting: str) -> Figure:
 
 
 def draw_robustness_curves(curves: Mapping[str, Mapping]) -> Figure:
-    """Accuracy against ε per attack and against severity per noise; one line per model."""
+    """Accuracy against ε per attack and against severity per noise; one line per model.
+    Each panel's y-axis zooms to the accuracies it shows (within 0-100%)."""
     attacks = sorted({a for c in curves.values() for a in c["attacks"]})
     noises = sorted({n for c in curves.values() for n in c["noise"]})
     panels = [("attack", a) for a in attacks] + [("noise", n) for n in noises]
@@ -249,20 +287,24 @@ def draw_robustness_curves(curves: Mapping[str, Mapping]) -> Figure:
     )
     styles = _curve_styles(curves)
     for ax, (kind, name) in zip(axes, panels, strict=True):
+        shown, setting = [], ""
         for label, c in curves.items():
             d = c["attacks" if kind == "attack" else "noise"].get(name)
             if d is not None:
                 x = d["eps_255"] if kind == "attack" else d["severity"]
                 ax.plot(x, 100 * d["accuracy"], marker="o", ms=3, label=label, **styles[label])
+                shown.append(100 * np.asarray(d["accuracy"], dtype=float))
+                setting = setting or d.get("setting", "")
         if kind == "attack":
             ax.set_xlabel("ε (L∞ radius, /255)")
-            ax.set_title(f"{name}: accuracy vs ε")
+            # The caption of an attack's panel: its steps and step size α (ε is the x-axis).
+            ax.set_title(f"{name}: accuracy vs ε" + (f"\n{setting}" if setting else ""))
         else:
             ax.set_xlabel("severity (CIFAR-C level)")
             ax.set_xticks(range(1, 6))
             ax.set_title(f"{name} noise: accuracy vs severity")
         ax.set_ylabel("accuracy (%)")
-        ax.set_ylim(-2, 102)
+        ax.set_ylim(*data_limits(np.concatenate(shown), min_span=2.0, bounds=(-1.0, 101.0)))
     handles, names = axes[0].get_legend_handles_labels()
     fig.legend(handles, names, loc="outside lower center", ncols=min(4, len(names)))
     return fig

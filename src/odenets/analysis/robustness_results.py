@@ -160,6 +160,30 @@ def ensemble_gain(
     return result
 
 
+def attack_setting(entries: Sequence[Mapping]) -> str:
+    """An attack's steps and step size α in words, from its eval.json entries (one per
+    radius): '20 steps, α = 0.125·ε, random start', '1 step, α = ε', '20 steps from α = 2ε,
+    halved by its schedule'; "" when the entries do not say."""
+    first = entries[0]
+    if first.get("version"):
+        return f"AutoAttack, version {first['version']}"
+    if first.get("queries"):
+        return f"{first['queries']} queries"
+    steps = first.get("steps")
+    if not steps:
+        return ""
+    if first.get("loss"):
+        return f"{steps} steps from α = 2ε, halved by its schedule"
+    ratios = {round(a["alpha"] / a["eps"], 6) for a in entries if a.get("alpha") and a.get("eps")}
+    if len(ratios) != 1:
+        return f"{steps} step{'s' * (steps > 1)}"
+    ratio = ratios.pop()
+    words = f"{steps} step{'s' * (steps > 1)}, α = " + ("ε" if ratio == 1 else f"{ratio:.3g}·ε")
+    if (first.get("restarts") or 1) > 1:
+        words += f", {first['restarts']} restarts"
+    return words + (", random start" if first.get("random_start") else "")
+
+
 def robustness_curves(evals: Sequence[Mapping]) -> dict[str, dict]:
     """Accuracy against ε for every attack and against severity for every noise.
 
@@ -168,7 +192,9 @@ def robustness_curves(evals: Sequence[Mapping]) -> dict[str, dict]:
         "accuracy": (E,)}, ...}, "noise": {"gaussian": {"severity": (5,),
         "accuracy": (5,)}, ...}}}`` with one label per evaluation (see `eval_label`;
         repeated labels get " #2", " #3"), ε sorted increasingly, ε = 0 prepended with the
-        clean accuracy; the worst case over attacks appears as "worst case (pixel)".
+        clean accuracy; the worst case over attacks appears as "worst case (pixel)". Each
+        attack curve also has "setting": its steps and step size α in words (see
+        `attack_setting`).
     """
     result: dict[str, dict] = {}
     for ev in evals:
@@ -185,11 +211,16 @@ def robustness_curves(evals: Sequence[Mapping]) -> dict[str, dict]:
             curve = attacks.setdefault(key, {"eps_255": [0.0], "accuracy": [clean]})
             curve["eps_255"].append(float(a["eps_255"]))
             curve["accuracy"].append(float(a["accuracy"]))
+            curve.setdefault("entries", []).append(a)
         for w in ev.get("worst_case") or []:
             key = f"worst case ({w.get('threat_model', 'pixel')})"
             curve = attacks.setdefault(key, {"eps_255": [0.0], "accuracy": [clean]})
             curve["eps_255"].append(float(w["eps_255"]))
             curve["accuracy"].append(float(w["accuracy"]))
+            curve["setting"] = "per sample over the attacks"
+        for curve in attacks.values():
+            if "entries" in curve:
+                curve["setting"] = attack_setting(curve.pop("entries"))
         for curve in attacks.values():
             order = np.argsort(curve["eps_255"], kind="stable")
             curve["eps_255"] = np.asarray(curve["eps_255"])[order]

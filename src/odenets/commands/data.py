@@ -22,9 +22,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     d.add_argument("name", choices=("cifar10", "cifar100"))
     d.add_argument("--root", required=True, help="folder for the archive")
-    d.add_argument("--format", choices=("python", "binary"), default="python")
+    d.add_argument(
+        "--format",
+        choices=("python", "binary"),
+        default="python",
+        help="archive format: python (pickled batches) or binary (default: python)",
+    )
     d.add_argument("--url", default=None, help="full URL of the archive (default: CIFAR page)")
-    d.add_argument("--retries", type=int, default=3, help="resumed attempts after a drop")
+    d.add_argument(
+        "--retries", type=int, default=3, help="resumed attempts after a drop (default: 3)"
+    )
     d.set_defaults(data_run=_download)
 
     c = sub.add_parser(
@@ -37,9 +44,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     c.add_argument("--root", required=True, help="data folder of the clean test set")
     add_cache_arguments(c)
-    c.add_argument("--dataset", choices=("cifar10", "cifar100", "folder"), default="cifar10")
+    c.add_argument(
+        "--dataset",
+        choices=("cifar10", "cifar100", "folder"),
+        default="cifar10",
+        help="data set of the clean test set under --root (default: cifar10)",
+    )
     c.add_argument("--out", required=True, help="folder to write the .npy files into")
-    c.add_argument("--seed", type=int, default=0, help="base seed of the noise")
+    c.add_argument("--seed", type=int, default=0, help="base seed of the noise (default: 0)")
     c.add_argument(
         "--corruptions",
         nargs="+",

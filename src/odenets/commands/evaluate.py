@@ -11,8 +11,8 @@ Radii are given in 1/255 units on the command line (--eps 8 is 8/255). Several r
 evaluated as one averaged-softmax ensemble, attacked as a whole. The test split of the data
 set the (first) run was trained on is used; --limit takes a fixed, seeded random subset
 (the folders of a data set may be sorted by class). Writes RUN/eval.json atomically (the
-file the report reads; RUN/eval.limit-N.json with --limit, RUN/eval.shard-i-of-n.json with
---shard) and prints a markdown table.
+file the report reads; RUN/eval.limit-N.json with --limit, which the report reads for a run
+without eval.json; RUN/eval.shard-i-of-n.json with --shard) and prints a markdown table.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from odenets.robustness.evaluate import DEFAULT_ATTACKS, DEFAULT_TRANSFER
 from odenets.robustness.runs import evaluate_runs
 from odenets.robustness.shards import merge_shards
 from odenets.robustness.table import format_table
-from odenets.training.run_folder import EVAL
+from odenets.training.run_folder import eval_file_name
 
 _EPILOG = """\
 attacks: {attacks}.
@@ -70,10 +70,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--noise", action="store_true", help="generated CIFAR-C noise accuracy")
     parser.add_argument(
-        "--noise-root", metavar="DIR", help="official CIFAR-C .npy files instead of generated"
+        "--noise-root",
+        metavar="DIR",
+        help="official CIFAR-C .npy files instead of generated (default: generated noise)",
     )
     parser.add_argument(
-        "--gaussian-sigma", type=_radii, default=[], help="plain Gaussian noise levels in 1/255"
+        "--gaussian-sigma",
+        type=_radii,
+        default=[],
+        help="plain Gaussian noise levels in 1/255 (default: none)",
     )
     parser.add_argument("--steps", type=int, help=f"iterations of {_taking('steps')} (default: 20)")
     parser.add_argument(
@@ -83,9 +88,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "with 20 steps; 5·ε/steps normalized)",
     )
     parser.add_argument(
-        "--pgd-restarts", type=int, default=1, help=f"random restarts of {_taking('pgd_restarts')}"
+        "--pgd-restarts",
+        type=int,
+        default=1,
+        help=f"random restarts of {_taking('pgd_restarts')} (default: 1)",
     )
-    parser.add_argument("--apgd-steps", type=int, default=100, help="iterations of APGD (100)")
+    parser.add_argument(
+        "--apgd-steps",
+        type=int,
+        default=100,
+        help=f"iterations of {_taking('apgd_steps')} (default: 100)",
+    )
     parser.add_argument(
         "--autoattack-version",
         default="standard",
@@ -95,15 +108,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--autoattack-attacks",
         type=_names,
-        help="sub-attacks of --autoattack-version custom, e.g. apgd-ce,apgd-t,fab-t,square",
+        help="sub-attacks of --autoattack-version custom, e.g. apgd-ce,apgd-t,fab-t,square "
+        "(default: the version's)",
     )
     parser.add_argument(
-        "--square-queries", type=int, default=5000, help="queries of --attacks square (5000)"
+        "--square-queries",
+        type=int,
+        default=5000,
+        help="queries of --attacks square (default: 5000)",
     )
     parser.add_argument(
         "--transfer-from",
         metavar="SURROGATE_RUN",
-        help="run folder of a surrogate: --transfer-attacks crafted on it are scored on RUN",
+        help="run folder of a surrogate: --transfer-attacks crafted on it are scored on RUN "
+        "(default: none)",
     )
     parser.add_argument(
         "--transfer-attacks",
@@ -119,14 +137,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "3 restarts at the smallest radius (default: on)",
     )
     parser.add_argument(
-        "--limit", type=_positive_int, help="evaluate a seeded random subset of N images"
+        "--limit",
+        type=_positive_int,
+        help="evaluate a seeded random subset of N images (default: the whole test set)",
     )
     parser.add_argument("--batch-size", type=int, default=500, help="batch size (default: 500)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of random starts and noise")
-    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda:N")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of random starts and noise (default: 0)"
+    )
+    parser.add_argument(
+        "--device", default="auto", help="auto (cuda if available), cpu, cuda:N (default: auto)"
+    )
     parser.add_argument("--data-root", help="data folder (default: the run's config.json)")
     add_cache_arguments(parser)
-    parser.add_argument("--shard", type=_shard, help="i/n: evaluate shard i of n (1 <= i <= n)")
+    parser.add_argument(
+        "--shard",
+        type=_shard,
+        help="i/n: evaluate shard i of n (1 <= i <= n; default: the whole set)",
+    )
     parser.add_argument("--no-checks", action="store_true", help="skip the sanity checks")
     parser.add_argument(
         "--no-verify",
@@ -140,12 +168,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=True,
         help="channels_last weights while evaluating (default: on; float32 either way)",
     )
-    parser.add_argument("--merge", nargs="+", metavar="SHARD", help="merge shard eval files")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="SHARD",
+        help="merge shard eval files into --out instead of evaluating (default: evaluate)",
+    )
     parser.add_argument(
         "--out",
         help="output file (default for one run: RUN/eval.json; with --limit N or --shard i/n, "
-        "RUN/eval.limit-N.json, RUN/eval.shard-i-of-n.json or both, which the report does "
-        "not read)",
+        "RUN/eval.limit-N.json, RUN/eval.shard-i-of-n.json or both; the report reads "
+        "eval.json, else the largest eval.limit-N.json, and names the files it leaves out)",
     )
 
 
@@ -250,13 +283,10 @@ def _out_path(args) -> Path:
         return _checked_out(Path(args.out))
     if len(args.runs) > 1:
         raise ValueError(f"{len(args.runs)} runs form an ensemble: give --out PATH for its result")
-    # Only a whole-test-set evaluation is the run's eval.json (what the report reads).
-    name = Path(EVAL).stem
-    if args.limit is not None:
-        name += f".limit-{args.limit}"
-    if args.shard is not None:
-        name += f".shard-{args.shard[0] + 1}-of-{args.shard[1]}"
-    return Path(args.runs[0]) / f"{name}.json"
+    # Only a whole-test-set evaluation is the run's eval.json; the report falls back on the
+    # largest eval.limit-N.json of a run without one.
+    shard = None if args.shard is None else (args.shard[0] + 1, args.shard[1])
+    return Path(args.runs[0]) / eval_file_name(limit=args.limit, shard=shard)
 
 
 def _checked_out(out: Path) -> Path:

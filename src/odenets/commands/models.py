@@ -14,8 +14,13 @@ COLUMNS = ("name", "family", "depth", "parameters", "interpolating")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--pattern", default=None, metavar="GLOB", help="e.g. 'in_resnet*' or '*110'")
-    p.add_argument("--num-classes", type=int, default=10, help="classifier outputs (default 10)")
+    p.add_argument(
+        "--pattern",
+        default=None,
+        metavar="GLOB",
+        help="only names matching GLOB, e.g. 'in_resnet*' or '*110' (default: every network)",
+    )
+    p.add_argument("--num-classes", type=int, default=10, help="classifier outputs (default: 10)")
 
 
 def model_rows(pattern: str | None = None, *, num_classes: int = 10) -> list[dict]:

@@ -18,29 +18,60 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "robustness-curves; none needed for dynamics)",
     )
     p.add_argument("--out", default="figures", help="output folder (default: figures)")
-    p.add_argument("--data-root", default=None, help="override the runs' data folder")
+    p.add_argument(
+        "--data-root", default=None, help="override the runs' data folder (default: the runs' own)"
+    )
     p.add_argument(
         "--limit",
         type=int,
         default=None,
         help="test images used, a seeded subset (default: 256; stability 32, dynamics 8)",
     )
-    p.add_argument("--seed", type=int, default=0, help="image subset, noise and directions")
-    p.add_argument("--noise", default="gaussian", help="input-landscape noise, or 'none'")
-    p.add_argument("--severity", type=int, default=3, help="input-landscape noise severity 1-5")
-    p.add_argument("--radius", type=float, default=16.0, help="input-landscape T, in /255 units")
-    p.add_argument("--alpha", type=float, default=1.0, help="weight-landscape range ±α")
-    p.add_argument("--points", type=int, default=21, help="samples along each 1-D curve")
-    p.add_argument("--points-2d", type=int, default=11, help="samples per axis (0: no surface)")
-    p.add_argument("--eps", type=float, default=8.0, help="ensemble-gain attack radius (/255)")
-    p.add_argument("--threat-model", default="pixel", help="ensemble-gain threat model")
-    p.add_argument("--tol", type=float, default=1e-3, help="depth: relative-change tolerance")
-    p.add_argument("--max-steps", type=int, default=50, help="depth: steps per block at most")
-    p.add_argument("--steps", type=int, default=30, help="dynamics: unrolled steps")
-    p.add_argument("--block", type=int, default=1, help="dynamics: NAIS block number (from 1)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:N")
     p.add_argument(
-        "--iters", type=int, default=30, help="stability: power iterations (ResNet blocks)"
+        "--seed", type=int, default=0, help="image subset, noise and directions (default: 0)"
+    )
+    p.add_argument(
+        "--noise", default="gaussian", help="input-landscape noise, or 'none' (default: gaussian)"
+    )
+    p.add_argument(
+        "--severity", type=int, default=3, help="input-landscape noise severity 1-5 (default: 3)"
+    )
+    p.add_argument(
+        "--radius", type=float, default=16.0, help="input-landscape T, in /255 units (default: 16)"
+    )
+    p.add_argument(
+        "--alpha", type=float, default=1.0, help="weight-landscape range ±α (default: 1)"
+    )
+    p.add_argument(
+        "--points", type=int, default=21, help="samples along each 1-D curve (default: 21)"
+    )
+    p.add_argument(
+        "--points-2d", type=int, default=11, help="samples per axis (0: no surface; default: 11)"
+    )
+    p.add_argument(
+        "--eps", type=float, default=8.0, help="ensemble-gain attack radius (/255; default: 8)"
+    )
+    p.add_argument(
+        "--threat-model", default="pixel", help="ensemble-gain threat model (default: pixel)"
+    )
+    p.add_argument(
+        "--tol", type=float, default=1e-3, help="depth: relative-change tolerance (default: 1e-3)"
+    )
+    p.add_argument(
+        "--max-steps", type=int, default=50, help="depth: steps per block at most (default: 50)"
+    )
+    p.add_argument("--steps", type=int, default=30, help="dynamics: unrolled steps (default: 30)")
+    p.add_argument(
+        "--block", type=int, default=1, help="dynamics: NAIS block number (from 1; default: 1)"
+    )
+    p.add_argument(
+        "--device", default="auto", help="auto (CUDA when present), cpu, cuda:N (default: auto)"
+    )
+    p.add_argument(
+        "--iters",
+        type=int,
+        default=30,
+        help="stability: power iterations (ResNet blocks; default: 30)",
     )
 
 

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import time
 from pathlib import Path
 
 from odenets.commands._cache import add_cache_arguments, cache_flags
-from odenets.experiments.job_commands import job_command, python_executable
+from odenets.experiments.grid_progress import GridProgress
+from odenets.experiments.job_commands import (
+    DATA_ROOT_PLACEHOLDER,
+    job_command,
+    job_comment,
+    python_executable,
+)
+from odenets.experiments.job_pool import devices
 from odenets.experiments.jobs import DATASETS, expand_jobs, load_grid
 from odenets.experiments.presets import SCALES, list_presets, load_preset
 from odenets.experiments.report import write_report
@@ -17,7 +25,12 @@ from odenets.experiments.reproduce import parse_shard, run_grid, select_jobs
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("preset", nargs="?", help="preset name (see --list) or a preset .toml file")
     p.add_argument("--list", action="store_true", help="list the presets and exit")
-    p.add_argument("--data-root", default=None, help="data folder (not needed for digits)")
+    p.add_argument(
+        "--data-root",
+        default=None,
+        help="data folder (default: none; needed except for digits; --list-jobs writes the "
+        "placeholder DATA_ROOT without it)",
+    )
     add_cache_arguments(p)
     p.add_argument("--out", default=None, help="results folder (default runs/<preset>-<scale>)")
     p.add_argument(
@@ -46,15 +59,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--train-limit",
         type=int,
         default=0,
-        help="train on a seeded subset of N images (a quick look; 0 = all)",
+        help="train on a seeded subset of N images, a quick look (default: 0, all images)",
     )
     p.add_argument(
         "--list-jobs",
         action="store_true",
         help="print one self-contained shell command per job and exit",
     )
-    p.add_argument("--shard", default=None, help="run slice i of n of the jobs, e.g. 2/4")
-    p.add_argument("--job", type=int, default=None, help="run only job K (see --list-jobs)")
+    p.add_argument(
+        "--shard", default=None, help="run slice i of n of the jobs, e.g. 2/4 (default: every job)"
+    )
+    p.add_argument(
+        "--job", type=int, default=None, help="run only job K, see --list-jobs (default: every job)"
+    )
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     p.add_argument(
         "--train-only",
@@ -84,25 +101,45 @@ def run(args: argparse.Namespace) -> int:
     for flag, root in (("--data-root", args.data_root), ("--noise-root", args.noise_root)):
         if root is not None and not Path(root).is_dir():
             raise ValueError(f"{flag} {root} is not an existing folder")
+    # Listing needs no data: without --data-root the lines carry a placeholder to fill in.
+    placeholder = args.list_jobs and args.data_root is None and _needs_data_root(args)
     grid = load_grid(
         args.preset,
         scale=args.scale,
         seeds=args.seeds or 0,  # 0: the preset's number
         datasets=args.dataset or (),
-        data_root=args.data_root,
+        data_root=DATA_ROOT_PLACEHOLDER if placeholder else args.data_root,
         noise_root=args.noise_root,
         train_limit=args.train_limit,
     )
     out = args.out or f"runs/{grid.preset.name}-{grid.scale}"
     shard = parse_shard(args.shard) if args.shard else None
     if args.list_jobs:
-        return _list_jobs(grid, out, shard=shard, only=args.job, extra=cache_flags(args))
+        return _list_jobs(
+            grid,
+            out,
+            shard=shard,
+            only=args.job,
+            extra=cache_flags(args),
+            data_root=DATA_ROOT_PLACEHOLDER if placeholder else None,
+        )
     return _run_jobs(args, grid, out, shard)
 
 
-def _list_jobs(grid, out: str, *, shard, only, extra: str = "") -> int:
+def _needs_data_root(args: argparse.Namespace) -> bool:
+    """Whether the grid of these arguments trains on a data set other than the digits."""
+    preset = load_preset(args.preset)
+    datasets = args.dataset or preset.datasets_for(args.scale)
+    return any(d != "digits" for d in datasets)
+
+
+def _list_jobs(
+    grid, out: str, *, shard, only, extra: str = "", data_root: str | None = None
+) -> int:
     """Print one shell command per job of the grid (or its --shard / --job; ensembles after
-    the trainings), then the report's. Writes nothing: the folder is claimed by a real run."""
+    the trainings), each ending with a comment naming its model, data set and seed, then the
+    report's. Writes nothing: the folder is claimed by a real run. `data_root`: a
+    placeholder written after --data-root instead of a folder."""
     jobs = expand_jobs(grid)
     chosen = select_jobs(jobs, shard=shard, only=only)
     python = python_executable()
@@ -111,11 +148,14 @@ def _list_jobs(grid, out: str, *, shard, only, extra: str = "") -> int:
         f"# {grid.preset.name} ({grid.scale}): {part}{len(chosen)} of {len(jobs)} jobs; "
         "ensembles need every training job before them; run the report last"
     )
+    if data_root is not None:
+        print(f"# replace {data_root} with the data folder (or list again with --data-root)")
     for job in chosen:
         if job.is_ensemble and not jobs[job.index - 1].is_ensemble:
             print("# after every job above:")
-        print(job_command(grid, out, job, python=python) + extra)
-    print(f"{python} -m odenets report {out}")
+        command = job_command(grid, out, job, python=python, data_root=data_root) + extra
+        print(f"{command}  {job_comment(job)}")
+    print(shlex.join([python, "-m", "odenets", "report", str(Path(out).resolve())]))
     return 0
 
 
@@ -128,7 +168,7 @@ def _run_jobs(args: argparse.Namespace, grid, out: str, shard) -> int:
         out,
         shard=shard,
         only=args.job,
-        on_event=_print_event,
+        on_event=_event_printer(grid, shard, args.job, args.jobs_per_device),
         train_only=args.train_only,
         jobs_per_device=args.jobs_per_device,
     )
@@ -150,11 +190,16 @@ def _run_jobs(args: argparse.Namespace, grid, out: str, shard) -> int:
     return 0 if not unfinished or args.job is not None or shard is not None else 1
 
 
-def _print_event(job, state, seconds) -> None:
-    print(
-        f"[{job.index}] {job.name}: {state}" + (f" in {seconds:.0f} s" if seconds else ""),
-        flush=True,
-    )
+def _event_printer(grid, shard, only, jobs_per_device: int):
+    """A line per job as it ends: its label, state and time, the jobs done and the ETA."""
+    jobs = expand_jobs(grid)
+    parallel = len(devices()) * jobs_per_device if jobs_per_device else 1
+    progress = GridProgress(select_jobs(jobs, shard=shard, only=only), len(jobs), parallel=parallel)
+
+    def on_event(job, state, seconds) -> None:
+        print(progress.event_line(job, state, seconds), flush=True)
+
+    return on_event
 
 
 def _list() -> int:

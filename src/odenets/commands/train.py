@@ -53,8 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         kind = _flag_kind(annotations[f.name])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        shown = "the recipe's" if f.name in RECIPE_FIELDS else default
-        text = f"{f.metadata.get('help', '')} (default: {shown})"
+        shown = f.metadata.get("default") or _shown(default, recipe=f.name in RECIPE_FIELDS)
+        described = f.metadata.get("help", "").replace("{recipes}", ", ".join(list_recipes()))
+        text = f"{described} (default: {shown})"
         common = {"dest": f.name, "default": argparse.SUPPRESS, "help": text}
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
@@ -65,6 +66,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         else:
             parser.add_argument(flag, type=kind, metavar=f.name.upper(), **common)
     add_cache_arguments(parser)
+
+
+def _shown(default, *, recipe: bool) -> str:
+    """A default as `--help` shows it: the recipe's, on / off for a switch, else the value."""
+    if recipe:
+        return "the recipe's"
+    if isinstance(default, bool):
+        return "on" if default else "off"
+    return str(default)
 
 
 def _json_object(text: str) -> dict:

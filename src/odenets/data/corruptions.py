@@ -17,8 +17,10 @@ is `<name>.npy`, uint8 (5 N, 32, 32, 3), severity 1 first, and `labels.npy`.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -28,6 +30,9 @@ from tqdm.auto import tqdm
 
 from odenets.data._io import atomic_write
 from odenets.errors import DataError
+from odenets.progress import format_duration
+
+logger = logging.getLogger(__name__)
 
 NOISE_CORRUPTIONS = ("gaussian", "shot", "impulse", "speckle")
 SEVERITIES = (1, 2, 3, 4, 5)
@@ -175,14 +180,21 @@ def write_cifar_c(
     images, labels = np.asarray(images), np.asarray(labels, dtype=np.int64)
     written = []
     names = [corruption_name(name) for name in names]
+    on_terminal = sys.stderr.isatty()
     bar = tqdm(
         total=len(names) * len(SEVERITIES),
         desc="corrupting",
         unit="set",
         leave=False,
-        disable=not sys.stderr.isatty(),  # no carriage-return bar in a batch job's log
+        disable=not on_terminal,  # no carriage-return bar in a batch job's log: lines instead
     )
-    for name in names:
+    started = time.perf_counter()
+    for k, name in enumerate(names, start=1):
+        if not on_terminal:
+            logger.info(
+                "building noise set %s (%d/%d): %d severities of %s images",
+                name, k, len(names), len(SEVERITIES), f"{len(images):,}",
+            )  # fmt: skip
         parts = []
         for s in SEVERITIES:
             parts.append(corrupt(images, name, s, seed=corruption_seed(seed, name, s)))
@@ -192,6 +204,13 @@ def write_cifar_c(
         with atomic_write(path) as f:
             np.save(f, stack)
         written.append(path)
+        if not on_terminal:
+            elapsed = time.perf_counter() - started
+            eta = elapsed / k * (len(names) - k)  # the sets cost alike
+            logger.info(
+                "built %s in %s so far%s", path, format_duration(elapsed),
+                f", ETA {format_duration(eta)}" if k < len(names) else ", done",
+            )  # fmt: skip
     bar.close()
     with atomic_write(out / "labels.npy") as f:
         np.save(f, np.tile(labels, len(SEVERITIES)))

@@ -18,10 +18,19 @@ from pathlib import Path
 from typing import Any
 
 from odenets.experiments.paper import INRESNET_METRICS, NAIS_METRICS, get_table
-from odenets.experiments.results import RunRecord, collect
-from odenets.robustness.base import list_attacks
+from odenets.experiments.results import WORST_CASE, RunRecord, collect
+from odenets.robustness.base import attack_title, list_attacks
 
 DONE = ("finished", "evaluated")  # statuses of runs whose numbers enter the table
+
+# Column titles of the metrics that are not attacks (an attack's is its class's title).
+METRIC_TITLES = {
+    "clean": "Acc.",
+    "noise": "Noise",
+    WORST_CASE: "Worst case",
+    "train": "Train acc.",
+    "test": "Test acc.",
+}
 
 
 @dataclass
@@ -135,22 +144,31 @@ def metrics_of(manifest: dict[str, Any]) -> tuple[str, ...]:
         return get_table(manifest["table"]).metrics
     ev = manifest.get("evaluate", {})
     metrics = ["clean"] + (["noise"] if ev.get("noise") else [])
-    return (*metrics, *[a for a in ev.get("attacks", []) if a in _attack_metrics()])
+    metrics += [a for a in ev.get("attacks", []) if a in attack_metrics()]
+    if len(ev.get("attacks", [])) > 1:
+        metrics.append(WORST_CASE)  # per sample over the attacks: the strongest column
+    return tuple(metrics)
 
 
 def loose_metrics(runs: Sequence[RunRecord]) -> tuple[str, ...]:
     """The metrics present in any run, in table order (for a folder with no manifest): the
-    In-ResNet columns, the other registered attacks by name, then NAIS-Net's."""
+    In-ResNet columns, the other registered attacks by name, the worst case over the attacks,
+    then NAIS-Net's."""
     present = {m for r in runs for m in r.metrics}
-    attacks = [a for a in _attack_metrics() if a not in INRESNET_METRICS]
-    order = (*INRESNET_METRICS, *attacks, *NAIS_METRICS)
+    attacks = [a for a in attack_metrics() if a not in INRESNET_METRICS]
+    order = (*INRESNET_METRICS, *attacks, WORST_CASE, *NAIS_METRICS)
     return tuple(m for m in order if m in present)
 
 
-def _attack_metrics() -> list[str]:
+def attack_metrics() -> list[str]:
     """The registered attacks (not the noises): each is a column where it was evaluated."""
     noises = list_attacks(category="noise")
     return [a for a in list_attacks() if a not in noises]
+
+
+def metric_title(metric: str) -> str:
+    """The column title of a metric: "Acc." for "clean", "PGD" for "pgd", ..."""
+    return METRIC_TITLES.get(metric) or attack_title(metric)
 
 
 def split_runs(

@@ -37,12 +37,12 @@ def _inputs(kind: str, runs: list, report: Report) -> list[str]:
         return [str(r.path) for r in runs if r.job.get("seed") is not None and _has_coeffs(r)]
     if kind == "robustness-curves":
         evals = [r for r in runs if r.evaluation and r.evaluation.get("attacks")]
-        return [str(r.path / EVAL) for r in evals]
+        return [str(r.path / (r.eval_file or EVAL)) for r in evals]
     if kind == "ensemble-gain":
         evals = [r for r in runs if r.evaluation and r.evaluation.get("attacks")]
         if not any(r.evaluation.get("ensemble") for r in evals):
             return []
-        return [str(r.path / EVAL) for r in evals]
+        return [str(r.path / (r.eval_file or EVAL)) for r in evals]
     if kind == "depth":
         nais = [r for r in runs if str(r.job.get("model", "")).startswith("naisnet")]
         return [str(r.path) for r in nais if r.job.get("seed") is not None]

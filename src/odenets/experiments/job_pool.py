@@ -27,10 +27,21 @@ LOGS = "logs"
 
 
 def devices() -> list[str | None]:
-    """The CUDA device indices to spread jobs over, or [None] (one CPU "device")."""
+    """The CUDA devices to spread jobs over, as each process's CUDA_VISIBLE_DEVICES value,
+    or [None] (one CPU "device")."""
     if torch.cuda.is_available():
-        return [str(i) for i in range(torch.cuda.device_count())]
+        return visible_device_ids(torch.cuda.device_count(), os.environ.get("CUDA_VISIBLE_DEVICES"))
     return [None]
+
+
+def visible_device_ids(count: int, visible: str | None) -> list[str]:
+    """The CUDA_VISIBLE_DEVICES value that gives a child process this process's device i,
+    for i < `count`. Under CUDA_VISIBLE_DEVICES="2,3" device 0 is physical device 2 (or
+    whatever the entry names: an index or a GPU UUID), so a child gets "2", not "0"."""
+    if visible is None or not visible.strip():
+        return [str(i) for i in range(count)]
+    entries = [v.strip() for v in visible.split(",") if v.strip()]
+    return entries[:count]
 
 
 def run_pool(

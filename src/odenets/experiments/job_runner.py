@@ -8,13 +8,14 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from odenets.errors import DivergenceError, OdenetsError
 from odenets.experiments.grid_folder import END_STATES, RUNS, job_state, write_job_record
 from odenets.experiments.jobs import Grid, Job
-from odenets.robustness.base import attack_options
+from odenets.experiments.presets import eval_attack_options
 from odenets.robustness.runs import evaluate_runs
 from odenets.training import fit
 from odenets.training.config import TrainConfig
@@ -86,8 +87,7 @@ def evaluate_run(
         threat_model=settings.threat_model,
         noise=noise,
         noise_root=noise_root,
-        # The preset's `steps` (0: each attack's default) goes where `--steps` would.
-        attack_options=attack_options(settings.attacks, {"steps": settings.steps or None}),
+        attack_options=eval_attack_options(asdict(settings)),
     )
 
 

@@ -15,6 +15,7 @@ same shape works wherever a preset name does.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 
 from odenets._toml import TOMLDecodeError, loads
 from odenets.errors import UnknownNameError
+from odenets.robustness.base import attack_options
 
 SCALES = ("quick", "cpu", "paper")
 
@@ -35,7 +37,16 @@ class EvalSettings:
     noise: bool = True  # the four CIFAR-C noise corruptions, severities 1-5
     limit: int = 0  # test images to evaluate; 0 = the whole test split
     steps: int = 0  # steps of the attacks `odenets evaluate --steps` sets; 0 = their default
+    apgd_steps: int = 0  # steps of those `--apgd-steps` sets (APGD); 0 = their default (100)
     threat_model: str = "pixel"  # "pixel" (standard) or "normalized" (authors' first code)
+
+
+def eval_attack_options(evaluate: Mapping[str, Any]) -> dict[str, dict]:
+    """Each attack's keyword arguments from a preset's evaluate settings (`EvalSettings` as
+    a dict, as manifest.json keeps it): `steps` and `apgd_steps` go where `odenets evaluate
+    --steps` and `--apgd-steps` would (`Perturbation.options`); 0 keeps the default."""
+    settings = {key: value or None for key, value in evaluate.items()}
+    return attack_options(evaluate.get("attacks", ()), settings)
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,7 @@ def _run_json(run: RunRecord, folder: Path) -> dict[str, Any]:
         "seed": run.job.get("seed"),
         "status": run.status,
         "metrics": {k: round(100 * v, 4) for k, v in run.metrics.items()},
+        "eval_file": run.eval_file or None,
     }
 
 

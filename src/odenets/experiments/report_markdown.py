@@ -7,14 +7,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from odenets.experiments.aggregate import Cell, Report, TableRow
+from odenets.errors import OdenetsError
+from odenets.experiments.aggregate import Cell, Report, TableRow, metric_title
+from odenets.experiments.comparison import verdict_lines
 from odenets.experiments.paper import get_table
+from odenets.experiments.presets import eval_attack_options
 from odenets.experiments.results import RunRecord, failed_checks
-from odenets.robustness.base import attack_title, attacks_taking
+from odenets.robustness.base import attack_title, create_attack
 from odenets.robustness.masking import diagnostics, same_depth_resnet, verdict
-
-# Column titles of the metrics that are not attacks (an attack's is its class's title).
-METRIC_TITLES = {"clean": "Acc.", "noise": "Noise", "train": "Train acc.", "test": "Test acc."}
+from odenets.robustness.table import attack_settings
+from odenets.training.run_folder import EVAL
 
 DATASET_NAMES = {
     "cifar10": "CIFAR-10",
@@ -25,11 +27,6 @@ DATASET_NAMES = {
 
 
 # --- cells and tables ---------------------------------------------------------------------
-def metric_title(metric: str) -> str:
-    """The column title of a metric: "Acc." for "clean", "PGD" for "pgd", ..."""
-    return METRIC_TITLES.get(metric) or attack_title(metric)
-
-
 def fmt_ours(cell: Cell) -> str:
     if cell.mean is None:
         return "—"
@@ -89,19 +86,34 @@ def _data_sentence(manifest: dict[str, Any], dataset: str, sample: dict | None) 
     return f"Data: {data}, {n}."
 
 
-def _step_words(sample: dict | None, eps_255: float, steps: int) -> str:
-    """The step of IFGSM / PGD (the attacks a preset's `steps` sets) at the table's radius:
-    as recorded by the evaluation, else the default rule."""
-    stepped = attacks_taking("steps")
-    for a in (sample or {}).get("attacks", []):
-        if a["name"] in stepped and abs(a["eps_255"] - eps_255) < 1e-6 and a.get("alpha"):
-            return f"step α = {a['alpha'] * 255:.3g}/255"
-    return f"step α = 2.5·ε/{steps} = {2.5 * eps_255 / steps:.3g}/255"
+def _settings_words(ev: dict[str, Any], sample: dict | None) -> str:
+    """Each attack's steps and step size α at the table's radius: as the evaluation
+    recorded them, else as the attacks built from the preset's settings will record them."""
+    eps_255, tm = float((ev.get("eps") or [8])[0]), ev.get("threat_model", "pixel")
+    recorded = [
+        a
+        for a in (sample or {}).get("attacks", [])
+        if a.get("threat_model", "pixel") == tm and abs(a["eps_255"] - eps_255) < 1e-6
+    ]
+    if recorded:
+        return attack_settings(recorded)
+    options = eval_attack_options(ev)
+    planned, unbuilt = [], []
+    for name in ev["attacks"]:
+        try:
+            attack = create_attack(
+                name, eps=eps_255 / 255, threat_model=tm, **options.get(name, {})
+            )
+        except OdenetsError:  # not registered, or its optional package is not installed here
+            unbuilt.append(name)
+            continue
+        planned.append({"name": name, "eps": attack.eps, "eps_255": eps_255, **attack.settings()})
+    words = [attack_settings(planned).removesuffix(".")] if planned else []
+    return "; ".join([*words, *unbuilt]) + "."
 
 
 def _attacks_sentence(ev: dict[str, Any], sample: dict | None = None) -> str:
     eps = ev.get("eps") or [8]
-    steps = ev.get("steps") or 20
     tm = ev.get("threat_model", "pixel")
     tm_words = (
         "pixel threat model (ε and steps in [0, 1] pixel units, ball centred on the clean "
@@ -110,11 +122,17 @@ def _attacks_sentence(ev: dict[str, Any], sample: dict | None = None) -> str:
         else "normalized threat model of the authors' first code (ε on the standardised "
         "tensor, about five times weaker)"
     )
+    worst = (
+        " Worst case: per sample over these attacks, robust only if correct clean and under "
+        "every one."
+        if len(ev["attacks"]) > 1
+        else ""
+    )
     return (
         f"Attacks: untargeted L∞ {', '.join(attack_title(a) for a in ev['attacks'])} at "
-        f"ε = {eps[0]:g}/255, {steps} steps for IFGSM and PGD "
-        f"({_step_words(sample, float(eps[0]), steps)}; PGD with a random start), "
-        f"{tm_words}; the model in eval mode; robust means correct both clean and attacked."
+        f"ε = {eps[0]:g}/255, {tm_words}; the model in eval mode; robust means correct both "
+        f"clean and attacked. Steps and step size α: "
+        f"{_settings_words(ev, sample)}{worst}"
     )
 
 
@@ -172,10 +190,30 @@ def _tables_section(report: Report) -> list[str]:
         out.append(f"## {DATASET_NAMES.get(d, d)}\n")
         out.append(rows_markdown(rows, report.metrics, paper=has_paper) + "\n")
         out.append("*" + caption(m, report.mine, d) + "*\n")
+        out += robustness_verdict(rows, report.metrics, m)
         out += _sizes_note(rows)
         if not has_paper:
             out.append("The paper has no numbers for this data set; only ours are shown.\n")
     return out
+
+
+def table_setting(manifest: dict[str, Any]) -> str:
+    """The radius (and threat model, when not pixel) of a table's attack columns."""
+    ev = manifest.get("evaluate", {})
+    eps = (ev.get("eps") or [8])[0]
+    tm = ev.get("threat_model", "pixel")
+    return f"ε = {eps:g}/255" + ("" if tm == "pixel" else f" ({tm} threat model)")
+
+
+def robustness_verdict(
+    rows: Sequence[TableRow], metrics: Sequence[str], manifest: dict[str, Any]
+) -> list[str]:
+    """In words, from the table's numbers: whether each In-ResNet-family row is more robust
+    than the ResNet of the same depth (`odenets.experiments.comparison`)."""
+    lines = verdict_lines(rows, metrics, setting=table_setting(manifest))
+    if not lines:
+        return []
+    return ["**Is In-ResNet more robust than ResNet on this data?**\n", *lines, ""]
 
 
 def _sizes_note(rows: Sequence[TableRow]) -> list[str]:
@@ -264,7 +302,7 @@ def _provenance_section(report: Report) -> list[str]:
             "numbers are left out; evaluate the runs again (`odenets evaluate RUN`, or "
             "`odenets reproduce`, which re-evaluates them):\n"
         )
-        out += [f"- `{r.name}`: {r.eval_note}" for r in stale]
+        out += [f"- `{r.name}` ({r.eval_file}): {r.eval_note}" for r in stale]
         out.append("")
     if unknown:
         out.append(
@@ -272,6 +310,31 @@ def _provenance_section(report: Report) -> list[str]:
             "records no weights (written by an older odenets), so they could not be checked "
             "against the runs' current weights.\n"
         )
+    return out
+
+
+def _eval_files_section(report: Report) -> list[str]:
+    """Runs whose numbers come from a subset of the test set (no eval.json, an `odenets
+    evaluate --limit N` file instead), and every evaluation file left out, with why."""
+    runs = [*report.mine, *report.foreign, *report.loose]
+    subset = [r for r in runs if r.eval_file and r.eval_file != EVAL]
+    skipped = [(r, name, why) for r in runs for name, why in r.skipped_evals]
+    out = []
+    if subset:
+        out.append("## Evaluations of a subset of the test set\n")
+        out.append(
+            f"These runs have no {EVAL} (the whole test set); their numbers come from "
+            "`odenets evaluate --limit N`, a seeded subset of N test images, so they carry "
+            "more sampling noise:\n"
+        )
+        for r in subset:
+            n = (r.evaluation or {}).get("n")
+            out.append(f"- `{r.name}`: {r.eval_file}" + (f" (n = {n})" if n else ""))
+        out.append("")
+    if skipped:
+        out.append("## Evaluation files left out\n")
+        out += [f"- `{r.name}`: {name}: {why}" for r, name, why in skipped]
+        out.append("")
     return out
 
 
@@ -301,6 +364,7 @@ def render_markdown(report: Report) -> str:
     out += _checks_section(report)
     out += _masking_section(report)
     out += _provenance_section(report)
+    out += _eval_files_section(report)
     out += _runs_sections(report)
     out += [f"> {note}\n" for note in report.notes]
     return "\n".join(out)

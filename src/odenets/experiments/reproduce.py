@@ -27,9 +27,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from odenets.experiments.grid_folder import END_STATES, job_state, prepare_folder
+from odenets.experiments.grid_progress import job_label
 from odenets.experiments.job_pool import run_pool
 from odenets.experiments.job_runner import run_job
 from odenets.experiments.jobs import Grid, Job
+from odenets.progress import log_label
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -95,7 +97,8 @@ def run_grid(
             if on_event:
                 on_event(job, f"skipped ({before})", 0.0)
             continue
-        states[job.name] = run_job(grid, out, job, train_only=train_only)
+        with log_label(job_label(job, len(jobs))):  # starts each log line of the job
+            states[job.name] = run_job(grid, out, job, train_only=train_only)
         if on_event:
             on_event(job, states[job.name], time.perf_counter() - start)
     return states

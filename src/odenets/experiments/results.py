@@ -15,9 +15,12 @@ from typing import Any
 from odenets.checkpoint import read_json
 from odenets.errors import OdenetsError
 from odenets.experiments.grid_folder import JOB_FILE, MANIFEST, eval_freshness
-from odenets.training.run_folder import EVAL, SUMMARY, RunFolder
+from odenets.training.run_folder import EVAL, SUMMARY, RunFolder, parse_eval_file_name
 
 RUN_FILES = (SUMMARY, EVAL)
+# The metric of the per-sample worst case over the attacks at one radius (eval.json's
+# "worst_case" entries).
+WORST_CASE = "worst_case"
 
 
 @dataclass
@@ -33,6 +36,10 @@ class RunRecord:
     # are left out), "unknown" (it does not say) or "" (no eval.json); `eval_note` says why.
     eval_state: str = ""
     eval_note: str = ""
+    # The evaluation file read ("eval.json", or "eval.limit-N.json" for a run without
+    # eval.json), and the other evaluation files of the folder, each with why it was left out.
+    eval_file: str = ""
+    skipped_evals: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -58,7 +65,8 @@ def read_run(path: Path, *, eps_255: float, threat_model: str) -> RunRecord:
     run = RunFolder(path)
     job = read_json(path / JOB_FILE) if (path / JOB_FILE).exists() else {}
     summary = run.read_summary()
-    ev = run.read_eval()
+    eval_file, skipped = pick_eval_file(run)
+    ev = run.read_eval(eval_file) if eval_file else None
     freshness, note = ("", "") if ev is None else eval_freshness(ev, _scored_runs(path, job, ev))
     if freshness == "stale":
         ev = None
@@ -73,7 +81,42 @@ def read_run(path: Path, *, eps_255: float, threat_model: str) -> RunRecord:
         metrics.update(eval_metrics(ev, eps_255=eps_255, threat_model=threat_model))
         if "test" not in metrics:
             metrics["test"] = float(ev["clean"])
-    return RunRecord(path, job, status, metrics, ev, eval_state=freshness, eval_note=note)
+    return RunRecord(
+        path,
+        job,
+        status,
+        metrics,
+        ev,
+        eval_state=freshness,
+        eval_note=note,
+        eval_file=eval_file,
+        skipped_evals=skipped,
+    )
+
+
+def pick_eval_file(run: RunFolder) -> tuple[str, list[tuple[str, str]]]:
+    """The evaluation file that stands for a run: eval.json (the whole test set), else the
+    `odenets evaluate --limit N` file of the largest N; and every other evaluation file of
+    the folder with why it is left out. ("", [...]) when none stands for it."""
+    others = [(name, parse_eval_file_name(name)) for name in run.eval_files()]
+    limited = sorted(
+        ((p["limit"], name) for name, p in others if p["shard"] is None), key=lambda t: t[0]
+    )
+    skipped = [
+        (name, f"shard {p['shard'][0]} of {p['shard'][1]} of an evaluation: merge the shards "
+         "with `odenets evaluate --merge SHARD.json ... --out RUN/eval.json`")
+        for name, p in others
+        if p["shard"] is not None
+    ]  # fmt: skip
+    if run.has(EVAL):
+        chosen = EVAL
+        skipped += [(name, f"{EVAL} (the whole test set) is used") for _, name in limited]
+    elif limited:
+        chosen = limited[-1][1]
+        skipped += [(name, f"{chosen} evaluates more images") for _, name in limited[:-1]]
+    else:
+        chosen = ""
+    return chosen, sorted(skipped)
 
 
 def _scored_runs(path: Path, job: dict[str, Any], ev: dict[str, Any]) -> list[Path]:
@@ -87,15 +130,21 @@ def _scored_runs(path: Path, job: dict[str, Any], ev: dict[str, Any]) -> list[Pa
 
 
 def eval_metrics(ev: dict[str, Any], *, eps_255: float, threat_model: str) -> dict[str, float]:
-    """The table's columns from one eval.json: clean, noise mean, attacks at one radius."""
+    """The table's columns from one eval.json: clean, noise mean, attacks at one radius and
+    their per-sample worst case ("worst_case": robust only if correct clean and under every
+    attack at that radius)."""
     out = {"clean": float(ev["clean"])}
     if ev.get("noise"):
         out["noise"] = float(ev["noise"]["mean"])
-    for attack in ev.get("attacks", []):
-        if attack.get("threat_model", "pixel") != threat_model:
-            continue
-        if math.isclose(float(attack["eps_255"]), eps_255, abs_tol=1e-6):
-            out[attack["name"]] = float(attack["accuracy"])
+    at_radius = [
+        entry
+        for key in ("attacks", "worst_case")
+        for entry in ev.get(key) or []
+        if entry.get("threat_model", "pixel") == threat_model
+        and math.isclose(float(entry["eps_255"]), eps_255, abs_tol=1e-6)
+    ]
+    for entry in at_radius:
+        out[entry.get("name", WORST_CASE)] = float(entry["accuracy"])
     return out
 
 
@@ -122,11 +171,12 @@ def collect(folder: str | Path) -> tuple[dict[str, Any] | None, list[RunRecord]]
 
 
 def failed_checks(runs: Sequence[RunRecord]) -> list[tuple[str, str, str]]:
-    """(run name, check name, detail) of every sanity check of eval.json that failed."""
+    """(run name, check name, detail) of every sanity check of eval.json that failed (a
+    check that was not run, "ok": null, did not fail)."""
     return [
         (r.name, c["name"], c.get("detail", ""))
         for r in runs
         if r.evaluation
         for c in r.evaluation.get("checks", [])
-        if not c.get("ok", True)
+        if c.get("ok") is False
     ]

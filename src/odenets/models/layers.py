@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from odenets.models.fused import scaled_sum
+from odenets.models.fused import gated_sum, scaled_sum
 
 LambdaRange = tuple[float, float]
 
@@ -277,6 +277,7 @@ class _GatingJunction(Junction):
     interpolating = True
     options = ("lambda_init", "gate")
     open_unit = False
+    sigmoid_gate = False  # the activation `gated_sum` applies: sigmoid (True) or ReLU
     GATES = ("elementwise", "pooled")
 
     def __init__(self, channels: int, *, lambda_init: LambdaRange, gate: str = "elementwise"):
@@ -289,7 +290,7 @@ class _GatingJunction(Junction):
         with torch.no_grad():
             self.proj.weight.zero_()
             self.proj.bias.copy_(self.raw_of(lam))
-        self._last_mean: torch.Tensor | None = None
+        self._last_gate: torch.Tensor | None = None
 
     def act(self, d: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -299,13 +300,15 @@ class _GatingJunction(Junction):
 
     def forward(self, x: torch.Tensor, fx: torch.Tensor) -> torch.Tensor:
         source = x.mean(dim=(2, 3), keepdim=True) if self.gate == "pooled" else x
-        lam = self.act(self.proj(source))  # (N, C, H, W), or (N, C, 1, 1) when pooled
-        self._last_mean = lam.detach().mean()
-        return (1 - lam) * x + fx
+        d = self.proj(source)  # (N, C, H, W), or (N, C, 1, 1) when pooled
+        # Kept for `coefficient()`, which averages it on demand: a mean at every forward
+        # would cost a pass over the gate in every training step.
+        self._last_gate = d.detach()
+        return gated_sum(x, fx, d, sigmoid=self.sigmoid_gate)
 
     def coefficient(self) -> torch.Tensor:
-        if self._last_mean is not None:
-            return self._last_mean
+        if self._last_gate is not None:
+            return self.act(self._last_gate.float()).mean()
         return self.act(self.proj.bias.detach()).mean()
 
     def coefficient_parameters(self) -> list[nn.Parameter]:
@@ -330,9 +333,35 @@ class SigmoidGatingJunction(_GatingJunction):
     model_doc = "In-ResNet-gating-sig-{depth}: (1 - sigmoid(W x + b)) ⊙ x + f."
 
     open_unit = True
+    sigmoid_gate = True
 
     def act(self, d):
         return torch.sigmoid(d)
 
     def raw_of(self, lam):
         return _logit(lam)
+
+
+# --- junctions inside any module ------------------------------------------------------
+
+
+def coefficients(module: nn.Module) -> torch.Tensor:
+    """Effective λ_n of every interpolating junction inside `module` (itself included), in
+    module order: 1-D, detached; empty when there is none.
+
+    Works on any `nn.Module` (an odenets network, a custom network built from
+    `odenets.InResNetBlock`, a single block). Scalar junctions report their λ_n, gating
+    junctions the mean gate over the last batch they saw.
+    """
+    lams = [
+        m.coefficient() for m in module.modules() if isinstance(m, Junction) and m.interpolating
+    ]
+    return torch.stack(lams) if lams else torch.zeros(0)
+
+
+def coefficient_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """The raw parameters behind `coefficients(module)`, in the same order (e.g. to exempt
+    them from weight decay)."""
+    return [
+        p for m in module.modules() if isinstance(m, Junction) for p in m.coefficient_parameters()
+    ]

@@ -48,6 +48,10 @@ class NaisBlock(UnrolledBlock):
 
     With `stable=True`, A = -RᵀR - εI with R of shape (rank, features) (rank ≤ features,
     0 < ε < 1/2), and `project_()` applies the Frobenius reprojection of R.
+
+    Usable in any network (`odenets.NaisBlock`); the defaults are the paper's block: K = 10
+    steps with tied weights, h = 1, tanh, x(0) = 0, stable, full rank, ε = 0.01.
+    Shapes: (N, in_features) -> (N, features).
     """
 
     def __init__(
@@ -123,6 +127,11 @@ class NaisConvBlock(UnrolledBlock):
     [-1 + η, 1 - η] in the forward pass and by `project_()`), and `project_()` applies the
     Gershgorin reprojection (`odenets.stability.project_conv_`, which also says why it
     gives ρ(J) < 1 for h ≤ 1).
+
+    Usable in any network (`odenets.NaisConvBlock`; `odenets.stability.project_(net)` after
+    each optimiser step); the defaults are the block of NAIS-Net10: K = 10 steps with tied
+    weights, h = 1, ReLU, 3x3 kernels, x(0) = 0, stable, ε = 0.01, η = 0.05.
+    Shapes: (N, in_channels, H, W) -> (N, channels, H, W).
     """
 
     def __init__(
@@ -189,6 +198,12 @@ class NaisConvBlock(UnrolledBlock):
     def project_(self) -> None:
         if self.stable:
             project_conv_(self.a_weight, self.delta, eps=self.eps, eta=self.eta)
+
+
+def nais_blocks(module: nn.Module) -> list[UnrolledBlock]:
+    """The NAIS blocks (`NaisBlock`, `NaisConvBlock`) inside `module`, itself included, in
+    module order; works on any `nn.Module`."""
+    return [m for m in module.modules() if isinstance(m, (NaisBlock, NaisConvBlock))]
 
 
 class SharedResidualBlock(UnrolledBlock):

@@ -63,25 +63,13 @@ def _conv_bn(cin: int, cout: int, stride: int) -> nn.Sequential:
 
 
 class _UnrolledNetMixin:
-    """Surface shared by the NAIS-Net family: depth statistics and step sizes."""
+    """Surface shared by the NAIS-Net family beyond `OdeNet`'s: step sizes."""
 
     blocks: nn.ModuleList
-
-    def nais_blocks(self) -> list[nn.Module]:
-        return [b for b in self.blocks if isinstance(b, (NaisBlock, NaisConvBlock))]
 
     def step_sizes(self) -> torch.Tensor:
         """h of every block, (n_blocks,)."""
         return torch.tensor([b.h for b in self.blocks])
-
-    def depth_stats(self) -> dict[str, float]:
-        """Per-sample network depth of the last forward: unrolled steps summed over the
-        blocks; mean and max over the batch. Empty before the first forward."""
-        steps = [b.last_steps for b in self.blocks]
-        if not steps or any(s is None for s in steps):
-            return {}
-        total = torch.stack(steps, dim=1).sum(dim=1).double()  # (N,)
-        return {"mean": float(total.mean()), "max": float(total.max())}
 
 
 class UnrolledCifarNet(_UnrolledNetMixin, OdeNet):
@@ -170,8 +158,13 @@ class NaisMLP(_UnrolledNetMixin, OdeNet):
     def example_input(self, batch: int = 2, *, generator: torch.Generator | None = None):
         return torch.rand(batch, self.in_features, generator=generator)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (N, num_classes) for float vectors (N, in_features)."""
+    def forward(self, x: torch.Tensor, *, check_input: bool | None = None) -> torch.Tensor:
+        """Logits (N, num_classes) for float vectors (N, in_features).
+
+        Vectors are taken as given (no normalisation, no range), so `check_input` only keeps
+        the signature of the image networks; type and shape are always checked.
+        """
+        del check_input
         if not isinstance(x, torch.Tensor) or not torch.is_floating_point(x):
             raise TypeError(f"expected a float tensor (N, {self.in_features}); got {x!r:.80}")
         if x.dim() != 2 or x.shape[1] != self.in_features:

@@ -54,13 +54,18 @@ def is_model(name: str) -> bool:
     return name in _MODELS
 
 
-def create_model(name: str, *, num_classes: int = 10, in_chans: int = 3, **overrides) -> nn.Module:
+def create_model(
+    name: str, *, num_classes: int = 10, in_chans: int = 3, check_input: bool = True, **overrides
+) -> nn.Module:
     """Build a registered model.
 
     Args:
         name: a name from `list_models()`, e.g. ``"in_resnet110"``.
         num_classes: size of the classifier output.
         in_chans: channels of the input images (3 for CIFAR, 1 for grey-scale data).
+        check_input: the model's `check_input`: refuse images outside [0, 1] (e.g. images
+            already normalised: the model normalises inside). False skips that check on
+            every call; `model(x, check_input=False)` skips it for one call.
         **overrides: model-specific keyword arguments (e.g. ``lambda_init=(0.2, 0.25)``).
 
     Returns:
@@ -93,6 +98,7 @@ def create_model(name: str, *, num_classes: int = 10, in_chans: int = 3, **overr
             raise _unknown_keywords(name, unknown, _optional_keywords(receiver), via=via)
     model = factory(num_classes=num_classes, in_chans=in_chans, **overrides)
     model.model_name = name
+    model.check_input = bool(check_input)
     return model
 
 
@@ -100,7 +106,7 @@ def _unknown_keywords(name, unknown, options, via=None) -> ValueError:
     accepts = f"its keywords go to {via}(), which accepts" if via else "it accepts"
     return ValueError(
         f"model {name!r} has no keyword {', '.join(map(repr, unknown))}; {accepts} "
-        f"{', '.join(options) or 'no others'} besides num_classes and in_chans"
+        f"{', '.join(options) or 'no others'} besides num_classes, in_chans and check_input"
     )
 
 

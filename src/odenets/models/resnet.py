@@ -42,6 +42,7 @@ for every variant; default U(0.20, 0.25) up to depth 110, U(0.10, 0.20) at 164.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 
 import torch
@@ -70,9 +71,13 @@ STAGE_WIDTHS = (16, 32, 64)
 STAGE_STRIDES = (1, 2, 2)
 
 
+LAMBDA_INIT: LambdaRange = (0.2, 0.25)  # the authors' initial λ range up to depth 110
+DEEP_LAMBDA_INIT: LambdaRange = (0.1, 0.2)  # theirs at depth 164
+
+
 def default_lambda_init(depth: int) -> LambdaRange:
     """The authors' initial λ range: U(0.20, 0.25) up to depth 110, U(0.10, 0.20) beyond."""
-    return (0.1, 0.2) if depth > 110 else (0.2, 0.25)
+    return DEEP_LAMBDA_INIT if depth > 110 else LAMBDA_INIT
 
 
 class BasicResidual(nn.Module):
@@ -145,6 +150,82 @@ class ResBlock(nn.Module):
         return self.junction(skip, self.f(x))
 
 
+class InResNetBlock(ResBlock):
+    """A pre-activation residual block with a chosen junction, for any network.
+
+    x_{n+1} = junction(shortcut(x_n), f(x_n)), e.g. (1 - λ) x_n + f(x_n) for the default
+    "in_resnet" variant, with f and its initialisation as in the In-ResNet networks.
+    `odenets.analysis.model_coefficients` reads λ from any module that contains such
+    blocks.
+
+    Args:
+        channels: input channels C.
+        variant: the junction, one of `odenets.models.layers.JUNCTIONS`: "resnet" (x + f),
+            "in_resnet" (default), "lambda_in_resnet", "in_resnet_sig", "in_resnet_gating",
+            "in_resnet_gating_sig", "etd_resnet" (formulas in `odenets.models.layers`).
+        stride: 1 keeps H and W; 2 halves them. With a stride or a change of channels the
+            shortcut is a projection (BN, ReLU, 1x1 conv) and the junction combines it
+            with f (the paper's networks keep such blocks plain: variant="resnet").
+        out_channels: output channels (default `channels`).
+        residual: "basic" (two 3x3 convolutions, default) or "bottleneck" (1x1, 3x3, 1x1 to
+            `out_channels`, which must then be a multiple of 4).
+        lambda_init: (lo, hi): initial λ ~ U(lo, hi), in λ units; default (0.2, 0.25), the
+            authors' range up to depth 110. Interpolating variants only.
+        gate: "elementwise" (default) or "pooled"; gating variants only.
+
+    Shapes: (N, channels, H, W) -> (N, out_channels, H / stride, W / stride).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        variant: str = "in_resnet",
+        stride: int = 1,
+        out_channels: int | None = None,
+        residual: str = "basic",
+        lambda_init: LambdaRange | None = None,
+        gate: str | None = None,
+    ):
+        if variant not in JUNCTIONS:
+            raise ValueError(
+                f"unknown variant {variant!r}{_did_you_mean(variant, JUNCTIONS)}; accepted: "
+                f"{', '.join(sorted(JUNCTIONS))}"
+            )
+        if residual not in RESIDUALS:
+            raise ValueError(f"residual must be one of {sorted(RESIDUALS)}; got {residual!r}")
+        out_channels = channels if out_channels is None else out_channels
+        if channels < 1 or out_channels < 1:
+            raise ValueError(f"channels must be >= 1; got {channels} -> {out_channels}")
+        if stride not in (1, 2):
+            raise ValueError(f"stride must be 1 or 2; got {stride!r}")
+        cls = RESIDUALS[residual]
+        if out_channels % cls.expansion:
+            raise ValueError(
+                f"a {residual} block needs out_channels divisible by {cls.expansion}; "
+                f"got {out_channels}"
+            )
+        kwargs = _junction_kwargs(
+            variant, lambda_init=lambda_init, gate=gate, default_range=LAMBDA_INIT
+        )
+        shortcut = (
+            Projection(channels, out_channels, stride)
+            if stride != 1 or channels != out_channels
+            else None
+        )
+        f = cls(channels, out_channels // cls.expansion, stride)
+        super().__init__(f, shortcut, create_junction(variant, out_channels, **kwargs))
+        for module in (f, shortcut):
+            if module is not None:
+                _init_conv_bn(module)
+        self.variant = variant
+
+
+def _did_you_mean(name: str, names) -> str:
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 class PreActResNet(OdeNet):
     """CIFAR pre-activation ResNet whose identity-shortcut blocks use a chosen junction.
 
@@ -180,7 +261,9 @@ class PreActResNet(OdeNet):
         if blocks_per_stage < 1:
             raise ValueError(f"blocks_per_stage must be >= 1; got {blocks_per_stage}")
         self.family, self.depth, self.block_type = junction, depth, block
-        junction_kwargs = _junction_kwargs(junction, depth, lambda_init=lambda_init, gate=gate)
+        junction_kwargs = _junction_kwargs(
+            junction, lambda_init=lambda_init, gate=gate, default_range=default_lambda_init(depth)
+        )
         residual = RESIDUALS[block]
 
         self.stem = nn.Conv2d(in_chans, STAGE_WIDTHS[0], 3, padding=1, bias=False)
@@ -218,19 +301,8 @@ class PreActResNet(OdeNet):
     def interpolating_blocks(self) -> list[ResBlock]:
         return [b for b in self.blocks if b.interpolating]
 
-    def coefficients(self) -> torch.Tensor:
-        """Effective λ_n of the interpolating blocks, in order (1-D, detached).
 
-        Scalar junctions report their λ_n; gating junctions the mean gate over the last batch.
-        """
-        lams = [b.junction.coefficient() for b in self.interpolating_blocks()]
-        return torch.stack(lams) if lams else torch.zeros(0)
-
-    def coefficient_parameters(self) -> list[nn.Parameter]:
-        return [p for b in self.blocks for p in b.junction.coefficient_parameters()]
-
-
-def _junction_kwargs(name: str, depth: int, *, lambda_init, gate) -> dict:
+def _junction_kwargs(name: str, *, lambda_init, gate, default_range: LambdaRange) -> dict:
     if name not in JUNCTIONS:
         raise ValueError(f"unknown junction {name!r}; known: {', '.join(sorted(JUNCTIONS))}")
     options = JUNCTIONS[name].options
@@ -241,7 +313,7 @@ def _junction_kwargs(name: str, depth: int, *, lambda_init, gate) -> dict:
             raise ValueError(f"{key} does not apply to {name!r} blocks (accepted: {accepted})")
     kwargs = {k: v for k, v in given.items() if v is not None and k in options}
     if "lambda_init" in options and lambda_init is None:
-        kwargs["lambda_init"] = default_lambda_init(depth)
+        kwargs["lambda_init"] = default_range
     return kwargs
 
 

@@ -166,3 +166,14 @@ class UnrolledBlock(nn.Module):
             f"steps={self.steps}, h={self.h}, act={self.act}, x0={self.x0}, "
             f"tied={self.tied}{adaptive}"
         )
+
+
+def depth_stats(module: nn.Module) -> dict[str, float]:
+    """Per-sample depth of the last forward pass of `module` (any `nn.Module`): the steps
+    every unrolled block inside it took, summed over the blocks; {"mean", "max"} over the
+    batch. Empty without unrolled blocks, or before they have all run."""
+    steps = [m.last_steps for m in module.modules() if isinstance(m, UnrolledBlock)]
+    if not steps or any(s is None for s in steps):
+        return {}
+    total = torch.stack(steps, dim=1).sum(dim=1).double()  # (N,)
+    return {"mean": float(total.mean()), "max": float(total.max())}

@@ -98,8 +98,10 @@ class _PackageAttack(Attack):
                 if len(todo) == 0:
                     break
                 adversary.attacks_to_run = [name]
+                # Standard-layout inputs too: autograd gives a leaf's gradient its layout, so
+                # channels_last images would bring channels_last gradients back.
                 x_adv, y_adv = adversary.run_standard_evaluation(
-                    z[todo], labels[todo], batch_size=len(z)
+                    z[todo].contiguous(), labels[todo], batch_size=len(z)
                 )
                 broke = y_adv != labels[todo]
                 hit = todo[broke]
@@ -201,6 +203,14 @@ class AutoAttack(_PackageAttack):
             "attacks": list(self.sub_attacks),
             "queries": self._queries if "square" in self.sub_attacks else None,
         }
+
+    def cost(self) -> float:
+        """Forward-pass equivalents per image if every sub-attack ran on it (the package
+        runs each only on the images still robust): 100 steps of APGD, 9 targets of the
+        targeted attacks, Square's queries."""
+        steps = {"apgd-ce": 100, "apgd-dlr": 100, "apgd-t": 900, "fab": 100, "fab-t": 900}
+        grads = sum(steps.get(a, 0) for a in self.sub_attacks)
+        return 3.0 * grads + float(self._queries if "square" in self.sub_attacks else 0) + 1.0
 
     def adversary(self, space: Space, device: torch.device):
         attacks = list(self.sub_attacks) if self.version == "custom" else None

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from odenets.errors import UnknownNameError
+from odenets.models.base import takes_check_input
 
 THREAT_MODELS = ("pixel", "normalized")
 # What a perturbation does, as `Perturbation.category` says it; the sanity checks hold the
@@ -199,6 +200,9 @@ class Space:
             raise ValueError(f"threat_model must be one of {THREAT_MODELS}; got {threat_model!r}")
         self.model = model
         self.threat_model = threat_model
+        # The attack checked its images once (`_check_batch`) and keeps every iterate in
+        # [0, 1]: the model's own range check, per iterate, would only cost time.
+        self._unchecked = {"check_input": False} if takes_check_input(model) else {}
         if threat_model == "normalized":
             norm = getattr(model, "normalize", None)
             if norm is None or not hasattr(model, "forward_normalized"):
@@ -222,7 +226,7 @@ class Space:
 
     def logits(self, z: torch.Tensor) -> torch.Tensor:
         if self.threat_model == "pixel":
-            return self.model(z)
+            return self.model(z, **self._unchecked)
         return self.model.forward_normalized(z)
 
     @staticmethod
@@ -288,6 +292,15 @@ class Perturbation:
     def settings(self) -> dict:
         """Settings recorded in eval.json; subclasses give theirs."""
         return {}
+
+    def cost(self) -> float:
+        """Rough work per image in forward-pass equivalents, for progress estimates (an
+        ETA): a forward and a backward (about two forwards) per step and restart of
+        `settings()`, a forward per query, and the forward that scores the result. A kind
+        whose work is not counted so (a noise, AutoAttack's sub-attacks) gives its own."""
+        s = self.settings()
+        steps = (s.get("steps") or 1) * (s.get("restarts") or 1)
+        return 3.0 * steps + float(s.get("queries") or 0) + 1.0
 
     def record(self) -> dict:
         """What eval.json keeps about this attack beyond its settings and accuracy, over

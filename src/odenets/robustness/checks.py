@@ -1,6 +1,10 @@
 """Sanity checks of one evaluation (attacks not above clean, multi-step not weaker than FGSM,
 accuracy non-increasing in ε, ε = 1 near zero, finite gradients, no sign of gradient
-masking), computed from the eval.json numbers alone so that merged shards redo them."""
+masking), computed from the eval.json numbers alone so that merged shards redo them.
+
+Each check is {"name", "ok", "detail"}: "ok" is True (passed), False (flagged) or None (not
+run: the evaluation holds nothing it could compare, e.g. one radius only), so a check that
+had nothing to look at never reads as passed."""
 
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ def sanity_checks(result: Mapping) -> list[dict]:
         _not_weaker_than_fgsm(by_key, result.get("n")),
         _non_increasing_in_eps(by_key, result["attacks"]),
         _eps1_near_zero(result["counts"].get("eps1")),
-        _gradients_finite(result["counts"].get("nonfinite_grads", 0)),
+        _gradients_finite(result["counts"].get("nonfinite_grads", 0), result),
         _apgd_close_to_pgd(by_key),
     ]
     if any("flags" in a for a in result["attacks"]):
@@ -38,7 +42,14 @@ def _check(name: str, ok: bool, detail: str) -> dict:
     return {"name": name, "ok": bool(ok), "detail": detail}
 
 
+def _not_run(name: str, why: str) -> dict:
+    """A check with nothing to compare: neither passed nor flagged."""
+    return {"name": name, "ok": None, "detail": f"not run: {why}"}
+
+
 def _not_above_clean(result: Mapping) -> dict:
+    if not result["attacks"]:
+        return _not_run("attack_not_above_clean", "no attack in this evaluation")
     clean = result["clean"]
     above = [a for a in result["attacks"] if a["accuracy"] > clean]
     return _check("attack_not_above_clean", not above, _list(above, clean, "clean"))
@@ -54,13 +65,21 @@ def _list(entries: list[dict], ref: float, what: str) -> str:
 
 
 def _not_weaker_than_fgsm(by_key: Mapping[tuple, float], n: int | None) -> dict:
-    weaker = []
+    weaker, pairs = [], 0
     margin = max(MARKEDLY_WEAKER, 3 / n) if n else MARKEDLY_WEAKER
     multi_step = list_attacks(category="multi-step")
     for (name, tm, eps), acc in by_key.items():
         fgsm = by_key.get(("fgsm", tm, eps))
-        if name in multi_step and fgsm is not None and acc > fgsm + margin:
+        if name not in multi_step or fgsm is None:
+            continue
+        pairs += 1
+        if acc > fgsm + margin:
             weaker.append(f"{name} {tm} {eps * 255:g}/255: {acc:.4f} > fgsm {fgsm:.4f}")
+    if not pairs:
+        return _not_run(
+            "multi_step_not_weaker_than_fgsm",
+            "needs FGSM and a multi-step attack at the same radius",
+        )
     return _check(
         "multi_step_not_weaker_than_fgsm",
         not weaker,
@@ -69,14 +88,17 @@ def _not_weaker_than_fgsm(by_key: Mapping[tuple, float], n: int | None) -> dict:
 
 
 def _non_increasing_in_eps(by_key: Mapping[tuple, float], attacks: list[Mapping]) -> dict:
-    rises = []
+    rises, curves = [], 0
     for name, tm in {(a["name"], a["threat_model"]) for a in attacks}:
         curve = sorted((eps, acc) for (n, t, eps), acc in by_key.items() if (n, t) == (name, tm))
+        curves += len(curve) > 1
         for (e0, a0), (e1, a1) in zip(curve, curve[1:], strict=False):
             if a1 > a0 + MONOTONE_TOL:
                 rises.append(
                     f"{name} {tm}: {a0:.4f} at {e0 * 255:g}/255 < {a1:.4f} at {e1 * 255:g}/255"
                 )
+    if not curves:
+        return _not_run("accuracy_non_increasing_in_eps", "needs an attack at two radii or more")
     return _check(
         "accuracy_non_increasing_in_eps",
         not rises,
@@ -86,30 +108,37 @@ def _non_increasing_in_eps(by_key: Mapping[tuple, float], attacks: list[Mapping]
 
 def _eps1_near_zero(eps1: Mapping | None) -> dict:
     if eps1 is None:
-        return _check("eps1_accuracy_near_zero", True, "not run")
+        return _not_run("eps1_accuracy_near_zero", "no attack in this evaluation")
     if eps1["n"] == 0:
-        return _check("eps1_accuracy_near_zero", True, "no sample of this shard is checked")
+        return _not_run("eps1_accuracy_near_zero", "no sample of this shard is checked")
     acc = frac(eps1["correct"], eps1["n"])
     detail = f"IFGSM 5 steps of 0.25 at eps = 1 on {eps1['n']} samples: accuracy {acc:.4f}"
     return _check("eps1_accuracy_near_zero", acc <= EPS1_MAX_ACC, detail)
 
 
-def _gradients_finite(bad: int) -> dict:
+def _gradients_finite(bad: int, result: Mapping) -> dict:
+    if not result["attacks"] and not result["counts"].get("eps1"):
+        return _not_run("gradients_finite", "no gradient was taken (no attack)")
     return _check("gradients_finite", bad == 0, f"{bad} samples with non-finite input gradients")
 
 
 def _apgd_close_to_pgd(by_key: Mapping[tuple, float]) -> dict:
-    masking = []
+    masking, pairs = [], 0
     for (name, tm, eps), acc in by_key.items():
         pgd = by_key.get(("pgd", tm, eps))
-        if name.startswith("apgd") and pgd is not None and pgd - acc > MASKING_GAP:
+        if not name.startswith("apgd") or pgd is None:
+            continue
+        pairs += 1
+        if pgd - acc > MASKING_GAP:
             masking.append(f"{name} {tm} {eps * 255:g}/255: {acc:.4f} vs pgd {pgd:.4f}")
+    if not pairs:
+        return _not_run("apgd_close_to_pgd", "needs PGD and APGD at the same radius")
     return _check(
         "apgd_close_to_pgd",
         not masking,
         ("APGD much stronger than PGD, possible gradient masking: " + "; ".join(masking))
         if masking
-        else f"APGD within {MASKING_GAP} of PGD or no pair to compare",
+        else f"APGD within {MASKING_GAP} of PGD",
     )
 
 

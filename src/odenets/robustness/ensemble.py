@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from odenets.models.base import takes_check_input
+
 
 class Ensemble(nn.Module):
     """Averaged-softmax ensemble with the surface attacks use (`normalize`,
@@ -30,14 +32,26 @@ class Ensemble(nn.Module):
         if len(models) == 0:
             raise ValueError("an ensemble needs at least one model")
         self.members = nn.ModuleList(models)
+        self._takes_check_input = [takes_check_input(m) for m in models]
         names = sorted({getattr(m, "model_name", type(m).__name__) for m in models})
         self.model_name = "ensemble(" + "+".join(names) + ")"
         self.in_chans = getattr(models[0], "in_chans", None)
         self.normalize = _shared_normalize(models)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Log of the mean softmax (N, num_classes) for images (N, C, H, W) in [0, 1]."""
-        return self._average([m(images) for m in self.members])
+    def forward(self, images: torch.Tensor, *, check_input: bool | None = None) -> torch.Tensor:
+        """Log of the mean softmax (N, num_classes) for images (N, C, H, W) in [0, 1].
+
+        `check_input` is passed to every member that takes it (odenets networks refuse
+        images outside [0, 1]; None: each member's own setting).
+        """
+        if check_input is None:
+            return self._average([m(images) for m in self.members])
+        return self._average(
+            [
+                m(images, check_input=check_input) if takes else m(images)
+                for m, takes in zip(self.members, self._takes_check_input, strict=True)
+            ]
+        )
 
     def forward_normalized(self, x: torch.Tensor) -> torch.Tensor:
         """Log of the mean softmax for standardised input (needs a shared normalisation)."""

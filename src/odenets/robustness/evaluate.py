@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -31,18 +32,21 @@ from torch import nn
 
 from odenets._version import __version__
 from odenets.models.base import channels_last_weights, model_device
+from odenets.progress import WorkLog
 from odenets.robustness import masking as masking_evidence
 from odenets.robustness.base import Attack, create_attack
 from odenets.robustness.checks import EPS1_SAMPLES, sanity_checks
 from odenets.robustness.counts import entry_counts, frac
 from odenets.robustness.ensemble import Ensemble
 from odenets.robustness.metrics import DEFAULT_BATCH_SIZE, correct_mask
-from odenets.robustness.noise_accuracy import noise_accuracy
+from odenets.robustness.noise_accuracy import NOISE_ATTACK, SEVERITIES, noise_accuracy
 from odenets.robustness.transfer import Transfer
 
 DEFAULT_ATTACKS = ("fgsm", "ifgsm", "pgd", "apgd_ce")
 DEFAULT_EPS = (2 / 255, 4 / 255, 8 / 255)
 DEFAULT_TRANSFER = ("pgd", "apgd_ce")  # attacks crafted on the surrogate
+
+logger = logging.getLogger(__name__)
 
 
 def check_labels(labels: torch.Tensor, images: torch.Tensor) -> None:
@@ -196,7 +200,16 @@ def _evaluate(
     surrogate = Ensemble(surrogates) if surrogates else None
     transfer = list(transfer_attacks) if surrogate is not None else []
     _check_attacks([*attacks, *transfer], eps_list, threat_models, options, seed)
-    run = dict(batch_size=batch_size, indices=indices, progress=progress)
+    # Off a terminal, one line per pass with the ETA of the whole evaluation.
+    log = None
+    if not progress:
+        plan = dict(noise=noise, sigmas=gaussian_sigmas, masking=masking, checks=checks)
+        total = _planned_cost(
+            len(images), [*attacks, *transfer], eps_list, threat_models, options, seed,
+            offset=(info.get("shard") or {}).get("start", 0), pgd="pgd" in attacks, **plan,
+        )  # fmt: skip
+        log = WorkLog(logger, total_cost=total, what="evaluation")
+    run = dict(batch_size=batch_size, indices=indices, progress=progress, log=log)
     masks = functools.partial(correct_mask, model, images, labels, **run)  # bool (N,) correct
 
     clean_mask = masks(desc="clean")
@@ -231,9 +244,13 @@ def _evaluate(
             _pgd_steps(masks, clean_mask, result["attacks"], tm, eps, options, seed)
         ]
     if masking:
+        if log is not None:
+            log.start_pass("input-gradient norms", GRAD_NORM_COST * len(images))
         norms = masking_evidence.input_gradient_norms(
             model, images, labels, batch_size=batch_size, progress=progress
         )
+        if log is not None:
+            log.end_pass()
         keep = info.get("shard") is not None  # shards keep the values: the merge's median
         result["masking"]["grad_norm"] = masking_evidence.grad_norm_section(
             norms, members, keep=keep
@@ -247,6 +264,48 @@ def _evaluate(
     if checks and masking:
         masking_verdict(result)
     return result
+
+
+GRAD_NORM_COST = 3.0  # a forward and a backward per image, in forward-pass equivalents
+
+
+def _planned_cost(
+    n: int,
+    attacks: Sequence[str],
+    eps_list: Sequence[float],
+    threat_models: Sequence[str],
+    options: Mapping[str, Mapping],
+    seed: int,
+    *,
+    noise: str | None,
+    sigmas: Sequence[float],
+    masking: bool,
+    checks: bool,
+    pgd: bool,
+    offset: int,
+) -> float:
+    """The cost of every pass `_evaluate` makes, in forward-pass equivalents times images
+    (`Attack.cost`): the whole that an ETA is measured against."""
+    total = float(n) * (1 + len(sigmas))  # clean, plain Gaussian noise
+    if noise is not None:
+        total += float(n) * len(NOISE_ATTACK) * len(SEVERITIES)
+    for tm in threat_models:
+        for eps in eps_list:
+            for name in attacks:
+                attack = create_attack(
+                    name, eps=eps, threat_model=tm, seed=seed, **options.get(name, {})
+                )
+                total += attack.cost() * n
+    if masking and pgd and eps_list:
+        base = create_attack("pgd", eps=min(eps_list), threat_model=threat_models[0], seed=seed,
+                             **options.get("pgd", {}))  # fmt: skip
+        for v in _pgd_variants(base):
+            total += create_attack("pgd", eps=base.eps, seed=seed, **v).cost() * n
+    if masking:
+        total += GRAD_NORM_COST * n
+    if checks and attacks:
+        total += _eps1_attack(seed).cost() * max(0, min(n, EPS1_SAMPLES - offset))
+    return total
 
 
 def masking_verdict(result: dict, *, reference: Mapping | None = None) -> dict:
@@ -383,19 +442,29 @@ def _pgd_steps(
     ours = next(
         e for e in entries if e["name"] == "pgd" and e["threat_model"] == tm and e["eps"] == eps
     )
-    factor, restarts = masking_evidence.STEPS_FACTOR, masking_evidence.RESTARTS
-    variants = [
-        {"steps": base.steps * factor, "alpha": base.alpha / factor, "restarts": base.restarts},
-        {"steps": base.steps, "alpha": base.alpha, "restarts": base.restarts * restarts},
-    ]
     runs = [{k: ours[k] for k in ("steps", "alpha", "restarts", "correct", "n", "accuracy")}]
-    for v in variants:
+    for v in _pgd_variants(base):
         attack = create_attack(
             "pgd", eps=eps, threat_model=tm, seed=seed, random_start=base.random_start, **v
         )
         mask = masks(attack=attack, desc=f"pgd {v['steps']} steps x {v['restarts']}") & clean_mask
         runs.append(entry_counts(dict(v), mask))
     return {"threat_model": tm, "eps": eps, "eps_255": eps * 255, "runs": runs}
+
+
+def _pgd_variants(base) -> list[dict]:
+    """PGD with `STEPS_FACTOR` times the steps (α divided as much), and with `RESTARTS`
+    times the restarts, of the evaluation's PGD `base`."""
+    factor, restarts = masking_evidence.STEPS_FACTOR, masking_evidence.RESTARTS
+    return [
+        {"steps": base.steps * factor, "alpha": base.alpha / factor, "restarts": base.restarts},
+        {"steps": base.steps, "alpha": base.alpha, "restarts": base.restarts * restarts},
+    ]
+
+
+def _eps1_attack(seed: int) -> Attack:
+    """The unbounded attack of the ε = 1 check."""
+    return create_attack("ifgsm", eps=1.0, alpha=0.25, steps=5, seed=seed)
 
 
 def _eps1(model, images, labels, seed, run, offset: int = 0) -> tuple[dict, int]:
@@ -409,8 +478,13 @@ def _eps1(model, images, labels, seed, run, offset: int = 0) -> tuple[dict, int]
     k = max(0, min(len(images), EPS1_SAMPLES - offset))
     if k == 0:
         return {"correct": 0, "n": 0}, 0
-    unbounded = create_attack("ifgsm", eps=1.0, alpha=0.25, steps=5, seed=seed)
+    unbounded = _eps1_attack(seed)
     mask = correct_mask(
-        model, images[:k], labels[:k], attack=unbounded, **{**run, "indices": run["indices"][:k]}
+        model,
+        images[:k],
+        labels[:k],
+        attack=unbounded,
+        desc="ε = 1 check",
+        **{**run, "indices": run["indices"][:k]},
     )
     return {"correct": int(mask.sum()), "n": k}, unbounded.nonfinite_grads

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 
 import torch
@@ -11,6 +10,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from odenets.models.base import model_device
+from odenets.progress import WorkLog
 from odenets.robustness.base import inference_state
 
 DEFAULT_BATCH_SIZE = 500
@@ -28,6 +28,7 @@ def correct_mask(
     indices: torch.Tensor | None = None,
     progress: bool = False,
     desc: str | None = None,
+    log: WorkLog | None = None,
 ) -> torch.Tensor:
     """Which samples the model classifies correctly, after `attack` if one is given.
 
@@ -39,6 +40,10 @@ def correct_mask(
         batch_size: samples per forward pass (and per attack call).
         indices: int64 (N,) positions in the whole evaluation set (keys of the attacks'
             random draws); defaults to 0..N-1.
+        progress: a tqdm bar (on a terminal). Without it, a pass with a `desc` logs one
+            line at its end (count correct, seconds), and through `log`, the ETA of the
+            whole evaluation and a line now and then during a long pass.
+        log: the evaluation's `WorkLog` (passes and their costs); None: this pass alone.
 
     Returns:
         Bool tensor (N,) on the CPU.
@@ -52,7 +57,10 @@ def correct_mask(
     device = model_device(model)
     out = torch.zeros(len(images), dtype=torch.bool)
     starts = range(0, len(images), batch_size)
-    started = time.perf_counter()
+    # Without a bar (off a terminal: a batch job's log), lines say how far the work has come.
+    lines = None if progress or not desc else (log or WorkLog(logger))
+    if lines is not None:
+        lines.start_pass(desc, pass_cost(attack, len(images)))
     with inference_state(model, device.type):
         for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
             stop = start + batch_size
@@ -67,18 +75,19 @@ def correct_mask(
                 # a check per batch would cost two host syncs each on CUDA.
                 _check_label_range(labels, logits.shape[-1])
             out[start:stop] = (logits.argmax(dim=1) == y).cpu()
-    if desc and not progress:
-        # Without a bar (off a terminal: a batch job's log), one line per pass says how far
-        # the evaluation has come.
-        logger.info(
-            "%s: %d/%d correct (%.2f%%) in %.1f s",
-            desc,
-            int(out.sum()),
-            len(out),
-            100.0 * float(out.float().mean()) if len(out) else 0.0,
-            time.perf_counter() - started,
-        )
+            if lines is not None:
+                done = min(stop, len(images))
+                lines.progress(done, int(out[:done].sum()), len(images))
+    if lines is not None:
+        lines.end_pass(int(out.sum()), len(out))
     return out
+
+
+def pass_cost(attack: Callable | None, n: int) -> float:
+    """The cost of scoring `n` images after `attack` (None: clean), in forward-pass
+    equivalents (`Attack.cost`; 1 for a callable that does not say)."""
+    per_image = attack.cost() if attack is not None and hasattr(attack, "cost") else 1.0
+    return per_image * n
 
 
 def _check_label_range(labels: torch.Tensor, num_classes: int) -> None:

@@ -45,6 +45,10 @@ class Noise(Perturbation):
     def stream(self) -> str:
         raise NotImplementedError
 
+    def cost(self) -> float:
+        """One forward pass per image (drawing the noise is not counted)."""
+        return 1.0
+
     def noisy(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """One noisy batch (1, C, H, W) drawn with `generator`."""
         raise NotImplementedError

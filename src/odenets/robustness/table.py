@@ -30,8 +30,9 @@ def format_table(result: Mapping) -> str:
         lines += ["", "Attacks: " + attack_settings(result["attacks"])]
     if result.get("checks"):
         lines.append("")
+        marks = {True: "ok", False: "FLAG", None: "not run"}  # None: nothing to compare
         for c in result["checks"]:
-            lines.append(f"- [{'ok' if c['ok'] else 'FLAG'}] {c['name']}: {c['detail']}")
+            lines.append(f"- [{marks[c['ok']]}] {c['name']}: {c['detail']}")
     lines += masking_lines(result.get("masking") or {})
     return "\n".join(lines)
 
@@ -48,7 +49,7 @@ def masking_lines(section: Mapping) -> list[str]:
 
 
 def attack_settings(attacks: list[Mapping]) -> str:
-    """One sentence per attack: its steps and step size at each radius, its version, its
+    """One sentence per attack: its steps and step size α at each radius ε, its version, its
     queries or its surrogate, as the entries record them."""
     by_name: dict[str, list[Mapping]] = {}
     for a in attacks:
@@ -69,10 +70,15 @@ def _settings(name: str, entries: list[Mapping]) -> str:
         source = first.get("source") or ["a surrogate"]
         source = ", ".join(source) if isinstance(source, list) else source
         words += f"{first['base']} crafted on {source}, "
+    radii = ", ".join(f"ε = {e:g}/255" for e in sorted({a["eps_255"] for a in entries}))
     if first.get("loss"):
-        return words + f"{first['steps']} steps, initial step 2ε halved by its schedule"
+        restarts = f", {first['restarts']} restarts" if (first.get("restarts") or 1) > 1 else ""
+        return (
+            words + f"{first['steps']} steps from α = 2ε, halved by its schedule, at {radii}"
+            f"{restarts}"
+        )
     if first.get("steps") == 1 and first.get("alpha") == first.get("eps"):
-        return words + "one step of ε"
+        return words + f"1 step of α = ε, at {radii}"
     alphas = sorted({(a["eps_255"], a["alpha"] * 255) for a in entries if a.get("alpha")})
     steps = f"{first['steps']} steps, α = " + ", ".join(
         f"{al:.3g}/255 at ε = {e:g}/255" for e, al in alphas

@@ -38,10 +38,12 @@ RECIPE_FIELDS = (
 )
 
 
-def _field(default: Any = dataclasses.MISSING, help: str = "", **kwargs) -> Any:
+def _field(default: Any = dataclasses.MISSING, help: str = "", *, shown: str = "", **kwargs) -> Any:
     """A TrainConfig field; `help` (units, why) is its flag's text in `odenets train --help`,
-    kept in the field's metadata."""
-    return field(default=default, metadata={"help": help}, **kwargs)
+    and `shown` its default in words where the value itself says little (None: decided
+    later); both kept in the field's metadata."""
+    metadata = {"help": help, **({"default": shown} if shown else {})}
+    return field(default=default, metadata=metadata, **kwargs)
 
 
 @dataclass
@@ -49,20 +51,32 @@ class TrainConfig:
     """Everything `fit` needs. CLI flags of `odenets train` map 1:1 to these fields."""
 
     # --- what to train -------------------------------------------------------------------
-    model: str = _field("resnet20", "registry name, see odenets.list_models()")
-    model_kwargs: dict[str, Any] = _field(help="create_model overrides", default_factory=dict)
+    model: str = _field("resnet20", "registry name, see `odenets models`")
+    model_kwargs: dict[str, Any] = _field(
+        help="create_model overrides", shown="none", default_factory=dict
+    )
     dataset: str = _field("cifar10", "cifar10 | cifar100 | folder | digits")
-    data_root: str | None = _field(None, "archive folder or image-folder root (digits: unused)")
+    data_root: str | None = _field(
+        None,
+        "archive folder or image-folder root",
+        shown="none; every data set but digits needs one",
+    )
     download: bool = _field(False, "fetch the official CIFAR archive if it is missing")
-    train_limit: int | None = _field(None, "train on a fixed seeded subset of this many images")
-    test_limit: int | None = _field(None, "evaluate on a fixed seeded subset of this many images")
+    train_limit: int | None = _field(
+        None, "train on a fixed seeded subset of this many images", shown="all"
+    )
+    test_limit: int | None = _field(
+        None, "evaluate on a fixed seeded subset of this many images", shown="all"
+    )
     out: str = _field("runs/run", "run folder (config.json, metrics.jsonl, checkpoints, summary)")
     resume: bool = _field(False, "continue from out/last.* instead of refusing a non-empty folder")
     restart: bool = _field(False, "start over in a folder holding a run (its weights are deleted)")
     verify: bool = _field(True, "check a CIFAR archive's official md5 (off: a known private copy)")
 
     # --- recipe: None below means "the recipe's value" ------------------------------------
-    recipe: str | None = _field(None, "see list_recipes(); None: the data set's paper recipe")
+    recipe: str | None = _field(
+        None, "a named recipe: {recipes}", shown="the data set's paper recipe"
+    )
     epochs: int | None = _field(None, "total epochs; fractional milestones scale with it")
     batch_size: int | None = _field(None, "global batch (split across DDP ranks), paper: 128")
     lr: float | None = _field(None, "initial learning rate, paper: 0.1")
@@ -76,7 +90,9 @@ class TrainConfig:
     augment: bool | None = _field(None, "reflect-pad, random crop, random flip (paper: on)")
     pad: int | None = _field(None, "padding of the random crop in pixels, paper: 2")
     coefficient_weight_decay: float | None = _field(
-        None, "None: decayed like all weights (authors)"
+        None,
+        "weight decay of the interpolation coefficients",
+        shown="--weight-decay, as every weight (the authors' choice)",
     )
 
     # --- model selection ---------------------------------------------------------------
@@ -89,22 +105,30 @@ class TrainConfig:
     # --- reproducibility -----------------------------------------------------------------
     seed: int = _field(0, "model init, data order and augmentation")
     deterministic: bool | None = _field(
-        None, "deterministic kernels; None: on for CPU, off for CUDA"
+        None, "deterministic kernels", shown="on for CPU, off for CUDA"
     )
 
     # --- speed (None: on for CUDA where safe, off for CPU) --------------------------------
     device: str = _field("auto", "auto | cpu | cuda | cuda:N")
-    amp: bool | None = _field(None, "bf16 autocast for forward passes")
-    channels_last: bool | None = _field(None, "NHWC memory format for convolutions")
-    compile: bool | None = _field(None, "torch.compile the training forward")
+    amp: bool | None = _field(
+        None, "bf16 autocast for forward passes", shown="on for CUDA, off for CPU"
+    )
+    channels_last: bool | None = _field(None, "NHWC memory format for convolutions", shown="on")
+    compile: bool | None = _field(
+        None, "torch.compile the training forward", shown="on for CUDA, off for CPU"
+    )
     cuda_graphs: bool = _field(False, "CUDA graphs (compile reduce-overhead); off until measured")
     eval_batch_size: int = _field(1000, "batch of the per-epoch test evaluation (no gradients)")
     checkpoint_steps: int | None = _field(
-        None, "also save last.* every N steps; None: CPU 200, CUDA 0"
+        None,
+        "also save last.* every N steps (0: at epoch ends only)",
+        shown="200 on CPU, 0 on CUDA",
     )
 
     # --- output ----------------------------------------------------------------------------
-    progress: bool | None = _field(None, "a tqdm bar per epoch; None: when stderr is a terminal")
+    progress: bool | None = _field(
+        None, "a tqdm bar per epoch", shown="on when stderr is a terminal"
+    )
 
 
 def _load_toml(text: str, name: str) -> dict:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from odenets.errors import DivergenceError
+from odenets.models.base import takes_check_input
 from odenets.training.distributed import DistContext, all_reduce_sum, cross_entropy_shard
 
 _NO_BAD_STEP = 2**62  # "no non-finite loss yet" in the device-side watch
@@ -36,6 +37,11 @@ class StepContext:
     check_every: int  # steps between non-finite checks (1: every step, no cost on CPU)
     fast_path: Any = None  # a training.fast_path.FastPath: falls back when a feature fails
 
+    def __post_init__(self) -> None:
+        # The loaders yield images in [0, 1] (uint8 / 255, then crops and flips): the model's
+        # per-call range check is skipped on the hot path.
+        self.forward_kwargs = unchecked(self.model)
+
     def guarded(self, fn: Callable[[], Any]) -> Any:
         """`fn()`; after a fast-path failure, again on the safer configuration (nets and
         amp of this context follow it)."""
@@ -51,6 +57,11 @@ class StepContext:
             return fp.run(call)
         finally:
             self.net, self.eval_net, self.amp = fp.net, fp.eval_net, fp.amp
+
+
+def unchecked(model: nn.Module) -> dict[str, bool]:
+    """Forward keywords that skip the model's input range check, where it has one."""
+    return {"check_input": False} if takes_check_input(model) else {}
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -154,7 +165,7 @@ def _train_step(ctx: StepContext, images, labels, project):
     if ctx.fast_path is not None and ctx.fast_path.cuda_graphs:
         torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are dead
     with autocast(ctx.device, ctx.amp):
-        logits = ctx.net(images)
+        logits = ctx.net(images, **ctx.forward_kwargs)
     loss, summed = cross_entropy_shard(
         logits, labels, global_batch=global_batch, world_size=ctx.dist.world_size
     )
@@ -216,12 +227,13 @@ def evaluate(
     """
     model.eval()
     forward = forward if forward is not None else model
+    kwargs = unchecked(model)  # loader images are in [0, 1]
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     depth_sum, depth_max, depth_n = 0.0, 0.0, 0
     for images, labels in batches:
         with autocast(device, amp):
-            logits = forward(images)
+            logits = forward(images, **kwargs)
         loss_sum += torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
         correct += (logits.argmax(1) == labels).sum()
         stats = model.depth_stats() if hasattr(model, "depth_stats") else {}

@@ -17,6 +17,7 @@ import functools
 import hashlib
 import logging
 import os
+import re
 import socket
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -51,6 +52,35 @@ LAST_JSON = "last.json"
 DIGESTS = "digests.json"
 LOCK = ".lock"
 WEIGHTS_FILES = (FINAL_WEIGHTS, BEST_WEIGHTS, LAST_WEIGHTS)
+# What `odenets evaluate` writes: eval.json for the whole test set, eval.limit-N.json with
+# --limit N, eval.shard-i-of-n.json with --shard i/n (i from 1), eval.limit-N.shard-i-of-n.json.
+_EVAL_FILE = re.compile(
+    r"eval(?:\.limit-(?P<limit>\d+))?(?:\.shard-(?P<i>\d+)-of-(?P<n>\d+))?\.json"
+)
+
+
+def eval_file_name(*, limit: int | None = None, shard: tuple[int, int] | None = None) -> str:
+    """The evaluation file of a run: eval.json, or with `limit` N and `shard` (i, n), i from 1,
+    eval.limit-N.json, eval.shard-i-of-n.json, eval.limit-N.shard-i-of-n.json."""
+    name = Path(EVAL).stem
+    if limit is not None:
+        name += f".limit-{limit}"
+    if shard is not None:
+        name += f".shard-{shard[0]}-of-{shard[1]}"
+    return f"{name}.json"
+
+
+def parse_eval_file_name(name: str) -> dict[str, Any] | None:
+    """{"limit": N or None, "shard": (i, n) or None} of an evaluation file name, or None for
+    a name `eval_file_name` does not give."""
+    match = _EVAL_FILE.fullmatch(name)
+    if match is None:
+        return None
+    limit, i, n = match.group("limit", "i", "n")
+    return {
+        "limit": None if limit is None else int(limit),
+        "shard": None if i is None else (int(i), int(n)),
+    }
 
 
 class LockedError(OdenetsError):
@@ -121,9 +151,20 @@ class RunFolder:
     def append_metrics(self, record: Mapping[str, Any]) -> None:
         append_jsonl(self.path / METRICS, record)
 
-    def read_eval(self) -> dict[str, Any] | None:
-        """eval.json, or None when the folder was not evaluated."""
-        return self._read(EVAL, "eval") if self.has(EVAL) else None
+    def read_eval(self, name: str = EVAL) -> dict[str, Any] | None:
+        """eval.json (or another evaluation file of `eval_files`), or None when absent."""
+        return self._read(name, "eval") if self.has(name) else None
+
+    def eval_files(self) -> list[str]:
+        """The evaluation files of a subset or a shard (eval.limit-N.json, ...; not
+        eval.json), sorted by name."""
+        if not self.path.is_dir():
+            return []
+        return sorted(
+            p.name
+            for p in self.path.iterdir()
+            if p.name != EVAL and parse_eval_file_name(p.name) and p.is_file()
+        )
 
     def write_eval(self, result: Mapping[str, Any]) -> None:
         write_json_atomic(self.path / EVAL, result)

@@ -1,0 +1,153 @@
+"""In words, from a table's numbers: is an In-ResNet-family network more robust than the
+plain ResNet of the same depth on this data?
+
+Each robustness column of a row of the In-ResNet family (in_resnet, lambda_in_resnet and
+their sigmoid / gated variants) is compared with the same column of the ResNet row of the
+same depth on the same data set. The rule: the difference d of the two accuracies counts as
+"more robust" (d > 0) or "less robust" (d < 0) when |d| exceeds `MARGIN_SE` standard errors
+of the difference, sqrt(se_a² + se_b²); otherwise there is "no clear difference". The
+standard error of one row's accuracy p (a fraction) is the binomial sqrt(p (1 - p) / N), N
+the test images over its runs (k runs of n images: N = k n), or, over several seeds, the
+seeds' standard error s / sqrt(k) where that is larger. Both runs see the same test images,
+so the independent-samples error is, if anything, too wide: a "more" is not claimed lightly.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from odenets.experiments.aggregate import DONE, TableRow, attack_metrics, metric_title
+from odenets.experiments.results import WORST_CASE
+
+MARGIN_SE = 2.0  # a difference counts when it exceeds this many standard errors
+_ZOO_NAME = re.compile(r"(?P<family>[a-z_]+?)(?P<depth>\d+)")
+
+RULE = (
+    f"Rule: a difference counts (more or less robust) when it exceeds {MARGIN_SE:g} standard "
+    "errors of the difference; the standard error of an accuracy p is the binomial "
+    "√(p(1 − p)/N), N the test images over the row's runs, or over several seeds the "
+    "seeds' s/√k when larger; otherwise: no clear difference."
+)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One column of an In-ResNet-family row against the same-depth ResNet row."""
+
+    metric: str
+    ours: float  # percent, the In-ResNet-family row's mean
+    base: float  # percent, the ResNet row's mean
+    se: float  # percentage points, standard error of the difference
+
+    @property
+    def diff(self) -> float:
+        return self.ours - self.base
+
+    @property
+    def verdict(self) -> str:
+        """ "more robust", "less robust" or "no clear difference" (see `RULE`)."""
+        if abs(self.diff) <= MARGIN_SE * self.se:
+            return "no clear difference"
+        return "more robust" if self.diff > 0 else "less robust"
+
+
+def _family_depth(row: TableRow) -> tuple[str, int] | None:
+    match = _ZOO_NAME.fullmatch(row.model)  # an ensemble row ("resnet20 x 5") has none
+    return None if match is None else (match["family"], int(match["depth"]))
+
+
+def row_standard_error(row: TableRow, metric: str) -> float | None:
+    """Standard error (percentage points) of a row's mean accuracy in `metric` (see the
+    module docstring), or None when the row has no value for it."""
+    cell = row.cells.get(metric)
+    if cell is None or cell.mean is None:
+        return None
+    images = sum(
+        int(r.evaluation["n"])
+        for r in row.runs
+        if r.status in DONE and r.evaluation and metric in r.metrics and r.evaluation.get("n")
+    )
+    p = min(max(cell.mean / 100.0, 0.0), 1.0)
+    binomial = 100.0 * math.sqrt(p * (1 - p) / images) if images else 0.0
+    k = len(cell.values)
+    seeds = cell.std / math.sqrt(k) if k > 1 else 0.0
+    return max(binomial, seeds)
+
+
+def compare_rows(ours: TableRow, base: TableRow, metrics: Sequence[str]) -> list[Comparison]:
+    """The robustness columns (every metric but clean accuracy) that both rows have."""
+    out = []
+    for m in metrics:
+        if m == "clean":
+            continue
+        se_a, se_b = row_standard_error(ours, m), row_standard_error(base, m)
+        if se_a is None or se_b is None:
+            continue
+        se = math.sqrt(se_a**2 + se_b**2)
+        out.append(Comparison(m, ours.cells[m].mean, base.cells[m].mean, se))
+    return out
+
+
+def robustness_pairs(rows: Sequence[TableRow]) -> list[tuple[TableRow, TableRow]]:
+    """(In-ResNet-family row, ResNet row of the same depth and data set) pairs, in table
+    order."""
+    bases = {}
+    for row in rows:
+        fd = _family_depth(row)
+        if fd is not None and fd[0] == "resnet":
+            bases[(row.dataset, fd[1])] = row
+    pairs = []
+    for row in rows:
+        fd = _family_depth(row)
+        if fd is not None and "in_resnet" in fd[0] and (row.dataset, fd[1]) in bases:
+            pairs.append((row, bases[(row.dataset, fd[1])]))
+    return pairs
+
+
+def headline(found: Mapping[str, Comparison]) -> Comparison | None:
+    """The column a verdict is headed by, the strongest measure the table has: the worst case
+    over the attacks where the table has it, else the attack under which the ResNet is least
+    accurate (the first in table order on a tie), else noise."""
+    if WORST_CASE in found:
+        return found[WORST_CASE]
+    attacks = [c for m, c in found.items() if m in attack_metrics()]
+    if attacks:
+        return min(attacks, key=lambda c: c.base)
+    return found.get("noise")
+
+
+def verdict_lines(rows: Sequence[TableRow], metrics: Sequence[str], *, setting: str) -> list[str]:
+    """One markdown line per In-ResNet-family row that has a same-depth ResNet beside it,
+    saying whether it is more robust, then the rule; [] when the table has no such pair.
+
+    Args:
+        setting: the radius and threat model of the attack columns, e.g. "ε = 16/255".
+    """
+    lines = []
+    for ours, base in robustness_pairs(rows):
+        found = {c.metric: c for c in compare_rows(ours, base, metrics)}
+        head = headline(found)
+        if head is None:
+            continue
+        under = {
+            WORST_CASE: f"under the worst case over the attacks at {setting}",
+            "noise": "under noise (mean over the corruptions and severities)",
+        }.get(head.metric, f"under {metric_title(head.metric)} at {setting}")
+        per = "; ".join(
+            f"{metric_title(c.metric)} {c.diff:+.1f} ± {c.se:.1f} ({c.verdict})"
+            for c in found.values()
+        )
+        verdict = (
+            f"**{head.verdict}**"
+            if head.verdict == "no clear difference"
+            else f"**{head.verdict}** than {base.label}"
+        )
+        lines.append(
+            f"- {ours.label} vs {base.label}: {verdict} {under} ({head.ours:.1f}% vs "
+            f"{head.base:.1f}%, difference {head.diff:+.1f} points, standard error "
+            f"{head.se:.1f}). Per column, difference ± standard error in points: {per}."
+        )
+    return [*lines, "", RULE] if lines else []
