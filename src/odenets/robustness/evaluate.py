@@ -285,7 +285,7 @@ def _planned_cost(
     offset: int,
 ) -> float:
     """The cost of every pass `_evaluate` makes, in forward-pass equivalents times images
-    (`Attack.cost`): the whole that an ETA is measured against."""
+    (`Perturbation.cost`): the whole that an ETA is measured against."""
     total = float(n) * (1 + len(sigmas))  # clean, plain Gaussian noise
     if noise is not None:
         total += float(n) * len(NOISE_ATTACK) * len(SEVERITIES)

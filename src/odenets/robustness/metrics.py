@@ -85,7 +85,7 @@ def correct_mask(
 
 def pass_cost(attack: Callable | None, n: int) -> float:
     """The cost of scoring `n` images after `attack` (None: clean), in forward-pass
-    equivalents (`Attack.cost`; 1 for a callable that does not say)."""
+    equivalents (`Perturbation.cost`; 1 for a callable that does not say)."""
     per_image = attack.cost() if attack is not None and hasattr(attack, "cost") else 1.0
     return per_image * n
 
