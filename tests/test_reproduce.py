@@ -390,6 +390,15 @@ def test_cpu_scale_of_table1_is_the_56_layer_grid(tmp_path):
     settings = grid.eval_settings
     assert settings.limit == 1000 and sorted(settings.eps) == [1, 2, 4, 8]
     assert "apgd_ce" in settings.attacks
+    # Then the authors' threat models and the referee, into eval.<name>.json of every run.
+    further = {e.name: e for e in grid.further_evals}
+    assert list(further) == ["normalized", "start_centred", "referee"]
+    assert further["normalized"].threat_models == ["normalized"]
+    assert further["start_centred"].attacks == ("pgd_start_centred",)
+    referee = further["referee"]
+    assert (referee.attacks, referee.eps, referee.limit) == (("autoattack", "square"), (2, 8), 500)
+    assert referee.transfer_from == "resnet110"
+    assert all(j.evaluations == tuple(further) for j in jobs)
 
 
 @pytest.mark.parametrize(

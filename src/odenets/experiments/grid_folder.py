@@ -15,7 +15,7 @@ from odenets._version import __version__
 from odenets.checkpoint import read_json, write_json_atomic
 from odenets.errors import CheckpointError, OdenetsError
 from odenets.experiments.jobs import Grid, Job, expand_jobs
-from odenets.training.run_folder import CONFIG, LAST_JSON, RunFolder
+from odenets.training.run_folder import CONFIG, EVAL, LAST_JSON, RunFolder, further_eval_file
 from odenets.training.runs import weights_record
 
 MANIFEST = "manifest.json"
@@ -35,6 +35,11 @@ def manifest_dict(grid: Grid, jobs: Sequence[Job]) -> dict[str, Any]:
         "noise_root": grid.noise_root,
         "train": grid.train_overrides,
         "evaluate": asdict(grid.eval_settings),
+        **(
+            {"further_evaluations": [asdict(e) for e in grid.further_evals]}
+            if grid.further_evals
+            else {}
+        ),
         "odenets_version": __version__,
         "jobs": [asdict(j) for j in jobs],
     }
@@ -111,9 +116,10 @@ def _weights_words(record: dict[str, Any]) -> str:
     return f"{record.get('file')} (epoch {record.get('epoch')}{epochs})"
 
 
-def _evaluated(out: Path, job: Job) -> bool:
-    """The job's eval.json exists and scored its runs' current weights (or does not say)."""
-    ev = RunFolder(out / RUNS / job.name).read_eval()
+def _evaluated(out: Path, job: Job, file: str = EVAL) -> bool:
+    """The job's evaluation file (eval.json, or a further evaluation's) exists and scored its
+    runs' current weights (or does not say)."""
+    ev = RunFolder(out / RUNS / job.name).read_eval(file)
     if ev is None:
         return False
     members = job.members if job.is_ensemble else (job.name,)
@@ -121,21 +127,30 @@ def _evaluated(out: Path, job: Job) -> bool:
     return state != "stale"
 
 
+def missing_evaluations(out: str | Path, job: Job) -> list[str]:
+    """The evaluation files the job still needs: eval.json, then its further evaluations',
+    each missing or stale."""
+    files = [EVAL, *(further_eval_file(name) for name in job.evaluations)]
+    return [f for f in files if not _evaluated(Path(out), job, f)]
+
+
 def job_state(out: str | Path, job: Job) -> str:
     """ "finished", "diverged", "failed", "trained" (not yet evaluated), "running" or "pending".
 
-    An eval.json that scored other weights than the run's current ones does not count.
+    Finished means trained and evaluated: eval.json and the job's further evaluations
+    (eval.<name>.json) all present. An evaluation that scored other weights than the run's
+    current ones does not count.
     """
     out = Path(out)
     run = RunFolder(out / RUNS / job.name)
     if job.is_ensemble:
-        return "finished" if _evaluated(out, job) else "pending"
+        return "pending" if missing_evaluations(out, job) else "finished"
     summary = run.read_summary()
     if not summary:
         return "running" if run.has(LAST_JSON) else "pending"
     status = summary.get("status")
     if status == "finished":
-        return "finished" if _evaluated(out, job) else "trained"
+        return "trained" if missing_evaluations(out, job) else "finished"
     if status == "diverged":
         return "diverged"
     if status == "failed":

@@ -1,4 +1,5 @@
-"""Running one job of a grid: train (or resume) its run, then evaluate it into eval.json.
+"""Running one job of a grid: train (or resume) its run, then evaluate it into eval.json
+and into the file of each further evaluation of the preset (eval.<name>.json).
 
 An ensemble job only evaluates, once every member run has its eval.json.
 """
@@ -13,13 +14,26 @@ from pathlib import Path
 from typing import Any
 
 from odenets.errors import DivergenceError, OdenetsError
-from odenets.experiments.grid_folder import END_STATES, RUNS, job_state, write_job_record
-from odenets.experiments.jobs import Grid, Job
+from odenets.experiments.grid_folder import (
+    END_STATES,
+    RUNS,
+    job_state,
+    missing_evaluations,
+    write_job_record,
+)
+from odenets.experiments.jobs import Grid, Job, run_name
 from odenets.experiments.presets import eval_attack_options
 from odenets.robustness.runs import evaluate_runs
 from odenets.training import fit
 from odenets.training.config import TrainConfig
-from odenets.training.run_folder import EVAL, LockedError, RunFolder, hold_lock
+from odenets.training.run_folder import (
+    EVAL,
+    FINAL_WEIGHTS,
+    LockedError,
+    RunFolder,
+    further_eval_file,
+    hold_lock,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,14 +82,17 @@ def evaluate_run(
     data_root: str | None = None,
     noise_root: str | None = None,
     seed: int = 0,
+    transfer_from: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate one run, or several as an ensemble, as `odenets evaluate` does, with the
     preset's settings (attack steps included); returns the eval.json dictionary.
 
     The test subset (`settings.limit`) is the same seeded subset `odenets evaluate --limit`
-    takes, so results agree with the command.
+    takes, so results agree with the command. `transfer_from` is the surrogate run folder
+    of the settings' `transfer_attacks`.
     """
     noise = ("official" if noise_root else "generated") if settings.noise else None
+    transfer = list(settings.transfer_attacks) if transfer_from is not None else []
     return evaluate_runs(
         run_dirs,
         limit=settings.limit or None,  # 0: the whole split
@@ -84,24 +101,60 @@ def evaluate_run(
         progress=sys.stderr.isatty(),
         attacks=list(settings.attacks),
         eps_list=[e / 255 for e in settings.eps],
-        threat_model=settings.threat_model,
+        threat_model=settings.threat_models,
         noise=noise,
         noise_root=noise_root,
-        attack_options=eval_attack_options(asdict(settings)),
+        attack_options=eval_attack_options(
+            {**asdict(settings), "attacks": settings.attacks + tuple(transfer)}
+        ),
+        masking=settings.masking_checks,
+        transfer_from=transfer_from,
+        **({"transfer_attacks": transfer} if transfer else {}),
     )
 
 
-def evaluate_job(grid: Grid, job: Job, out: Path) -> None:
-    """Evaluate one run (or an ensemble) of the grid into its eval.json."""
+def evaluate_job(grid: Grid, job: Job, out: Path) -> str:
+    """Evaluate one run (or an ensemble) of the grid: eval.json, then each of its further
+    evaluations (eval.<name>.json), skipping those already done. Returns "finished", or
+    "waiting" while a further evaluation's surrogate run is not trained yet."""
     folder = out / RUNS / job.name
     members = job.members if job.is_ensemble else (job.name,)
-    result = evaluate_run(
-        [out / RUNS / m for m in members],
-        grid.eval_settings,
-        data_root=grid.data_root,
-        noise_root=grid.noise_root if grid.eval_settings.noise else None,
-    )
-    RunFolder(folder).write_eval(result)
+    missing = missing_evaluations(out, job)
+    if EVAL in missing:
+        result = evaluate_run(
+            [out / RUNS / m for m in members],
+            grid.eval_settings,
+            data_root=grid.data_root,
+            noise_root=grid.noise_root if grid.eval_settings.noise else None,
+        )
+        RunFolder(folder).write_eval(result)
+    state = "finished"
+    for name in job.evaluations:
+        file = further_eval_file(name)
+        if file not in missing:
+            continue
+        settings = grid.further_eval(name)
+        surrogate = None
+        if settings.transfer_from and settings.transfer_from != job.row:
+            surrogate = out / RUNS / run_name(job.dataset, settings.transfer_from, job.seed)
+            if not RunFolder(surrogate).has(FINAL_WEIGHTS):
+                log.warning(
+                    "evaluation %s of %s waits for its surrogate run %s",
+                    name,
+                    job.name,
+                    surrogate.name,
+                )
+                state = "waiting"
+                continue
+        result = evaluate_run(
+            [out / RUNS / m for m in members],
+            settings,
+            data_root=grid.data_root,
+            noise_root=grid.noise_root if settings.noise else None,
+            transfer_from=surrogate,
+        )
+        RunFolder(folder).write_eval(result, file)
+    return state
 
 
 JOB_LOCK = ".job.lock"
@@ -147,5 +200,4 @@ def _run_locked_job(grid: Grid, out: Path, job: Job, *, train_only: bool) -> str
             raise OdenetsError(f"training of job {job.index} ({job.name}) did not finish")
     if train_only:
         return state
-    evaluate_job(grid, job, out)
-    return "finished"
+    return evaluate_job(grid, job, out)

@@ -30,6 +30,8 @@ class Job:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     members: tuple[str, ...] = ()  # ensemble: names of the member runs
     label: str = ""  # the row's display name, where the preset gives one
+    # The preset's further evaluations of this run (each its eval.<name>.json)
+    evaluations: tuple[str, ...] = ()
 
     @property
     def is_ensemble(self) -> bool:
@@ -82,6 +84,17 @@ class Grid:
     def eval_settings(self):
         return self.preset.evaluate[self.scale]
 
+    @property
+    def further_evals(self):
+        """The further evaluations of the scale (`EvalSettings` with a name)."""
+        return self.preset.further_for(self.scale)
+
+    def further_eval(self, name: str):
+        for settings in self.further_evals:
+            if settings.name == name:
+                return settings
+        raise ValueError(f"preset {self.preset.name!r} has no further evaluation {name!r}")
+
 
 def load_grid(
     preset: str,
@@ -122,9 +135,10 @@ def _slug(text: str) -> str:
 
 def _training_specs(grid: Grid, row, dataset: str, paper: str) -> list[dict[str, Any]]:
     """The `Job` fields of one row's training runs on one data set, one per seed."""
+    evaluations = tuple(e.name for e in grid.further_evals if not e.rows or row.key in e.rows)
     return [
         dict(
-            name=f"{dataset}-{_slug(row.key)}-seed{seed}",
+            name=run_name(dataset, row.key, seed),
             row=row.key,
             dataset=dataset,
             paper_dataset=paper,
@@ -132,15 +146,21 @@ def _training_specs(grid: Grid, row, dataset: str, paper: str) -> list[dict[str,
             model=row.model_for(grid.scale),
             model_kwargs=dict(row.kwargs),
             label=row.label,
+            evaluations=evaluations,
         )
         for seed in range(grid.n_seeds)
     ]
 
 
+def run_name(dataset: str, row_key: str, seed: int) -> str:
+    """The folder name of a row's training run on a data set with a seed."""
+    return f"{dataset}-{_slug(row_key)}-seed{seed}"
+
+
 def _ensemble_spec(grid: Grid, row, dataset: str, paper: str) -> dict[str, Any]:
     """The `Job` fields of one ensemble row on one data set: its members are the seeds of
     the row it ensembles."""
-    members = tuple(f"{dataset}-{_slug(row.ensemble_of)}-seed{s}" for s in range(grid.n_seeds))
+    members = tuple(run_name(dataset, row.ensemble_of, s) for s in range(grid.n_seeds))
     return dict(
         name=f"{dataset}-{_slug(row.key)}",
         row=row.key,

@@ -24,13 +24,15 @@ from typing import Any
 from odenets._toml import TOMLDecodeError, loads
 from odenets.errors import UnknownNameError
 from odenets.robustness.base import attack_options
+from odenets.training.run_folder import FURTHER_EVAL_NAME
 
 SCALES = ("quick", "cpu", "paper")
 
 
 @dataclass(frozen=True)
 class EvalSettings:
-    """How every run of a preset is evaluated (see `odenets evaluate`)."""
+    """How the runs of a preset are evaluated (see `odenets evaluate`): the evaluation behind
+    the table (eval.json), or a further evaluation (eval.<name>.json)."""
 
     attacks: tuple[str, ...] = ("fgsm", "ifgsm", "pgd")  # attack registry names
     eps: tuple[float, ...] = (8.0,)  # radii in 1/255 pixel units; the first is the table's
@@ -38,7 +40,23 @@ class EvalSettings:
     limit: int = 0  # test images to evaluate; 0 = the whole test split
     steps: int = 0  # steps of the attacks `odenets evaluate --steps` sets; 0 = their default
     apgd_steps: int = 0  # steps of those `--apgd-steps` sets (APGD); 0 = their default (100)
-    threat_model: str = "pixel"  # "pixel" (standard) or "normalized" (authors' first code)
+    # "pixel" (standard), "normalized" (authors' first code) or "pixel,normalized" (both; the
+    # table's columns take the first)
+    threat_model: str = "pixel"
+    square_queries: int = 0  # queries of Square (`--square-queries`); 0 = its default (5,000)
+    autoattack_version: str = ""  # `--autoattack-version`; "" = its default (standard)
+    masking_checks: bool = True  # gather the gradient-masking evidence (`--masking-checks`)
+    # Further evaluations only:
+    name: str = ""  # "" = eval.json; else the file eval.<name>.json of each run it covers
+    rows: tuple[str, ...] = ()  # the rows it covers; () = every training row
+    # Row whose run (same data set and seed) is the surrogate of `transfer_attacks`; the
+    # surrogate's own runs are evaluated without them. "" = no transfer attacks.
+    transfer_from: str = ""
+    transfer_attacks: tuple[str, ...] = ("pgd", "apgd_ce")  # crafted on that surrogate
+
+    @property
+    def threat_models(self) -> list[str]:
+        return [t.strip() for t in self.threat_model.split(",")]
 
 
 def eval_attack_options(evaluate: Mapping[str, Any]) -> dict[str, dict]:
@@ -80,6 +98,8 @@ class Preset:
     scale_seeds: dict[str, int] = field(default_factory=dict)  # scale -> seeds, if not `seeds`
     scale_rows: dict[str, tuple[str, ...]] = field(default_factory=dict)  # scale -> row keys
     scale_datasets: dict[str, tuple[str, ...]] = field(default_factory=dict)  # scale -> sets
+    # scale -> further evaluations (each into eval.<name>.json of the runs it covers)
+    further: dict[str, tuple[EvalSettings, ...]] = field(default_factory=dict)
     source: str = ""  # the file it was read from
 
     def rows_for(self, scale: str) -> tuple[Row, ...]:
@@ -90,6 +110,10 @@ class Preset:
     def datasets_for(self, scale: str) -> tuple[str, ...]:
         """The data sets of the grid at `scale`: the preset's, unless the scale names some."""
         return self.scale_datasets.get(scale) or self.datasets
+
+    def further_for(self, scale: str) -> tuple[EvalSettings, ...]:
+        """The further evaluations at `scale` (each writes eval.<name>.json)."""
+        return self.further.get(scale, ())
 
     def row(self, key: str) -> Row:
         for row in self.rows:
@@ -143,8 +167,10 @@ def parse_preset(data: dict[str, Any], *, source: str = "") -> Preset:
         if row.ensemble_of and row.ensemble_of not in keys:
             raise ValueError(f"preset {where}: row {row.key!r} is an ensemble of unknown row")
     train, evaluate, scale_seeds, scale_rows, scale_datasets = {}, {}, {}, {}, {}
+    further = {}
+    known = {"train", "evaluate", "seeds", "rows", "datasets", "further_evaluations"}
     for scale, settings in data["scale"].items():
-        unknown = set(settings) - {"train", "evaluate", "seeds", "rows", "datasets"}
+        unknown = set(settings) - known
         if unknown:
             raise ValueError(
                 f"preset {where}: [scale.{scale}] has unknown fields {sorted(unknown)}"
@@ -159,14 +185,15 @@ def parse_preset(data: dict[str, Any], *, source: str = "") -> Preset:
             scale_rows[scale] = tuple(settings["rows"])
         if "datasets" in settings:
             scale_datasets[scale] = tuple(settings["datasets"])
-        ev = dict(settings.get("evaluate", {}))
-        unknown = set(ev) - set(EvalSettings.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"preset {where}: unknown evaluate settings {sorted(unknown)}")
-        for k in ("attacks", "eps"):
-            if k in ev:
-                ev[k] = tuple(ev[k])
-        evaluate[scale] = EvalSettings(**ev)
+        evaluate[scale] = _parse_eval(settings.get("evaluate", {}), f"{where} [scale.{scale}]")
+        if evaluate[scale].name or evaluate[scale].rows or evaluate[scale].transfer_from:
+            raise ValueError(
+                f"preset {where}: [scale.{scale}] evaluate: name, rows and transfer_from "
+                "belong to further_evaluations"
+            )
+        further[scale] = _parse_further(
+            settings.get("further_evaluations", []), rows, scale_rows.get(scale), where, scale
+        )
     if not evaluate:
         raise ValueError(f"preset {where}: needs at least one [scale.NAME] (e.g. {SCALES})")
     seeds = int(data.get("seeds", 1))
@@ -185,8 +212,62 @@ def parse_preset(data: dict[str, Any], *, source: str = "") -> Preset:
         scale_seeds=scale_seeds,
         scale_rows=scale_rows,
         scale_datasets=scale_datasets,
+        further={scale: extra for scale, extra in further.items() if extra},
         source=source,
     )
+
+
+def _parse_eval(raw: dict[str, Any], where: str) -> EvalSettings:
+    ev = dict(raw)
+    unknown = set(ev) - set(EvalSettings.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"preset {where}: unknown evaluate settings {sorted(unknown)}")
+    for k in ("attacks", "eps", "rows", "transfer_attacks"):
+        if k in ev:
+            ev[k] = tuple(ev[k])
+    if isinstance(ev.get("threat_model"), list):
+        ev["threat_model"] = ",".join(ev["threat_model"])
+    settings = EvalSettings(**ev)
+    bad = [t for t in settings.threat_models if t not in ("pixel", "normalized")]
+    if bad:
+        raise ValueError(
+            f"preset {where}: threat_model must be pixel, normalized or both; got {bad}"
+        )
+    return settings
+
+
+def _parse_further(
+    raw: list[dict[str, Any]], rows: tuple[Row, ...], scale_rows, where: str, scale: str
+) -> tuple[EvalSettings, ...]:
+    """A scale's `[[scale.NAME.further_evaluations]]`: each a named evaluation of some rows."""
+    training = [r.key for r in rows if not r.ensemble_of and r.key in (scale_rows or [r.key])]
+    out = []
+    for i, entry in enumerate(raw):
+        here = f"{where} [[scale.{scale}.further_evaluations]] #{i + 1}"
+        settings = _parse_eval(entry, here)
+        if not FURTHER_EVAL_NAME.fullmatch(settings.name):
+            raise ValueError(
+                f"preset {here}: needs a name of lower case letters, digits and '_' (its "
+                f"file is eval.<name>.json); got {settings.name!r}"
+            )
+        unknown = sorted(set(settings.rows) - set(training))
+        if unknown:
+            raise ValueError(
+                f"preset {here}: rows {unknown} are not training rows of this scale; "
+                f"choose from {training}"
+            )
+        if settings.transfer_from and settings.transfer_from not in training:
+            raise ValueError(
+                f"preset {here}: transfer_from {settings.transfer_from!r} is not a training "
+                f"row of this scale; choose from {training}"
+            )
+        out.append(settings)
+    names = [e.name for e in out]
+    if len(set(names)) != len(names):
+        raise ValueError(
+            f"preset {where} [scale.{scale}]: further evaluation names repeat: {names}"
+        )
+    return tuple(out)
 
 
 def _parse_row(raw: dict[str, Any], where: str) -> Row:

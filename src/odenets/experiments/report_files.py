@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from odenets.checkpoint import atomic_open
+from odenets.experiments import further
 from odenets.experiments.aggregate import Report
 from odenets.experiments.results import RunRecord
 
@@ -84,6 +85,19 @@ def _run_json(run: RunRecord, folder: Path) -> dict[str, Any]:
         "status": run.status,
         "metrics": {k: round(100 * v, 4) for k, v in run.metrics.items()},
         "eval_file": run.eval_file or None,
+        **(
+            {
+                "further_evaluations": {
+                    name: {
+                        further.measurement_key(k): round(100 * v, 4)
+                        for k, v in further.measurements(ev).items()
+                    }
+                    for name, ev in run.further.items()
+                }
+            }
+            if run.further
+            else {}
+        ),
     }
 
 

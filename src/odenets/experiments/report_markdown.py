@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from odenets.errors import OdenetsError
+from odenets.experiments import further
 from odenets.experiments.aggregate import Cell, Report, TableRow, metric_title
 from odenets.experiments.comparison import verdict_lines
 from odenets.experiments.paper import get_table
@@ -268,7 +269,6 @@ def _masking_section(report: Report) -> list[str]:
     runs = [r for r in runs if (r.evaluation.get("masking") or {}).get("grad_norm") is not None]
     if not runs:
         return []
-    candidates = [(f"`{r.name}`", r.evaluation["masking"]["grad_norm"]) for r in runs]
     out = [
         "## Gradient masking\n",
         "A verdict per evaluated run, from the diagnostics of Carlini et al. 2019 (each with "
@@ -277,22 +277,88 @@ def _masking_section(report: Report) -> list[str]:
         "(d) the median loss-gradient norm at clean inputs, beside a plain ResNet's of the "
         "same depth when this report has one.\n",
     ]
-    marks = {True: "FLAG", False: "ok", None: "not run"}
-    for r in runs:
-        grad = r.evaluation["masking"]["grad_norm"]
-        ref = same_depth_resnet(grad, [c for c in candidates if c[0] != f"`{r.name}`"])
-        diags = diagnostics(r.evaluation, reference=ref)
-        models = ", ".join(r.evaluation.get("models", []))
-        out.append(f"- `{r.name}` ({models}): **{verdict(diags)['text']}**")
-        out += [f"  - [{marks[d['flag']]}] {d['name']}: {d['detail']}" for d in diags]
-    out.append("")
+    out += _verdict_lines([(r, r.evaluation) for r in runs], _grad_candidates(report))
     return out
+
+
+def _further_section(report: Report) -> list[str]:
+    """The preset's further evaluations (eval.<name>.json): per evaluation, its table (a line
+    per measurement, a column per row of the grid), a caption, and the gradient-masking
+    verdict of each run with its evidence."""
+    settings = (report.manifest or {}).get("further_evaluations") or []
+    if not settings:
+        return []
+    labels = {(r.dataset, r.key): r.label for r in report.rows}
+    out = [
+        "## Further evaluations\n",
+        "Besides the table's evaluation, the preset evaluates the runs again with other "
+        "attacks, threat models or surrogates, each on its own seeded subset of the test "
+        "set (the first n images of the same seeded order, so the subsets are nested).\n",
+    ]
+    for ev in settings:
+        cols = further.columns(ev["name"], report.mine, labels)
+        out.append(f"### `{ev['name']}`\n")
+        if not cols:
+            out.append("Not run yet (`odenets reproduce` runs it after the trainings).\n")
+            continue
+        header, body = further.table(ev["name"], cols)
+        out.append(markdown_table(header, body) + "\n")
+        out.append("*" + _further_caption(ev, further.sample_eval(ev["name"], cols)) + "*\n")
+        runs = [r for c in cols for r in c.runs]
+        out += _verdict_lines([(r, r.further[ev["name"]]) for r in runs], _grad_candidates(report))
+    return out
+
+
+def _further_caption(settings: dict[str, Any], sample: dict[str, Any]) -> str:
+    parts = [
+        f"Data: {sample['n']} test images (seed {sample['seed']}). Accuracy in %, robust "
+        "means correct both clean and attacked; the worst case is per sample over the "
+        "attacks at one radius."
+    ]
+    if sample.get("attacks"):
+        parts.append("Attacks: " + attack_settings(sample["attacks"]))
+    if settings.get("transfer_from"):
+        parts.append(
+            f"Transfer attacks are crafted on the run of row `{settings['transfer_from']}` "
+            "with the same data set and seed (its own column has none)."
+        )
+    return " ".join(parts)
+
+
+def _grad_candidates(report: Report) -> list[tuple[str, dict]]:
+    """Every input-gradient norm section of the report's evaluations, labelled, for the
+    same-depth ResNet comparison of diagnostic (d)."""
+    out = []
+    for r in report.mine or report.loose:
+        evals = [("", r.evaluation)] + [(f" (eval.{n}.json)", e) for n, e in r.further.items()]
+        for where, ev in evals:
+            grad = ((ev or {}).get("masking") or {}).get("grad_norm")
+            if grad is not None:
+                out.append((f"`{r.name}`{where}", grad))
+    return out
+
+
+def _verdict_lines(
+    evaluated: Sequence[tuple[RunRecord, dict[str, Any]]], candidates: Sequence[tuple[str, dict]]
+) -> list[str]:
+    """A gradient-masking verdict per (run, evaluation) with the diagnostics it rests on."""
+    marks = {True: "FLAG", False: "ok", None: "not run"}
+    out = []
+    for run, ev in evaluated:
+        grad = (ev.get("masking") or {}).get("grad_norm")
+        others = [c for c in candidates if not c[0].startswith(f"`{run.name}`")]
+        diags = diagnostics(ev, reference=same_depth_resnet(grad, others))
+        models = ", ".join(ev.get("models", []))
+        out.append(f"- `{run.name}` ({models}): **{verdict(diags)['text']}**")
+        out += [f"  - [{marks[d['flag']]}] {d['name']}: {d['detail']}" for d in diags]
+    return [*out, ""] if out else []
 
 
 def _provenance_section(report: Report) -> list[str]:
     """Evaluations left out (stale: the run trained on after them) or not checkable."""
     runs = [*report.mine, *report.foreign, *report.loose]
     stale = [r for r in runs if r.eval_state == "stale"]
+    stale_further = [(r, name, why) for r in runs for name, why in r.stale_further.items()]
     unknown = [f"`{r.name}`" for r in runs if r.eval_state == "unknown"]
     out = []
     if stale:
@@ -303,6 +369,10 @@ def _provenance_section(report: Report) -> list[str]:
             "`odenets reproduce`, which re-evaluates them):\n"
         )
         out += [f"- `{r.name}` ({r.eval_file}): {r.eval_note}" for r in stale]
+        out.append("")
+    if stale_further:
+        out.append("## Stale further evaluations (left out)\n")
+        out += [f"- `{r.name}` (eval.{name}.json): {why}" for r, name, why in stale_further]
         out.append("")
     if unknown:
         out.append(
@@ -363,6 +433,7 @@ def render_markdown(report: Report) -> str:
     out += _figures_section(report)
     out += _checks_section(report)
     out += _masking_section(report)
+    out += _further_section(report)
     out += _provenance_section(report)
     out += _eval_files_section(report)
     out += _runs_sections(report)

@@ -15,7 +15,13 @@ from typing import Any
 from odenets.checkpoint import read_json
 from odenets.errors import OdenetsError
 from odenets.experiments.grid_folder import JOB_FILE, MANIFEST, eval_freshness
-from odenets.training.run_folder import EVAL, SUMMARY, RunFolder, parse_eval_file_name
+from odenets.training.run_folder import (
+    EVAL,
+    SUMMARY,
+    RunFolder,
+    further_eval_file,
+    parse_eval_file_name,
+)
 
 RUN_FILES = (SUMMARY, EVAL)
 # The metric of the per-sample worst case over the attacks at one radius (eval.json's
@@ -40,6 +46,10 @@ class RunRecord:
     # eval.json), and the other evaluation files of the folder, each with why it was left out.
     eval_file: str = ""
     skipped_evals: list[tuple[str, str]] = field(default_factory=list)
+    # The further evaluations of the folder (eval.<name>.json) that scored its current
+    # weights, by name; the stale ones by name, with why.
+    further: dict[str, dict[str, Any]] = field(default_factory=dict)
+    stale_further: dict[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -81,6 +91,14 @@ def read_run(path: Path, *, eps_255: float, threat_model: str) -> RunRecord:
         metrics.update(eval_metrics(ev, eps_255=eps_255, threat_model=threat_model))
         if "test" not in metrics:
             metrics["test"] = float(ev["clean"])
+    further, stale_further = {}, {}
+    for name in run.further_evals():
+        other = run.read_eval(further_eval_file(name))
+        state, why = eval_freshness(other, _scored_runs(path, job, other))
+        if state == "stale":
+            stale_further[name] = why
+        else:
+            further[name] = other
     return RunRecord(
         path,
         job,
@@ -91,6 +109,8 @@ def read_run(path: Path, *, eps_255: float, threat_model: str) -> RunRecord:
         eval_note=note,
         eval_file=eval_file,
         skipped_evals=skipped,
+        further=further,
+        stale_further=stale_further,
     )
 
 

@@ -6,6 +6,7 @@ gradient-masking verdict with its evidence."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 
 def _pct(x: float) -> str:
@@ -68,7 +69,9 @@ def _settings(name: str, entries: list[Mapping]) -> str:
     words = f"{name}: "
     if first.get("base"):
         source = first.get("source") or ["a surrogate"]
-        source = ", ".join(source) if isinstance(source, list) else source
+        source = source if isinstance(source, list) else [source]
+        # A surrogate run is named by its folder (the report travels without the paths).
+        source = ", ".join(Path(s).name or s for s in source)
         words += f"{first['base']} crafted on {source}, "
     radii = ", ".join(f"ε = {e:g}/255" for e in sorted({a["eps_255"] for a in entries}))
     if first.get("loss"):

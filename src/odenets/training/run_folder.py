@@ -57,6 +57,20 @@ WEIGHTS_FILES = (FINAL_WEIGHTS, BEST_WEIGHTS, LAST_WEIGHTS)
 _EVAL_FILE = re.compile(
     r"eval(?:\.limit-(?P<limit>\d+))?(?:\.shard-(?P<i>\d+)-of-(?P<n>\d+))?\.json"
 )
+# A further evaluation of a grid (a preset's `further_evaluations`): eval.<name>.json, the
+# name in lower case letters, digits and "_" (no "-", so it never reads as a limit or shard).
+FURTHER_EVAL_NAME = re.compile(r"[a-z][a-z0-9_]*")
+_FURTHER_EVAL_FILE = re.compile(r"eval\.(?P<name>[a-z][a-z0-9_]*)\.json")
+
+
+def further_eval_file(name: str) -> str:
+    """The file of the further evaluation `name`: eval.<name>.json."""
+    if not FURTHER_EVAL_NAME.fullmatch(name):
+        raise ValueError(
+            f"an evaluation name must be lower case letters, digits and '_', starting with a "
+            f"letter; got {name!r}"
+        )
+    return f"eval.{name}.json"
 
 
 def eval_file_name(*, limit: int | None = None, shard: tuple[int, int] | None = None) -> str:
@@ -166,8 +180,16 @@ class RunFolder:
             if p.name != EVAL and parse_eval_file_name(p.name) and p.is_file()
         )
 
-    def write_eval(self, result: Mapping[str, Any]) -> None:
-        write_json_atomic(self.path / EVAL, result)
+    def further_evals(self) -> list[str]:
+        """The names of the further evaluations the folder holds (eval.<name>.json), sorted."""
+        if not self.path.is_dir():
+            return []
+        found = (_FURTHER_EVAL_FILE.fullmatch(p.name) for p in self.path.iterdir())
+        return sorted(m["name"] for m in found if m and self.has(m.string))
+
+    def write_eval(self, result: Mapping[str, Any], name: str = EVAL) -> None:
+        """eval.json, or the evaluation file `name` (e.g. `further_eval_file(...)`)."""
+        write_json_atomic(self.path / name, result)
 
     def read_last_json(self) -> dict[str, Any] | None:
         return self._read(LAST_JSON, "state") if self.has(LAST_JSON) else None

@@ -1,0 +1,140 @@
+"""Further evaluations of a grid as tables.
+
+A preset's scale may ask for further evaluations besides the one behind the paper table
+(`further_evaluations` in the preset; each writes eval.<name>.json into the runs it covers):
+another threat model, the referee attacks on a smaller subset, transfer from a surrogate.
+Each becomes one table in the report: a line per measurement (clean, noise, each attack at
+each threat model and radius, the per-sample worst case) and a column per row of the grid,
+mean ± std over its seeds.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from odenets.experiments.results import RunRecord
+from odenets.robustness.base import attack_title
+
+WORST = "worst case"
+
+
+def measurements(ev: Mapping[str, Any]) -> dict[tuple[str, str, float | None], float]:
+    """The accuracies (fractions) of one eval.json by (what, threat model, ε in 1/255):
+    ("clean", "", None), ("noise", "", None), (attack name, tm, ε) and ("worst case", tm,
+    ε), in the order eval.json lists them."""
+    out: dict[tuple[str, str, float | None], float] = {("clean", "", None): float(ev["clean"])}
+    if ev.get("noise"):
+        out[("noise", "", None)] = float(ev["noise"]["mean"])
+    for entry in ev.get("attacks") or []:
+        key = (entry["name"], entry.get("threat_model", "pixel"), float(entry["eps_255"]))
+        out[key] = float(entry["accuracy"])
+    for entry in ev.get("worst_case") or []:
+        key = (WORST, entry.get("threat_model", "pixel"), float(entry["eps_255"]))
+        out[key] = float(entry["accuracy"])
+    return out
+
+
+def measurement_key(key: tuple[str, str, float | None]) -> str:
+    """A flat name for report.json: "clean", "noise", "pgd@pixel@8", "worst_case@pixel@2"."""
+    what, tm, eps = key
+    if eps is None:
+        return what
+    return f"{what.replace(' ', '_')}@{tm}@{eps:g}"
+
+
+def measurement_title(key: tuple[str, str, float | None]) -> list[str]:
+    """(measurement, threat model, ε) as table cells."""
+    what, tm, eps = key
+    if eps is None:
+        return ["clean" if what == "clean" else "noise (mean)", "", ""]
+    name = WORST if what == WORST else _title(what)
+    return [name, tm, f"{eps:g}/255"]
+
+
+def _title(name: str) -> str:
+    if name.startswith("transfer_"):
+        return f"transfer {attack_title(name.removeprefix('transfer_'))}"
+    return attack_title(name)
+
+
+@dataclass
+class Column:
+    """The runs of one row of the grid (one data set) that have the evaluation."""
+
+    label: str
+    model: str
+    runs: list[RunRecord]
+
+    def values(self, name: str, key) -> list[float]:
+        return [
+            measurements(r.further[name])[key]
+            for r in self.runs
+            if key in measurements(r.further[name])
+        ]
+
+
+def columns(
+    name: str, runs: Sequence[RunRecord], labels: Mapping[tuple[str, str], str]
+) -> list[Column]:
+    """The grid's rows whose runs hold the evaluation `name`, in the order of `labels`
+    ((data set, row key) -> display name: the report's table rows), then any others."""
+    by_row: dict[tuple[str, str], Column] = {}
+    for run in runs:
+        if name not in run.further:
+            continue
+        key = (run.job.get("dataset", ""), run.job.get("row", run.name))
+        column = by_row.setdefault(
+            key, Column(label=labels.get(key, key[1]), model=run.job.get("model", ""), runs=[])
+        )
+        column.runs.append(run)
+    order = {key: i for i, key in enumerate(labels)}
+    return [by_row[k] for k in sorted(by_row, key=lambda k: order.get(k, len(order)))]
+
+
+def cell(values: Sequence[float]) -> str:
+    """Mean (± sample std over seeds) in percent; "—" for none."""
+    if not values:
+        return "—"
+    mean = 100 * statistics.fmean(values)
+    if len(values) == 1:
+        return f"{mean:.2f}"
+    return f"{mean:.2f} ± {100 * statistics.stdev(values):.2f}"
+
+
+def table(name: str, cols: Sequence[Column]) -> tuple[list[str], list[list[str]]]:
+    """(header, body) of the evaluation's table: a line per measurement, a column per row."""
+    keys: dict = {}
+    for column in cols:
+        for run in column.runs:
+            keys.update(dict.fromkeys(measurements(run.further[name])))
+    header = ["measurement", "threat model", "ε", *(f"{c.label} ({c.model})" for c in cols)]
+    body = [
+        [*measurement_title(key), *(cell(c.values(name, key)) for c in cols)]
+        for key in _ordered(keys)
+    ]
+    return header, body
+
+
+def _ordered(keys) -> list:
+    """Clean and noise first, then each measurement by threat model, name, radius."""
+    plain = [k for k in keys if k[2] is None]
+    attacks = [k for k in keys if k[2] is not None and k[0] != WORST]
+    worst = [k for k in keys if k[0] == WORST]
+    order = {name: i for i, name in enumerate(dict.fromkeys(k[0] for k in attacks))}
+
+    def rank(k):
+        return (k[1] != "pixel", k[1], order.get(k[0], math.inf), k[2])
+
+    return [*plain, *sorted(attacks, key=rank), *sorted(worst, key=rank)]
+
+
+def sample_eval(name: str, cols: Sequence[Column]) -> dict[str, Any] | None:
+    """One eval.<name>.json of the evaluation that has transfer entries if any has (it names
+    the surrogate), else the first."""
+    evals = [r.further[name] for c in cols for r in c.runs]
+    with_transfer = [ev for ev in evals if ev.get("transfer_from")]
+    return (with_transfer or evals or [None])[0]

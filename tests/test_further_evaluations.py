@@ -1,0 +1,175 @@
+"""A preset's further evaluations: each written to eval.<name>.json of the runs it covers by
+`odenets reproduce` (restart-safe, transfer from a surrogate row), and shown in the report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from odenets.cli import main
+from odenets.data.splits import subset_indices
+from odenets.experiments.presets import parse_preset
+from odenets.training.run_folder import RunFolder, further_eval_file
+
+PRESET = """
+name = "tiny-further"
+description = "two digits models and two further evaluations"
+datasets = ["digits"]
+seeds = 1
+
+[scale.quick]
+train = { epochs = 1, batch_size = 64, train_limit = 128, test_limit = 40 }
+evaluate = { attacks = ["fgsm"], eps = [16], noise = false, limit = 40, masking_checks = false }
+
+[[scale.quick.further_evaluations]]
+name = "referee"
+attacks = ["fgsm", "pgd"]
+eps = [8, 16]
+steps = 3
+noise = false
+limit = 24
+transfer_from = "plain"
+transfer_attacks = ["pgd"]
+
+[[scale.quick.further_evaluations]]
+name = "normalized"
+rows = ["damped"]
+attacks = ["fgsm"]
+eps = [16]
+threat_model = ["normalized"]
+noise = false
+limit = 24
+masking_checks = false
+
+[[rows]]
+key = "plain"
+model = "resnet20"
+label = "ResNet-20"
+
+[[rows]]
+key = "damped"
+model = "in_resnet20"
+label = "In-ResNet-20"
+"""
+PLAIN, DAMPED = "digits-plain-seed0", "digits-damped-seed0"
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("further")
+    preset = base / "tiny-further.toml"
+    preset.write_text(PRESET, encoding="utf-8")
+    out = base / "grid"
+    assert main(["reproduce", str(preset), "--out", str(out)]) == 0
+    return {"preset": preset, "out": out}
+
+
+def _eval(out: Path, run: str, name: str) -> dict:
+    return json.loads((out / "runs" / run / further_eval_file(name)).read_text())
+
+
+def test_each_run_gets_the_further_evaluations_that_cover_its_row(grid):
+    out = grid["out"]
+    assert RunFolder(out / "runs" / PLAIN).further_evals() == ["referee"]
+    assert RunFolder(out / "runs" / DAMPED).further_evals() == ["normalized", "referee"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [e["name"] for e in manifest["further_evaluations"]] == ["referee", "normalized"]
+    jobs = {j["name"]: j["evaluations"] for j in manifest["jobs"]}
+    assert jobs == {PLAIN: ["referee"], DAMPED: ["referee", "normalized"]}
+
+    referee = _eval(out, DAMPED, "referee")
+    assert referee["n"] == 24 and referee["seed"] == 0
+    names = {(a["name"], a["eps_255"]) for a in referee["attacks"]}
+    assert names == {(n, e) for n in ("fgsm", "pgd", "transfer_pgd") for e in (8.0, 16.0)}
+    assert all(a["steps"] == 3 for a in referee["attacks"] if "pgd" in a["name"])
+    # The surrogate is the plain row's run of the same data set and seed; the surrogate's own
+    # evaluation has no transfer attacks.
+    assert [Path(p).name for p in referee["transfer_from"]] == [PLAIN]
+    plain = _eval(out, PLAIN, "referee")
+    assert plain["transfer_from"] is None
+    assert {a["name"] for a in plain["attacks"]} == {"fgsm", "pgd"}
+    normalized = _eval(out, DAMPED, "normalized")
+    assert {a["threat_model"] for a in normalized["attacks"]} == {"normalized"}
+    # The main evaluation is unchanged by them: eval.json on its own 40 images.
+    main_eval = json.loads((out / "runs" / DAMPED / "eval.json").read_text())
+    assert main_eval["n"] == 40 and {a["name"] for a in main_eval["attacks"]} == {"fgsm"}
+
+
+def test_subsets_of_different_sizes_are_nested():
+    # The caption says so: a further evaluation on 24 images scores a subset of the 40.
+    small, large = set(subset_indices(359, 24, 0)), set(subset_indices(359, 40, 0))
+    assert small < large
+
+
+def test_a_missing_further_evaluation_is_run_again_and_nothing_else(grid, capsys):
+    out = grid["out"]
+    run = out / "runs" / DAMPED
+    files = lambda: [p for p in run.iterdir() if p.is_file() and not p.name.startswith(".")]  # noqa: E731
+    stamps = {p.name: p.stat().st_mtime_ns for p in files()}
+    (run / further_eval_file("normalized")).unlink()
+    assert main(["reproduce", str(grid["preset"]), "--out", str(out), "--no-report"]) == 0
+    printed = capsys.readouterr().out
+    assert f"{PLAIN}: skipped (finished)" in printed and f"{DAMPED}: finished" in printed
+    after = {p.name: p.stat().st_mtime_ns for p in files()}  # the locks aside
+    changed = sorted(k for k in after if after[k] != stamps.get(k))
+    assert changed == [further_eval_file("normalized"), "job.json"]
+
+
+def test_the_report_has_a_table_per_further_evaluation(grid):
+    out = grid["out"]
+    assert main(["report", str(out)]) == 0
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert "## Further evaluations" in report
+    referee = report[report.index("### `referee`") : report.index("### `normalized`")]
+    header = (
+        "| measurement | threat model | ε | ResNet-20 (resnet20) | In-ResNet-20 (in_resnet20) |"
+    )
+    assert header in referee
+    ev = _eval(out, DAMPED, "referee")
+    pgd8 = next(a for a in ev["attacks"] if a["name"] == "transfer_pgd" and a["eps_255"] == 8)
+    # The transfer line: blank for the surrogate's own column, the number for In-ResNet.
+    assert f"| transfer PGD | pixel | 8/255 | — | {100 * pgd8['accuracy']:.2f} |" in referee
+    assert "crafted on the run of row `plain`" in referee
+    assert f"`{DAMPED}` (in_resnet20): **" in referee  # a masking verdict per run
+    normalized = report[report.index("### `normalized`") :]
+    assert "| FGSM | normalized | 16/255 | —" not in normalized  # one column: In-ResNet only
+    assert "| measurement | threat model | ε | In-ResNet-20 (in_resnet20) |" in normalized
+    data = json.loads((out / "report.json").read_text())
+    runs = {Path(r["path"]).name: r for r in data["runs"]}
+    assert set(runs[DAMPED]["further_evaluations"]) == {"referee", "normalized"}
+    assert runs[DAMPED]["further_evaluations"]["referee"]["transfer_pgd@pixel@8"] == round(
+        100 * pgd8["accuracy"], 4
+    )
+
+
+@pytest.mark.parametrize(
+    ("further", "message"),
+    [
+        ('name = "Bad-Name"\nattacks = ["fgsm"]', "needs a name of lower case letters"),
+        ('name = "x"\nrows = ["nope"]', "rows ['nope'] are not training rows"),
+        ('name = "x"\ntransfer_from = "nope"', "transfer_from 'nope' is not a training row"),
+        ('name = "x"\nthreat_model = "pixels"', "threat_model must be pixel, normalized"),
+        ('name = "x"\nqueries = 5', "unknown evaluate settings ['queries']"),
+    ],
+)
+def test_bad_further_evaluations_are_refused(further, message):
+    text = PRESET.split("[[scale.quick.further_evaluations]]")[0]
+    text += f"[[scale.quick.further_evaluations]]\n{further}\n\n"
+    text += "[[rows]]" + PRESET.split("[[rows]]", 1)[1]
+    from odenets._toml import loads
+
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        parse_preset(loads(text), source="x.toml")
+
+
+def test_repeated_names_and_table_settings_in_the_main_evaluation_are_refused():
+    from odenets._toml import loads
+
+    twice = PRESET.replace('name = "normalized"', 'name = "referee"')
+    with pytest.raises(ValueError, match="further evaluation names repeat"):
+        parse_preset(loads(twice), source="x.toml")
+    main_named = PRESET.replace("masking_checks = false }", 'masking_checks = false, name = "x" }')
+    with pytest.raises(ValueError, match="belong to further_evaluations"):
+        parse_preset(loads(main_named), source="x.toml")
