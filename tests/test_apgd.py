@@ -9,7 +9,7 @@ import torch
 from _robustness_models import digits, train_tiny
 
 from odenets.models.base import OdeNet
-from odenets.robustness import accuracy, create_attack, dlr_loss
+from odenets.robustness import accuracy, apgd, create_attack, dlr_loss
 from odenets.robustness.apgd import APGDCE, checkpoints
 
 
@@ -165,3 +165,20 @@ def test_apgd_drops_broken_samples_from_the_batch():
     for i in range(0, 48, 7):
         one = attack(model, x[i : i + 1], y[i : i + 1], indices=torch.tensor([i]))
         torch.testing.assert_close(one, adv[i : i + 1], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("restarts", [1, 2])
+@pytest.mark.parametrize("interval", [3, 10])
+def test_apgd_dropping_broken_samples_every_few_steps_gives_the_same_points(
+    monkeypatch, interval, restarts
+):
+    # On CUDA the batch drops its broken samples every 10 steps only: in between, a sample
+    # that broke stays in the batch and its later iterates must not replace its result.
+    model = _trained()
+    x, y = digits("test")
+    x, y = x[:64], y[:64]
+    attack = create_attack("apgd_ce", eps=0.06, steps=30, restarts=restarts, seed=3)
+    every_step = attack(model, x, y)
+    monkeypatch.setattr(apgd, "compaction_interval", lambda device: interval)
+    every_few = create_attack("apgd_ce", eps=0.06, steps=30, restarts=restarts, seed=3)
+    torch.testing.assert_close(every_few(model, x, y), every_step, rtol=0, atol=1e-6)

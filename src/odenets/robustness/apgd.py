@@ -67,6 +67,12 @@ def checkpoints(n_iter: int) -> list[int]:
     return out
 
 
+def compaction_interval(device: torch.device) -> int:
+    """Steps between two drops of the broken samples from APGD's batch: each drop reads a
+    count on the host, free on CPU, a synchronisation on CUDA."""
+    return 1 if device.type == "cpu" else 10
+
+
 class APGD(Attack):
     """Auto-PGD, L∞, with the paper's step-size schedule (see the module docstring)."""
 
@@ -151,9 +157,7 @@ class APGD(Attack):
         increases = torch.zeros(len(z), device=z.device)  # steps since w_{j-1} that raised f
         last_mark, loss_max_at_mark = 0, loss_max.clone()
         halved_at_mark = torch.zeros(len(z), dtype=torch.bool, device=z.device)
-        # How often the batch drops its broken samples: each drop reads a count on the host,
-        # free on CPU, a synchronisation on CUDA.
-        every = 1 if z.device.type == "cpu" else 10
+        every = compaction_interval(z.device)
         done = wrong.clone()
 
         for k in range(self.steps + 1):
