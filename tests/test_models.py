@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.multiprocessing.reductions import StorageWeakRef
 
 import odenets
 from odenets.models.layers import etd_phi
@@ -206,6 +207,38 @@ def test_gating_coefficients_are_the_mean_gate_of_the_last_batch():
     for h in hooks:
         h.remove()
     assert torch.allclose(model.coefficients(), torch.stack(gates))
+
+
+@pytest.mark.parametrize("gate", ["elementwise", "pooled"])
+def test_gating_keeps_no_gate_of_an_evaluation_batch(gate):
+    # coefficient() reports the mean gate of the last batch; outside training it must not
+    # hold the gate itself (N, C, H, W) of every block once the forward is done.
+    model = odenets.create_model("in_resnet_gating_sig20", gate=gate).eval()
+    with torch.no_grad():
+        for block in model.interpolating_blocks():
+            block.junction.proj.weight.normal_(0, 0.1)
+    gates, means = [], []
+
+    def keep(module, inputs, output):
+        gates.append(StorageWeakRef(output.untyped_storage()))
+        means.append(output.detach().sigmoid().mean())
+
+    hooks = [b.junction.proj.register_forward_hook(keep) for b in model.interpolating_blocks()]
+    with torch.no_grad():
+        model(_images(4))
+    for h in hooks:
+        h.remove()
+    assert gates and all(ref.expired() for ref in gates)
+    torch.testing.assert_close(model.coefficients(), torch.stack(means))
+    # In training the mean of the same gate comes on demand.
+    model.train()
+    gates.clear()
+    means.clear()
+    hooks = [b.junction.proj.register_forward_hook(keep) for b in model.interpolating_blocks()]
+    model(_images(4)).sum().backward()
+    for h in hooks:
+        h.remove()
+    torch.testing.assert_close(model.coefficients(), torch.stack(means))
 
 
 def test_pooled_gate_is_per_sample_and_channel():
