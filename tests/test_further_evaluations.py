@@ -173,3 +173,44 @@ def test_repeated_names_and_table_settings_in_the_main_evaluation_are_refused():
     main_named = PRESET.replace("masking_checks = false }", 'masking_checks = false, name = "x" }')
     with pytest.raises(ValueError, match="belong to further_evaluations"):
         parse_preset(loads(main_named), source="x.toml")
+
+
+def _grid_with(tmp_path: Path, preset_text: str) -> tuple[Path, Path]:
+    preset = tmp_path / "tiny-further.toml"
+    preset.write_text(preset_text, encoding="utf-8")
+    return preset, tmp_path / "grid"
+
+
+def test_a_job_waits_for_a_surrogate_trained_after_it_and_a_rerun_finishes(tmp_path, capsys):
+    # The surrogate row comes second: the first row's referee waits for it, the grid ends
+    # unfinished (exit 1) and the next reproduce runs what waited, and only that.
+    preset, out = _grid_with(tmp_path, PRESET.replace('"plain"\ntransfer', '"damped"\ntransfer'))
+    assert main(["reproduce", str(preset), "--out", str(out), "--no-report"]) == 1
+    assert "1 finished, 1 waiting" in capsys.readouterr().out
+    assert RunFolder(out / "runs" / PLAIN).further_evals() == []
+    assert main(["reproduce", str(preset), "--out", str(out), "--no-report"]) == 0
+    printed = capsys.readouterr().out
+    assert f"{PLAIN}: finished" in printed and f"{DAMPED}: skipped (finished)" in printed
+    referee = _eval(out, PLAIN, "referee")
+    assert [Path(p).name for p in referee["transfer_from"]] == [DAMPED]
+    assert _eval(out, DAMPED, "referee")["transfer_from"] is None
+
+
+def test_a_diverged_surrogate_leaves_its_transfer_attacks_out_and_says_so(tmp_path, capsys):
+    # A diverged run is an end of the grid: the runs that would transfer from it are
+    # evaluated without those attacks (the file and the report say why), not kept waiting.
+    preset, out = _grid_with(tmp_path, PRESET)
+    assert main(["reproduce", str(preset), "--out", str(out), "--train-only"]) == 0
+    surrogate = out / "runs" / PLAIN
+    summary = json.loads((surrogate / "summary.json").read_text())
+    summary.update(status="diverged", error="non-finite training loss at epoch 1, step 2")
+    (surrogate / "summary.json").write_text(json.dumps(summary))
+    (surrogate / "final.safetensors").unlink()  # a diverged run has no final weights
+    assert main(["reproduce", str(preset), "--out", str(out)]) == 0
+    assert "1 diverged, 1 finished" in capsys.readouterr().out
+    referee = _eval(out, DAMPED, "referee")
+    assert referee["transfer_from"] is None
+    assert {a["name"] for a in referee["attacks"]} == {"fgsm", "pgd"}
+    assert referee["transfer_skipped"] == f"the surrogate run {PLAIN} diverged"
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert f"No transfer attacks on `{DAMPED}`: the surrogate run {PLAIN} diverged." in report

@@ -116,7 +116,9 @@ def evaluate_run(
 def evaluate_job(grid: Grid, job: Job, out: Path) -> str:
     """Evaluate one run (or an ensemble) of the grid: eval.json, then each of its further
     evaluations (eval.<name>.json), skipping those already done. Returns "finished", or
-    "waiting" while a further evaluation's surrogate run is not trained yet."""
+    "waiting" while a further evaluation's surrogate run is not trained yet. A surrogate
+    run that diverged or failed never will be: that evaluation goes without its transfer
+    attacks, and its file says why ("transfer_skipped")."""
     folder = out / RUNS / job.name
     members = job.members if job.is_ensemble else (job.name,)
     missing = missing_evaluations(out, job)
@@ -134,10 +136,18 @@ def evaluate_job(grid: Grid, job: Job, out: Path) -> str:
         if file not in missing:
             continue
         settings = grid.further_eval(name)
-        surrogate = None
+        surrogate, skipped = None, ""
         if settings.transfer_from and settings.transfer_from != job.row:
             surrogate = out / RUNS / run_name(job.dataset, settings.transfer_from, job.seed)
-            if not RunFolder(surrogate).has(FINAL_WEIGHTS):
+            status = (RunFolder(surrogate).read_summary() or {}).get("status")
+            if status in ("diverged", "failed"):
+                # An end of the grid, as for any run: the surrogate will have no weights.
+                skipped = f"the surrogate run {surrogate.name} {status}"
+                log.warning(
+                    "evaluation %s of %s has no transfer attacks: %s", name, job.name, skipped
+                )
+                surrogate = None
+            elif status != "finished" or not RunFolder(surrogate).has(FINAL_WEIGHTS):
                 log.warning(
                     "evaluation %s of %s waits for its surrogate run %s",
                     name,
@@ -153,6 +163,8 @@ def evaluate_job(grid: Grid, job: Job, out: Path) -> str:
             noise_root=grid.noise_root if settings.noise else None,
             transfer_from=surrogate,
         )
+        if skipped:
+            result["transfer_skipped"] = skipped
         RunFolder(folder).write_eval(result, file)
     return state
 

@@ -303,8 +303,14 @@ def _further_section(report: Report) -> list[str]:
             continue
         header, body = further.table(ev["name"], cols)
         out.append(markdown_table(header, body) + "\n")
-        out.append("*" + _further_caption(ev, further.sample_eval(ev["name"], cols)) + "*\n")
         runs = [r for c in cols for r in c.runs]
+        caption = _further_caption(ev, further.sample_eval(ev["name"], cols))
+        caption += "".join(
+            f" No transfer attacks on `{r.name}`: {r.further[ev['name']]['transfer_skipped']}."
+            for r in runs
+            if r.further[ev["name"]].get("transfer_skipped")
+        )
+        out.append("*" + caption + "*\n")
         out += _verdict_lines([(r, r.further[ev["name"]]) for r in runs], _grad_candidates(report))
     return out
 
