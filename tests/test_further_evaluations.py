@@ -214,3 +214,11 @@ def test_a_diverged_surrogate_leaves_its_transfer_attacks_out_and_says_so(tmp_pa
     assert referee["transfer_skipped"] == f"the surrogate run {PLAIN} diverged"
     report = (out / "report.md").read_text(encoding="utf-8")
     assert f"No transfer attacks on `{DAMPED}`: the surrogate run {PLAIN} diverged." in report
+
+
+def test_list_jobs_says_transfer_evaluations_need_their_surrogate_first(tmp_path, capsys):
+    preset, out = _grid_with(tmp_path, PRESET)
+    assert main(["reproduce", str(preset), "--out", str(out), "--list-jobs"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("# transfer evaluations need the job of row plain (same data")
+    assert sum("--job" in line for line in lines) == 2 and not out.exists()

@@ -148,6 +148,12 @@ def _list_jobs(
         f"# {grid.preset.name} ({grid.scale}): {part}{len(chosen)} of {len(jobs)} jobs; "
         "ensembles need every training job before them; run the report last"
     )
+    surrogates = sorted({e.transfer_from for e in grid.further_evals if e.transfer_from})
+    if surrogates:
+        print(
+            f"# transfer evaluations need the job of row {', '.join(surrogates)} (same data set "
+            "and seed) done first; a job run before it waits for it: run that job again"
+        )
     if data_root is not None:
         print(f"# replace {data_root} with the data folder (or list again with --data-root)")
     for job in chosen:
