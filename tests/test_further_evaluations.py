@@ -136,6 +136,8 @@ def test_the_report_has_a_table_per_further_evaluation(grid):
     normalized = report[report.index("### `normalized`") :]
     assert "| FGSM | normalized | 16/255 | —" not in normalized  # one column: In-ResNet only
     assert "| measurement | threat model | ε | In-ResNet-20 (in_resnet20) |" in normalized
+    # Without the masking checks (masking_checks = false) no verdict, as in the main section.
+    assert "(in_resnet20): **" not in normalized[: normalized.find("\n## ")]
     data = json.loads((out / "report.json").read_text())
     runs = {Path(r["path"]).name: r for r in data["runs"]}
     assert set(runs[DAMPED]["further_evaluations"]) == {"referee", "normalized"}

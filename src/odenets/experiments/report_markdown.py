@@ -283,8 +283,8 @@ def _masking_section(report: Report) -> list[str]:
 
 def _further_section(report: Report) -> list[str]:
     """The preset's further evaluations (eval.<name>.json): per evaluation, its table (a line
-    per measurement, a column per row of the grid), a caption, and the gradient-masking
-    verdict of each run with its evidence."""
+    per measurement, a column per row of the grid), a caption, and, where it ran the masking
+    checks, the gradient-masking verdict of each run with its evidence."""
     settings = (report.manifest or {}).get("further_evaluations") or []
     if not settings:
         return []
@@ -311,7 +311,11 @@ def _further_section(report: Report) -> list[str]:
             if r.further[ev["name"]].get("transfer_skipped")
         )
         out.append("*" + caption + "*\n")
-        out += _verdict_lines([(r, r.further[ev["name"]]) for r in runs], _grad_candidates(report))
+        # A verdict where the evaluation gathered the masking evidence (`masking_checks`).
+        checked = [r for r in runs if (r.further[ev["name"]].get("masking") or {}).get("grad_norm")]
+        out += _verdict_lines(
+            [(r, r.further[ev["name"]]) for r in checked], _grad_candidates(report)
+        )
     return out
 
 
