@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -224,3 +225,19 @@ def test_list_jobs_says_transfer_evaluations_need_their_surrogate_first(tmp_path
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].startswith("# transfer evaluations need the job of row plain (same data")
     assert sum("--job" in line for line in lines) == 2 and not out.exists()
+
+
+def test_an_evaluation_that_cannot_run_stops_the_grid_before_any_training(
+    tmp_path, capsys, monkeypatch
+):
+    # Square needs the optional package: without it the grid must not train its first job
+    # and then stop at that job's evaluation on every rerun, the others never trained.
+    monkeypatch.setitem(sys.modules, "pyautoattack", None)  # the package is not installed
+    text = PRESET.replace('attacks = ["fgsm", "pgd"]', 'attacks = ["fgsm", "square"]')
+    preset, out = _grid_with(tmp_path, text)
+    assert main(["reproduce", str(preset), "--out", str(out)]) == 1
+    assert 'pip install "odenets[autoattack]"' in capsys.readouterr().err
+    assert not (out / "runs").exists()
+    # Training alone needs no attack.
+    assert main(["reproduce", str(preset), "--out", str(out), "--train-only"]) == 0
+    assert sorted(p.name for p in (out / "runs").iterdir()) == [DAMPED, PLAIN]

@@ -23,6 +23,7 @@ from odenets.experiments.grid_folder import (
 )
 from odenets.experiments.jobs import Grid, Job, run_name
 from odenets.experiments.presets import eval_attack_options
+from odenets.robustness.base import create_attack
 from odenets.robustness.runs import evaluate_runs
 from odenets.training import fit
 from odenets.training.config import TrainConfig
@@ -111,6 +112,21 @@ def evaluate_run(
         transfer_from=transfer_from,
         **({"transfer_attacks": transfer} if transfer else {}),
     )
+
+
+def check_evaluations(grid: Grid) -> None:
+    """Fail before any training on an evaluation of the grid (eval.json or a further one)
+    that could not run: an attack name, radius or option that `create_attack` refuses, or
+    a missing optional package (the job would train, then stop at its evaluation on every
+    rerun, and the jobs after it would never train)."""
+    for settings in (grid.eval_settings, *grid.further_evals):
+        transfer = settings.transfer_attacks if settings.transfer_from else ()
+        names = (*settings.attacks, *transfer)
+        options = eval_attack_options({**asdict(settings), "attacks": names})
+        for tm in settings.threat_models:
+            for eps in settings.eps:
+                for name in names:
+                    create_attack(name, eps=eps / 255, threat_model=tm, **options.get(name, {}))
 
 
 def evaluate_job(grid: Grid, job: Job, out: Path) -> str:

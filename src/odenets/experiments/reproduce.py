@@ -29,7 +29,7 @@ from pathlib import Path
 from odenets.experiments.grid_folder import END_STATES, job_state, prepare_folder
 from odenets.experiments.grid_progress import job_label
 from odenets.experiments.job_pool import run_pool
-from odenets.experiments.job_runner import run_job
+from odenets.experiments.job_runner import check_evaluations, run_job
 from odenets.experiments.jobs import Grid, Job
 from odenets.progress import log_label
 
@@ -77,6 +77,8 @@ def run_grid(
     runs N jobs at once on each device, each in its own process (`job_pool`); 0 runs them
     one by one in this process.
     """
+    if not train_only:
+        check_evaluations(grid)
     jobs = prepare_folder(grid, out)
     if jobs_per_device:
         chosen = select_jobs(jobs, shard=shard, only=only)
