@@ -98,8 +98,9 @@ class _PackageAttack(Attack):
                 if len(todo) == 0:
                     break
                 adversary.attacks_to_run = [name]
-                # Standard-layout inputs too: autograd gives a leaf's gradient its layout, so
-                # channels_last images would bring channels_last gradients back.
+                # Standard-layout inputs too: the package sums gradients into `zeros_like`
+                # of the images, so channels_last images give channels_last gradient buffers,
+                # which its `.view` calls refuse.
                 x_adv, y_adv = adversary.run_standard_evaluation(
                     z[todo].contiguous(), labels[todo], batch_size=len(z)
                 )
