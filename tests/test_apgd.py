@@ -11,6 +11,7 @@ from _robustness_models import digits, train_tiny
 from odenets.models.base import OdeNet
 from odenets.robustness import accuracy, apgd, create_attack, dlr_loss
 from odenets.robustness.apgd import APGDCE, checkpoints
+from odenets.robustness.base import Space
 
 
 @functools.lru_cache(maxsize=1)
@@ -182,3 +183,28 @@ def test_apgd_dropping_broken_samples_every_few_steps_gives_the_same_points(
     monkeypatch.setattr(apgd, "compaction_interval", lambda device: interval)
     every_few = create_attack("apgd_ce", eps=0.06, steps=30, restarts=restarts, seed=3)
     torch.testing.assert_close(every_few(model, x, y), every_step, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("n", [0, 12])
+def test_apgd_on_samples_all_misclassified_at_the_start_takes_no_step(n):
+    # Every sample leaves the batch at its (misclassified) random start: one pass, and the
+    # start is the result; an empty batch comes back empty.
+    model = _trained()
+    x, _ = digits("test")
+    x = x[:n]
+    with torch.no_grad():
+        wrong = (model(x).argmax(1) + 1) % 10 if n else torch.zeros(0, dtype=torch.long)
+    seen = []
+    hook = model.register_forward_pre_hook(lambda _, args: seen.append(len(args[0])))
+    attack = create_attack("apgd_ce", eps=0.06, steps=10, seed=4)
+    try:
+        adv = attack(model, x, wrong)
+    finally:
+        hook.remove()  # the trained model is shared with the other tests
+    assert adv.shape == x.shape
+    assert seen == [n]
+    if n:
+        start = attack._start(Space(model, "pixel"), x, torch.arange(n), 0)
+        torch.testing.assert_close(adv, start, rtol=0, atol=0)
+        with torch.no_grad():
+            assert bool((model(adv).argmax(1) != wrong).all())
