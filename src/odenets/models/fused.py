@@ -121,10 +121,10 @@ class _GatedSum(torch.autograd.Function):
     """(1 - act(d)) ⊙ x + f with act = ReLU (`sigmoid=False`) or sigmoid, d of x's shape or
     broadcast over its spatial dimensions ((N, C, 1, 1), the pooled gate).
 
-    The plain expression costs five elementwise kernels forward (act, 1 - λ, the product, the
-    sum) and six backward, with a gradient accumulation for x; here the forward is act,
-    1 - λ and one `addcmul`, and the backward two products and the activation's derivative,
-    saving 1 - λ instead of recomputing it.
+    The forward is act, 1 - λ and one `addcmul` (the plain expression: act, 1 - λ, a product
+    and a sum). The backward keeps x and d, recomputes 1 - λ and dλ/dd from d, and gives
+    dL/dx = g (1 - λ), dL/df = g and dL/dd = -g ⊙ x ⊙ dλ/dd (summed over H and W for the
+    pooled gate).
     """
 
     generate_vmap_rule = True
