@@ -2,7 +2,8 @@
 
 `scaled_sum(x, f, a, b)` = a·x + b·f with 0-d a and b is the update of every scalar junction
 (`odenets.models.layers`): one `addcmul` forward and, backward, one dot product for each
-scalar gradient instead of a product and a sum.
+scalar gradient instead of a product and a sum. `gated_sum(x, f, d)` = (1 - act(d)) ⊙ x + f
+is the update of the gating junctions.
 """
 
 from __future__ import annotations
