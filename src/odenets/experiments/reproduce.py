@@ -6,13 +6,14 @@ Layout of a results folder (``--out``)::
     runs/<job name>/       one folder per job: the run folder of `odenets train`, plus
         job.json           which preset, scale, row, data set and seed produced it
         eval.json          written by `odenets evaluate`
+        eval.<name>.json   each further evaluation of the preset that covers the run
     report.md / .csv / .json, figures/    written by `odenets report`
 
-A job is finished when its `summary.json` says "finished" and its `eval.json` exists and
-scored the run's current weights (an ensemble job: when its `eval.json` exists); finished
-and diverged jobs are never run again, an interrupted one resumes from its last checkpoint.
-Each job is also one self-contained shell command (`job_command`), so a scheduler can run
-the grid on many machines.
+A job is finished when its `summary.json` says "finished" and its `eval.json` and the files
+of its further evaluations exist and scored the run's current weights (an ensemble job: when
+its `eval.json` exists); finished and diverged jobs are never run again, an interrupted
+one resumes from its last checkpoint. Each job is also one self-contained shell command
+(`job_command`), so a scheduler can run the grid on many machines.
 
 This module holds the grid runner (shards, skipping what is done); the pieces are
 `jobs` (Grid, Job, expand_jobs, load_grid), `grid_folder` (manifest, job state),
