@@ -76,7 +76,8 @@ def run_grid(
     With `train_only`, trainings are brought to their end and nothing is evaluated (ensemble
     jobs wait): a later call without it evaluates the trained runs. `jobs_per_device` N >= 1
     runs N jobs at once on each device, each in its own process (`job_pool`); 0 runs them
-    one by one in this process.
+    one by one in this process. Unless `train_only`, an evaluation of the grid that could not
+    run (`check_evaluations`) stops it before any training.
     """
     if not train_only:
         check_evaluations(grid)
