@@ -634,3 +634,29 @@ def test_a_long_pass_logs_its_accuracy_so_far(data, monkeypatch, caplog):
     assert all(" correct so far (" in x and ", ETA " in x for x in lines[:-1])
     assert " 90/90 " not in lines[-2] and lines[-1].startswith("fgsm 12.75/255: ")
     assert " correct (" in lines[-1]
+
+
+def test_a_pass_counts_robust_samples_as_the_table_does(caplog):
+    """A sample correct under attack but wrong clean is not robust: the mask and the line
+    logged for the pass both leave it out (the line gives the table's number)."""
+    from odenets.robustness.metrics import correct_mask
+
+    class ByMean(torch.nn.Module):  # class 1 when the image is bright, else class 0
+        def forward(self, x):
+            bright = x.flatten(1).mean(1) > 0.5
+            return torch.stack([(~bright).float(), bright.float()], dim=1)
+
+    images = torch.tensor([0.2, 0.8, 0.2, 0.8]).view(4, 1, 1, 1).expand(4, 1, 2, 2)
+    labels = torch.tensor([0, 0, 1, 1])  # clean: samples 0 and 3 correct
+
+    def brighten(model, x, y, indices=None):  # makes every sample correct
+        return torch.where(y.view(-1, 1, 1, 1) == 1, torch.ones_like(x), torch.zeros_like(x))
+
+    model = ByMean()
+    clean = correct_mask(model, images, labels)
+    assert clean.tolist() == [True, False, False, True]
+    assert correct_mask(model, images, labels, attack=brighten).all()  # correct, attacked
+    with caplog.at_level("INFO"):
+        robust = correct_mask(model, images, labels, attack=brighten, desc="brighten", within=clean)
+    assert robust.tolist() == clean.tolist()
+    assert "brighten: 2/4 correct (50.00%)" in caplog.text

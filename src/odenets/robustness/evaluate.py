@@ -396,7 +396,7 @@ def _attack_radius(
     for attack in attacks:
         t0 = time.perf_counter()
         # Robust only if also correct clean (an attack may "fix" a misclassified image).
-        mask = masks(attack=attack, desc=f"{attack.name} {eps * 255:g}/255") & clean_mask
+        mask = masks(attack=attack, desc=f"{attack.name} {eps * 255:g}/255", within=clean_mask)
         worst &= mask
         bad += attack.nonfinite_grads
         entry = entry_counts({**_attack_entry(attack, tm, eps, t0), **attack.record()}, mask)
@@ -447,7 +447,8 @@ def _pgd_steps(
         attack = create_attack(
             "pgd", eps=eps, threat_model=tm, seed=seed, random_start=base.random_start, **v
         )
-        mask = masks(attack=attack, desc=f"pgd {v['steps']} steps x {v['restarts']}") & clean_mask
+        desc = f"pgd {v['steps']} steps x {v['restarts']}"
+        mask = masks(attack=attack, desc=desc, within=clean_mask)
         runs.append(entry_counts(dict(v), mask))
     return {"threat_model": tm, "eps": eps, "eps_255": eps * 255, "runs": runs}
 

@@ -29,6 +29,7 @@ def correct_mask(
     progress: bool = False,
     desc: str | None = None,
     log: WorkLog | None = None,
+    within: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Which samples the model classifies correctly, after `attack` if one is given.
 
@@ -44,6 +45,9 @@ def correct_mask(
             line at its end (count correct, seconds), and through `log`, the ETA of the
             whole evaluation and a line now and then during a long pass.
         log: the evaluation's `WorkLog` (passes and their costs); None: this pass alone.
+        within: bool (N,): count a sample correct only where it is True (the clean-correct
+            mask: a robust sample is correct both clean and attacked), in the result and
+            in the lines logged, so they give the numbers of the tables.
 
     Returns:
         Bool tensor (N,) on the CPU.
@@ -75,6 +79,8 @@ def correct_mask(
                 # a check per batch would cost two host syncs each on CUDA.
                 _check_label_range(labels, logits.shape[-1])
             out[start:stop] = (logits.argmax(dim=1) == y).cpu()
+            if within is not None:
+                out[start:stop] &= within[start:stop]
             if lines is not None:
                 done = min(stop, len(images))
                 lines.progress(done, int(out[:done].sum()), len(images))
