@@ -72,25 +72,61 @@ def test_bf16_autocast_keeps_the_block_output_in_bf16():
     assert out.dtype == torch.bfloat16
 
 
+def _plain_block(block, x):
+    """A block written out: a·skip + b·f(x) by autograd (no fused sum, no folding)."""
+    skip = x if block.shortcut is None else block.shortcut(x)
+    scalars = block.junction.scalars()
+    if scalars is None:
+        return block.junction(skip, block.f(x))
+    a, b = scalars
+    return a * skip + (1 if b is None else b) * block.f(x)
+
+
 @pytest.mark.parametrize("name", ["in_resnet20", "lambda_in_resnet20", "etd_resnet20"])
-def test_junction_coefficient_gradients_match_a_plain_reimplementation(name):
-    # The same network twice: once with the fused junction, once with the plain formula.
+def test_blocks_match_a_plain_reimplementation(name, monkeypatch):
+    # The same network twice: as built (fused sums; λ-In-ResNet and ETD fold b into f's last
+    # convolution) and with every block written out plainly, a·x + b·f(x) by autograd.
     torch.manual_seed(0)
     model = odenets.create_model(name).double().train()
-    x = torch.rand(3, 3, 32, 32, dtype=torch.float64)
-    fused = torch.autograd.grad(model(x).square().sum(), model.coefficient_parameters())
+    with torch.no_grad():  # coefficients away from their initial values, b far from 1
+        for p in model.coefficient_parameters():
+            p.add_(0.3)
+    x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
+    params = list(model.parameters())
+    out = model(x)
+    fused = torch.autograd.grad(out.square().sum(), params)
 
-    import odenets.models.layers as layers
+    from odenets.models.resnet import ResBlock
 
-    original = layers.scaled_sum
-    layers.scaled_sum = lambda x, fx, a, b=None: a * x + (fx if b is None else b * fx)
-    try:
-        plain = torch.autograd.grad(model(x).square().sum(), model.coefficient_parameters())
-    finally:
-        layers.scaled_sum = original
-    for ours, theirs in zip(fused, plain, strict=True):
+    monkeypatch.setattr(ResBlock, "forward", _plain_block)
+    reference = model(x)
+    expected = torch.autograd.grad(reference.square().sum(), params)
+    torch.testing.assert_close(out, reference, rtol=1e-12, atol=1e-12)
+    for ours, theirs in zip(fused, expected, strict=True):
         torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
     assert any(g.abs().sum() > 0 for g in fused)
+
+
+@pytest.mark.parametrize("variant", ["lambda_in_resnet", "etd_resnet"])
+@pytest.mark.parametrize("residual", ["basic", "bottleneck"])
+def test_folding_b_into_the_last_convolution_is_exact(variant, residual):
+    # One block: b folded into f's last convolution (basic: conv2; bottleneck: conv3) against
+    # a·x + b·f(x) written out, values and every gradient, in float64.
+    torch.manual_seed(1)
+    block = odenets.InResNetBlock(8, variant=variant, residual=residual).double().train()
+    with torch.no_grad():
+        block.junction.k.add_(0.4)
+    x = torch.randn(3, 8, 6, 6, dtype=torch.float64, requires_grad=True)
+    out = block(x)
+    assert block.junction.scalars()[1] is not None  # the folded path ran
+    inputs = [x, *block.parameters()]
+    g = torch.randn_like(out)
+    ours = torch.autograd.grad(out, inputs, g)
+    reference = _plain_block(block, x)
+    theirs = torch.autograd.grad(reference, inputs, g)
+    torch.testing.assert_close(out, reference, rtol=1e-12, atol=1e-12)
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize(

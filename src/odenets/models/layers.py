@@ -121,6 +121,12 @@ class Junction(nn.Module):
     def forward(self, x: torch.Tensor, fx: torch.Tensor) -> torch.Tensor:
         return x + fx
 
+    def scalars(self) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """(a, b) of x_{n+1} = a·x_n + b·f_n(x_n) as 0-d tensors (b None: 1) for a junction
+        of that form, else None. A block whose f ends in a linear layer without bias folds
+        b into that layer's weights (`odenets.models.resnet.ResBlock`)."""
+        return None
+
     def coefficient(self) -> torch.Tensor:
         """Effective λ_n as a 0-d tensor (interpolating junctions only)."""
         raise TypeError(f"the {self.name!r} junction has no interpolation coefficient")
@@ -141,7 +147,8 @@ class ResidualJunction(Junction):
 
 class _ScalarJunction(Junction):
     """A junction driven by one learnable raw scalar `k` (shape (1,), as in the authors'
-    `ks` list) mapped to λ by `lambda_of`; subclasses set `lambda_of`, `raw_of` and `combine`.
+    `ks` list) mapped to λ by `lambda_of`: x_{n+1} = a(λ)·x_n + b(λ)·f_n(x_n); subclasses set
+    `lambda_of`, `raw_of` and `scales` (λ -> (a, b)).
     """
 
     interpolating = True
@@ -159,14 +166,19 @@ class _ScalarJunction(Junction):
     def raw_of(self, lam: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def combine(self, x: torch.Tensor, fx: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-        return scaled_sum(x, fx, 1 - lam)
+    def scales(self, lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(a, b) of a·x + b·f at λ (b None: 1)."""
+        return 1 - lam, None
 
-    def forward(self, x: torch.Tensor, fx: torch.Tensor) -> torch.Tensor:
+    def scalars(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         # λ as a 0-d tensor: the elementwise kernels take it as a scalar (faster than a
         # broadcast (1,) operand), and under bf16 autocast it does not promote the block
         # output to float32, as in a plain residual x + f.
-        return self.combine(x, fx, self.lambda_of(self.k).reshape(()))
+        return self.scales(self.lambda_of(self.k).reshape(()))
+
+    def forward(self, x: torch.Tensor, fx: torch.Tensor) -> torch.Tensor:
+        a, b = self.scalars()
+        return scaled_sum(x, fx, a, b)
 
     def coefficient(self) -> torch.Tensor:
         return self.lambda_of(self.k.detach()).reshape(())
@@ -208,8 +220,8 @@ class LambdaInResNetJunction(_ScalarJunction):
     def raw_of(self, lam):
         return lam.clone()
 
-    def combine(self, x, fx, lam):
-        return scaled_sum(x, fx, 1 - lam, 1 + lam)
+    def scales(self, lam):
+        return 1 - lam, 1 + lam
 
 
 @register_junction("in_resnet_sig")
@@ -259,8 +271,8 @@ class ETDJunction(_ScalarJunction):
     def raw_of(self, lam):
         return lam.clone()
 
-    def combine(self, x, fx, lam):
-        return scaled_sum(x, fx, torch.exp(-lam), etd_phi(lam) * (1 + lam))
+    def scales(self, lam):
+        return torch.exp(-lam), etd_phi(lam) * (1 + lam)
 
 
 class _GatingJunction(Junction):

@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from odenets.models.base import CIFAR_MEAN, CIFAR_STD, OdeNet
+from odenets.models.fused import scaled_sum
 from odenets.models.layers import (
     JUNCTIONS,
     LambdaRange,
@@ -92,9 +93,10 @@ class BasicResidual(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        """f(x), or scale·f(x) with 0-d `scale` folded into the last convolution's weights."""
         out = self.conv1(F.relu(self.bn1(x)))
-        return self.conv2(F.relu(self.bn2(out)))
+        return _last_conv(self.conv2, F.relu(self.bn2(out)), scale)
 
 
 class BottleneckResidual(nn.Module):
@@ -111,10 +113,22 @@ class BottleneckResidual(nn.Module):
         self.bn3 = nn.BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        """f(x), or scale·f(x) with 0-d `scale` folded into the last convolution's weights."""
         out = self.conv1(F.relu(self.bn1(x)))
         out = self.conv2(F.relu(self.bn2(out)))
-        return self.conv3(F.relu(self.bn3(out)))
+        return _last_conv(self.conv3, F.relu(self.bn3(out)), scale)
+
+
+def _last_conv(conv: nn.Conv2d, h: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """conv(h), or scale·conv(h) as conv(h) with weights scale·W (the conv has no bias): the
+    scale costs a product over the weights instead of one over the activations, and so does
+    its gradient (Σ W ⊙ dL/d(scale·W) instead of Σ f ⊙ dL/df)."""
+    if scale is None:
+        return conv(h)
+    return F.conv2d(
+        h, conv.weight * scale, None, conv.stride, conv.padding, conv.dilation, conv.groups
+    )
 
 
 RESIDUALS = {"basic": BasicResidual, "bottleneck": BottleneckResidual}
@@ -147,7 +161,13 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skip = x if self.shortcut is None else self.shortcut(x)
-        return self.junction(skip, self.f(x))
+        scalars = self.junction.scalars()
+        if scalars is None or scalars[1] is None:
+            return self.junction(skip, self.f(x))
+        # a·skip + b·f(x) with b folded into f's last convolution (λ-In-ResNet, ETD): the
+        # same function, two fewer passes over the activations forward and backward.
+        a, b = scalars
+        return scaled_sum(skip, self.f(x, scale=b), a)
 
 
 class InResNetBlock(ResBlock):
