@@ -10,6 +10,10 @@ This script times what differs between the In-ResNet variants and a ResNet: the 
 the three stage shapes of a CIFAR ResNet at batch 128. Each figure is the fastest of
 `--reps` repetitions (the least disturbed by other processes), and the overhead of a whole
 step is estimated as the sum over the network's blocks of (junction - plain sum).
+
+Each junction is timed as a block uses it: λ-In-ResNet and ETD, whose blocks fold the factor
+b of f(x) into f's last convolution, as a·x + f plus the product of b with a 3x3 weight
+tensor; with `--dtype bfloat16` under bf16 autocast, as in training.
 """
 
 from __future__ import annotations
@@ -21,8 +25,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, make_parser, print_machine, print_table, write_report  # noqa: E402
+from _common import (  # noqa: E402
+    machine_info,
+    make_parser,
+    print_machine,
+    print_table,
+    write_report,
+)
 
+from odenets.models.fused import scaled_sum  # noqa: E402
 from odenets.models.layers import JUNCTIONS, create_junction  # noqa: E402
 from odenets.models.resnet import default_lambda_init  # noqa: E402
 
@@ -57,11 +68,21 @@ def time_junction(name: str, channels: int, size: int, args) -> float:
     grad = torch.randn(shape, generator=gen).to(dtype).contiguous(memory_format=fmt)
     x.requires_grad_(True)
     fx.requires_grad_(True)
+    # The weights of f's last 3x3 convolution: a block folds the junction's b into them.
+    weight = torch.randn(channels, channels, 3, 3, generator=gen).requires_grad_(True)
     inputs = [x, fx, *junction.parameters()]
+    amp = dtype == torch.bfloat16  # as in training: the gate's convolution under autocast
 
     def once():
-        out = junction(x, fx)
-        torch.autograd.grad(out, inputs, grad)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            scalars = junction.scalars()
+            if scalars is None or scalars[1] is None:
+                torch.autograd.grad(junction(x, fx), inputs, grad)
+                return
+            a, b = scalars  # as in `ResBlock`: b scales f's last weights, not f(x)
+            out = scaled_sum(x, fx, a)
+            scaled = (weight * b).sum()
+        torch.autograd.grad([out, scaled], [*inputs, weight], [grad, torch.ones(())])
 
     for _ in range(3):
         once()
