@@ -92,17 +92,28 @@ def run_grid(
             on_event=on_event,
             train_only=train_only,
         )
-    states = {}
-    for job in select_jobs(jobs, shard=shard, only=only):
-        before = job_state(out, job)
-        start = time.perf_counter()
-        if before in END_STATES or (train_only and before == "trained"):
-            states[job.name] = before
+    states: dict[str, str] = {}
+    todo = select_jobs(jobs, shard=shard, only=only)
+    while todo:
+        for job in todo:
+            before = job_state(out, job)
+            start = time.perf_counter()
+            if before in END_STATES or (train_only and before == "trained"):
+                states[job.name] = before
+                if on_event:
+                    on_event(job, f"skipped ({before})", 0.0)
+                continue
+            with log_label(job_label(job, len(jobs))):  # starts each log line of the job
+                states[job.name] = run_job(grid, out, job, train_only=train_only)
             if on_event:
-                on_event(job, f"skipped ({before})", 0.0)
-            continue
-        with log_label(job_label(job, len(jobs))):  # starts each log line of the job
-            states[job.name] = run_job(grid, out, job, train_only=train_only)
-        if on_event:
-            on_event(job, states[job.name], time.perf_counter() - start)
+                on_event(job, states[job.name], time.perf_counter() - start)
+        # A job that waited for another of this call (an ensemble for its members, a
+        # transfer evaluation for its surrogate) gets another turn once that one is done.
+        waiting = [j for j in todo if states.get(j.name) == "waiting"]
+        progressed = any(states.get(j.name) in END_STATES for j in todo)
+        todo = (
+            waiting
+            if waiting and progressed and not train_only and len(waiting) < len(todo)
+            else []
+        )
     return states
