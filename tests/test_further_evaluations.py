@@ -203,6 +203,21 @@ def test_a_job_waits_for_a_surrogate_trained_after_it_then_gets_another_turn(tmp
     assert _eval(out, DAMPED, "referee")["transfer_from"] is None
 
 
+def test_with_jobs_per_device_a_waiting_job_is_reported_waiting_then_gets_another_turn(
+    tmp_path, capsys, monkeypatch
+):
+    # One process per job: the job whose transfer evaluation waits for the surrogate of a
+    # later job says "waiting" (not "trained") and is run again once that job is done.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    preset, out = _grid_with(tmp_path, PRESET.replace('"plain"\ntransfer', '"damped"\ntransfer'))
+    args = ["reproduce", str(preset), "--out", str(out), "--no-report", "--jobs-per-device", "1"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    lines = [x for x in printed.splitlines() if PLAIN in x or DAMPED in x]
+    assert [x.split(": ", 1)[1].split(" ")[0] for x in lines] == ["waiting", "finished", "finished"]
+    assert [Path(p).name for p in _eval(out, PLAIN, "referee")["transfer_from"]] == [DAMPED]
+
+
 def test_a_diverged_surrogate_leaves_its_transfer_attacks_out_and_says_so(tmp_path, capsys):
     # A diverged run is an end of the grid: the runs that would transfer from it are
     # evaluated without those attacks (the file and the report say why), not kept waiting.

@@ -254,6 +254,36 @@ def test_eval_json_of_older_weights_is_stale_and_left_out(retrained):
     assert "final.safetensors (epoch 2 of 2)" in text
 
 
+def test_transfer_results_go_stale_when_their_surrogate_is_trained_on(tmp_path):
+    # The transfer attacks were crafted on the surrogate's weights of then: trained on, the
+    # surrogate makes them stale, also once the folders have moved (found by name).
+    from odenets.cli import main
+    from odenets.experiments.grid_folder import eval_freshness
+
+    runs = tmp_path / "first" / RUNS
+    target, surrogate = runs / "target", runs / "surrogate"
+    _train(target, 1)
+    _train(surrogate, 1)
+    args = ["evaluate", str(target), "--attacks", "fgsm", "--eps", "8", "--no-checks"]
+    assert main([*args, "--transfer-from", str(surrogate)]) == 0
+    ev = json.loads((target / "eval.json").read_text())
+    (crafted_on,) = ev["transfer_weights"]
+    assert (crafted_on["file"], crafted_on["epoch"]) == ("final.safetensors", 1)
+    assert eval_freshness(ev, [target]) == ("current", "")
+    moved = tmp_path / "moved"
+    (tmp_path / "first").rename(moved)
+    assert eval_freshness(ev, [moved / RUNS / "target"]) == ("current", "")
+    _train(moved / RUNS / "surrogate", 2, "--resume")
+    assert eval_freshness(ev, [moved / RUNS / "target"]) == (
+        "stale",
+        "its transfer attacks were crafted on final.safetensors (epoch 1 of 1) of surrogate, "
+        "which now holds final.safetensors (epoch 2 of 2)",
+    )
+    # Without a surrogate the record is null, and an older eval.json has no such key.
+    ev.pop("transfer_weights")
+    assert eval_freshness(ev, [moved / RUNS / "target"]) == ("current", "")
+
+
 def test_eval_json_of_the_current_weights_counts(retrained, tmp_path):
     from odenets.cli import main
 

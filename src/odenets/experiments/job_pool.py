@@ -21,6 +21,7 @@ import torch
 
 from odenets.experiments.grid_folder import END_STATES, job_state, prepare_folder
 from odenets.experiments.job_commands import job_command, python_executable
+from odenets.experiments.job_runner import waits_for_surrogate
 from odenets.experiments.jobs import Grid, Job
 
 LOGS = "logs"
@@ -74,7 +75,14 @@ def run_pool(
             todo.append(job)
     waves = [[j for j in todo if not j.is_ensemble], [j for j in todo if j.is_ensemble]]
     for wave in waves[:1] if train_only else waves:
-        states.update(_run_wave(grid, out, wave, slots, threads, on_event, train_only))
+        while wave:
+            reached = _run_wave(grid, out, wave, slots, threads, on_event, train_only)
+            states.update(reached)
+            # A job whose transfer evaluation waited for a surrogate another process was
+            # training gets another turn once that one is done (as in the serial run).
+            waiting = [j for j in wave if reached[j.name] == "waiting"]
+            progressed = any(reached[j.name] in END_STATES for j in wave)
+            wave = waiting if waiting and progressed and len(waiting) < len(wave) else []
     return states
 
 
@@ -97,6 +105,8 @@ def _run_wave(grid, out, jobs, slots, threads, on_event, train_only) -> dict[str
             state = job_state(out, job)
             if proc.returncode != 0 and state not in (*END_STATES, "trained"):
                 state = "failed"
+            elif state == "trained" and not train_only and waits_for_surrogate(grid, out, job):
+                state = "waiting"
             states[job.name] = state
             if on_event:
                 on_event(job, state, time.perf_counter() - start)

@@ -152,26 +152,19 @@ def evaluate_job(grid: Grid, job: Job, out: Path) -> str:
         if file not in missing:
             continue
         settings = grid.further_eval(name)
-        surrogate, skipped = None, ""
-        if settings.transfer_from and settings.transfer_from != job.row:
-            surrogate = out / RUNS / run_name(job.dataset, settings.transfer_from, job.seed)
-            status = (RunFolder(surrogate).read_summary() or {}).get("status")
-            if status in ("diverged", "failed"):
-                # An end of the grid, as for any run: the surrogate will have no weights.
-                skipped = f"the surrogate run {surrogate.name} {status}"
-                log.warning(
-                    "evaluation %s of %s has no transfer attacks: %s", name, job.name, skipped
-                )
-                surrogate = None
-            elif status != "finished" or not RunFolder(surrogate).has(FINAL_WEIGHTS):
-                log.warning(
-                    "evaluation %s of %s waits for its surrogate run %s",
-                    name,
-                    job.name,
-                    surrogate.name,
-                )
-                state = "waiting"
-                continue
+        surrogate, surrogate_state = transfer_surrogate(grid, out, job, name)
+        skipped = ""
+        if surrogate_state in ("diverged", "failed"):
+            # An end of the grid, as for any run: the surrogate will have no weights.
+            skipped = f"the surrogate run {surrogate.name} {surrogate_state}"
+            log.warning("evaluation %s of %s has no transfer attacks: %s", name, job.name, skipped)
+            surrogate = None
+        elif surrogate_state == "waiting":
+            log.warning(
+                "evaluation %s of %s waits for its surrogate run %s", name, job.name, surrogate.name
+            )
+            state = "waiting"
+            continue
         result = evaluate_run(
             [out / RUNS / m for m in members],
             settings,
@@ -183,6 +176,33 @@ def evaluate_job(grid: Grid, job: Job, out: Path) -> str:
             result["transfer_skipped"] = skipped
         RunFolder(folder).write_eval(result, file)
     return state
+
+
+def transfer_surrogate(grid: Grid, out: Path, job: Job, name: str) -> tuple[Path | None, str]:
+    """The surrogate run folder of the job's further evaluation `name` and its state: "ready"
+    (trained, with final weights), "waiting" (not yet), "diverged" or "failed" (it never
+    will be); (None, "") for an evaluation without transfer attacks or on the surrogate
+    itself."""
+    settings = grid.further_eval(name)
+    if not settings.transfer_from or settings.transfer_from == job.row:
+        return None, ""
+    surrogate = out / RUNS / run_name(job.dataset, settings.transfer_from, job.seed)
+    status = (RunFolder(surrogate).read_summary() or {}).get("status")
+    if status in ("diverged", "failed"):
+        return surrogate, status
+    if status != "finished" or not RunFolder(surrogate).has(FINAL_WEIGHTS):
+        return surrogate, "waiting"
+    return surrogate, "ready"
+
+
+def waits_for_surrogate(grid: Grid, out: str | Path, job: Job) -> bool:
+    """Whether one of the job's missing further evaluations waits for its surrogate run."""
+    missing = missing_evaluations(out, job)
+    return any(
+        transfer_surrogate(grid, Path(out), job, name)[1] == "waiting"
+        for name in job.evaluations
+        if further_eval_file(name) in missing
+    )
 
 
 JOB_LOCK = ".job.lock"

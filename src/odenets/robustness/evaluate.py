@@ -213,7 +213,7 @@ def _evaluate(
     masks = functools.partial(correct_mask, model, images, labels, **run)  # bool (N,) correct
 
     clean_mask = masks(desc="clean")
-    result = _skeleton(model, members, clean_mask, seed, info)
+    result = _skeleton(model, members, clean_mask, seed, info, surrogates)
     if noise is not None:
         result["noise"], result["counts"]["noise"] = noise_accuracy(
             model, images, labels, noise, noise_root, seed, run
@@ -326,7 +326,12 @@ def _check_attacks(attacks, eps_list, threat_models, options, seed) -> None:
 
 
 def _skeleton(
-    model: nn.Module, members: list[nn.Module], clean_mask: torch.Tensor, seed: int, info: dict
+    model: nn.Module,
+    members: list[nn.Module],
+    clean_mask: torch.Tensor,
+    seed: int,
+    info: dict,
+    surrogates: list[nn.Module],
 ) -> dict:
     """The eval.json dictionary with its keys in order: metadata and clean accuracy filled
     in, the other sections empty."""
@@ -351,6 +356,8 @@ def _skeleton(
         "counts": {"clean": int(clean_mask.sum()), "eps1": None, "nonfinite_grads": 0},
         "masking": {"beyond_white_box": [], "pgd_steps": [], "grad_norm": None},
         "transfer_from": info.get("transfer_from"),
+        # The surrogates' weights, as "weights": transfer results go stale with them.
+        "transfer_weights": [getattr(s, "run_weights", None) for s in surrogates] or None,
         "shard": info.get("shard"),
     }
 

@@ -10,7 +10,17 @@ from odenets.robustness.counts import frac, sum_entries
 from odenets.robustness.masking import diagnostics, norm_stats, verdict
 from odenets.robustness.noise_accuracy import noise_section
 
-_SAME_KEYS = ("runs", "models", "ensemble", "dataset", "split", "seed", "weights", "transfer_from")
+_SAME_KEYS = (
+    "runs",
+    "models",
+    "ensemble",
+    "dataset",
+    "split",
+    "seed",
+    "weights",
+    "transfer_from",
+    "transfer_weights",
+)
 _ATTACK_KEYS = ("name", "threat_model", "eps", "steps", "alpha", "restarts")
 
 
