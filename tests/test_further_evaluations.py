@@ -118,6 +118,60 @@ def test_a_missing_further_evaluation_is_run_again_and_nothing_else(grid, capsys
     assert changed == [further_eval_file("normalized"), "job.json"]
 
 
+class Killed(Exception):
+    pass
+
+
+def _untimed(value):
+    """`value` without its wall times (they differ between any two runs)."""
+    if isinstance(value, list):
+        return [_untimed(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _untimed(v) for k, v in value.items() if k != "time_s"}
+    return value
+
+
+def test_evaluations_in_parts_resume_after_a_kill_and_equal_the_whole(grid, tmp_path, monkeypatch):
+    # Parts of 10 images: eval.json in 4 parts, the referee (24 images) in 3. A process killed
+    # during the referee's third part leaves two parts; the next call makes only the third
+    # and merges them into what one pass over the images gives (the module's grid).
+    from odenets.experiments import job_runner
+
+    monkeypatch.setattr(job_runner, "PART_IMAGES", 10)
+    made = []
+    real = job_runner.evaluate_run
+
+    def evaluate_run(run_dirs, settings, **kwargs):
+        made.append((Path(run_dirs[0]).name, settings.limit, kwargs.get("shard")))
+        if len(made) == 7 and settings.limit == 24:
+            raise Killed  # the process is stopped
+        return real(run_dirs, settings, **kwargs)
+
+    monkeypatch.setattr(job_runner, "evaluate_run", evaluate_run)
+    preset, out = _grid_with(tmp_path, PRESET)
+    args = ["reproduce", str(preset), "--out", str(out), "--no-report", "--job", "0"]
+    with pytest.raises(Killed):
+        main(args)
+    assert made == [(PLAIN, 40, (i, 4)) for i in range(4)] + [(PLAIN, 24, (i, 3)) for i in range(3)]
+    parts = out / "runs" / PLAIN / job_runner.PARTS
+    assert [p.name for p in sorted(parts.glob("*/*.json"))] == [
+        "part-1-of-3.json",
+        "part-2-of-3.json",
+    ]
+    made.clear()
+    assert main(args) == 0
+    assert made == [(PLAIN, 24, (2, 3))]
+    assert not parts.exists()
+    for file in ("eval.json", further_eval_file("referee")):
+        got = json.loads((out / "runs" / PLAIN / file).read_text())
+        want = json.loads((grid["out"] / "runs" / PLAIN / file).read_text())
+        assert got["merged_shards"] == (4 if file == "eval.json" else 3) and got["n"] == want["n"]
+        for key in ("clean", "attacks", "worst_case", "checks", "counts"):
+            assert _untimed(got[key]) == _untimed(want[key]), (file, key)
+        assert got["masking"]["pgd_steps"] == want["masking"]["pgd_steps"]
+        assert got["masking"].get("verdict") == want["masking"].get("verdict")
+
+
 def test_the_report_has_a_table_per_further_evaluation(grid):
     out = grid["out"]
     assert main(["report", str(out)]) == 0

@@ -6,17 +6,23 @@ An ensemble job only evaluates, once every member run has its eval.json.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import logging
+import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from odenets.errors import DivergenceError, OdenetsError
+from odenets.checkpoint import read_json, write_json_atomic
+from odenets.errors import CheckpointError, DivergenceError, OdenetsError
 from odenets.experiments.grid_folder import (
     END_STATES,
     RUNS,
+    eval_freshness,
     job_state,
     missing_evaluations,
     write_job_record,
@@ -24,7 +30,8 @@ from odenets.experiments.grid_folder import (
 from odenets.experiments.jobs import Grid, Job, run_name
 from odenets.experiments.presets import eval_attack_options
 from odenets.robustness.base import create_attack
-from odenets.robustness.runs import evaluate_runs
+from odenets.robustness.runs import count_test_images, evaluate_runs
+from odenets.robustness.shards import merge_shards
 from odenets.training import fit
 from odenets.training.config import TrainConfig
 from odenets.training.run_folder import (
@@ -84,19 +91,22 @@ def evaluate_run(
     noise_root: str | None = None,
     seed: int = 0,
     transfer_from: str | Path | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """Evaluate one run, or several as an ensemble, as `odenets evaluate` does, with the
     preset's settings (attack steps included); returns the eval.json dictionary.
 
     The test subset (`settings.limit`) is the same seeded subset `odenets evaluate --limit`
     takes, so results agree with the command. `transfer_from` is the surrogate run folder
-    of the settings' `transfer_attacks`.
+    of the settings' `transfer_attacks`; `shard` (index, count), 0-based: only that share of
+    the subset, as `odenets evaluate --shard`.
     """
     noise = ("official" if noise_root else "generated") if settings.noise else None
     transfer = list(settings.transfer_attacks) if transfer_from is not None else []
     return evaluate_runs(
         run_dirs,
         limit=settings.limit or None,  # 0: the whole split
+        shard=shard,
         seed=seed,
         data_root=data_root or None,  # None: the root each run was trained with
         progress=sys.stderr.isatty(),
@@ -112,6 +122,68 @@ def evaluate_run(
         transfer_from=transfer_from,
         **({"transfer_attacks": transfer} if transfer else {}),
     )
+
+
+PARTS = ".eval-parts"  # in a run folder: the parts of its evaluations in progress
+PART_IMAGES = 100  # test images of a part (at least; at most MAX_PARTS parts)
+MAX_PARTS = 20
+
+
+def evaluate_in_parts(
+    run_dirs: Sequence[Path],
+    settings,
+    *,
+    folder: Path,
+    file: str,
+    data_root: str | None = None,
+    noise_root: str | None = None,
+    transfer_from: Path | None = None,
+) -> dict[str, Any]:
+    """`evaluate_run` of a grid job, restart-safe: an evaluation of more than PART_IMAGES
+    test images is made in parts (shards of the subset, as `odenets evaluate --shard`),
+    each written to `folder`/.eval-parts/ as it ends, and merged exactly as shards are
+    (`merge_shards`: counts summed, checks and masking verdict recomputed). An evaluation
+    stopped after hours (a 56-layer model under AutoAttack on a CPU) goes on from its last
+    part. A part is used again only if it scored the same weights (and surrogate) with the
+    same settings, on the same run folders."""
+    kwargs = dict(data_root=data_root, noise_root=noise_root, transfer_from=transfer_from)
+    n = settings.limit or count_test_images(run_dirs[0], data_root)
+    count = min(MAX_PARTS, -(-n // PART_IMAGES))
+    if count <= 1:
+        return evaluate_run(run_dirs, settings, **kwargs)
+    key = json.dumps([asdict(settings), file, count], sort_keys=True, default=str)
+    parts_dir = folder / PARTS / f"{file}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    runs = [str(p) for p in run_dirs]
+    source = [str(transfer_from)] if transfer_from is not None else None
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    parts = []
+    for index in range(count):
+        path = parts_dir / f"part-{index + 1}-of-{count}.json"
+        try:
+            part = read_json(path) if path.exists() else None
+        except CheckpointError:
+            part = None  # unreadable: made again
+        usable = (
+            part is not None
+            and (part.get("runs"), part.get("transfer_from")) == (runs, source)
+            and eval_freshness(part, run_dirs)[0] == "current"
+        )
+        if usable:
+            log.info("%s: part %d of %d done before, taken as it is", file, index + 1, count)
+        else:
+            log.info("%s: part %d of %d (%s)", file, index + 1, count, parts_dir.name)
+            part = evaluate_run(run_dirs, settings, shard=(index, count), **kwargs)
+            write_json_atomic(path, part)
+        parts.append(part)
+    return merge_shards(parts)
+
+
+def remove_parts(folder: Path, file: str) -> None:
+    """Remove the parts of evaluation `file` of a run folder (once the whole is written)."""
+    for parts_dir in (folder / PARTS).glob(f"{file}-*"):
+        shutil.rmtree(parts_dir, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        (folder / PARTS).rmdir()  # only if empty
 
 
 def check_evaluations(grid: Grid) -> None:
@@ -139,13 +211,16 @@ def evaluate_job(grid: Grid, job: Job, out: Path) -> str:
     members = job.members if job.is_ensemble else (job.name,)
     missing = missing_evaluations(out, job)
     if EVAL in missing:
-        result = evaluate_run(
+        result = evaluate_in_parts(
             [out / RUNS / m for m in members],
             grid.eval_settings,
+            folder=folder,
+            file=EVAL,
             data_root=grid.data_root,
             noise_root=grid.noise_root if grid.eval_settings.noise else None,
         )
         RunFolder(folder).write_eval(result)
+        remove_parts(folder, EVAL)
     state = "finished"
     for name in job.evaluations:
         file = further_eval_file(name)
@@ -165,9 +240,11 @@ def evaluate_job(grid: Grid, job: Job, out: Path) -> str:
             )
             state = "waiting"
             continue
-        result = evaluate_run(
+        result = evaluate_in_parts(
             [out / RUNS / m for m in members],
             settings,
+            folder=folder,
+            file=file,
             data_root=grid.data_root,
             noise_root=grid.noise_root if settings.noise else None,
             transfer_from=surrogate,
@@ -175,6 +252,7 @@ def evaluate_job(grid: Grid, job: Job, out: Path) -> str:
         if skipped:
             result["transfer_skipped"] = skipped
         RunFolder(folder).write_eval(result, file)
+        remove_parts(folder, file)
     return state
 
 

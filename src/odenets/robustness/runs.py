@@ -144,6 +144,14 @@ def _warn_unfinished(weights: dict[str, Any]) -> None:
         )
 
 
+def count_test_images(run_dir: str | Path, data_root: str | None = None) -> int:
+    """How many test images the data set of a run (trained on it) has: what `evaluate_runs`
+    evaluates without a `limit`."""
+    config = read_run(run_dir).config
+    verify = config["train"].get("verify", True)
+    return len(_test_split(config["dataset"], data_root, verify=verify).labels)
+
+
 def _test_split(dataset: dict[str, Any], data_root: str | None, *, verify: bool):
     """The test split of a run's data set (config.json "dataset"), under `data_root` when
     given, else under the root the run was trained with."""
