@@ -172,6 +172,15 @@ def test_evaluations_in_parts_resume_after_a_kill_and_equal_the_whole(grid, tmp_
         assert got["masking"].get("verdict") == want["masking"].get("verdict")
 
 
+def test_a_whole_test_split_is_counted_for_its_parts(grid):
+    # limit = 0 (the whole split) is split into parts by the test split's size.
+    from odenets.data.datasets import load_dataset
+    from odenets.robustness.runs import count_test_images
+
+    want = len(load_dataset("digits", split="test").labels)
+    assert count_test_images(grid["out"] / "runs" / PLAIN) == want > 100
+
+
 def test_the_report_has_a_table_per_further_evaluation(grid):
     out = grid["out"]
     assert main(["report", str(out)]) == 0
