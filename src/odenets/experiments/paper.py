@@ -14,11 +14,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from odenets.analysis.robustness_results import PAPER_METRICS as INRESNET_METRICS
 from odenets.errors import UnknownNameError
 
 # The columns of the papers' tables: In-ResNet's (clean accuracy, mean noise accuracy and
-# three attacks, by their registry names) and NAIS-Net's. Accuracies are percent here.
-INRESNET_METRICS = ("clean", "noise", "fgsm", "ifgsm", "pgd")
+# three attacks, by their registry names; owned by the analysis of eval.json files) and
+# NAIS-Net's. Accuracies are percent here.
 NAIS_METRICS = ("train", "test")
 
 INRESNET_SOURCE = (
