@@ -208,3 +208,32 @@ def test_apgd_on_samples_all_misclassified_at_the_start_takes_no_step(n):
         torch.testing.assert_close(adv, start, rtol=0, atol=0)
         with torch.no_grad():
             assert bool((model(adv).argmax(1) != wrong).all())
+
+
+@pytest.mark.parametrize("restarts", [1, 2])
+def test_apgd_for_transfer_breaks_the_same_samples_more_deeply(restarts):
+    # The form a transfer attack crafts with: every sample runs every step and keeps its
+    # misclassified iterate of most loss. The samples broken are the same as the first
+    # misclassified iterate's (the trajectories agree up to it), none less deeply, and on
+    # average deeper; the samples never broken get the same point.
+    from odenets.robustness.base import cross_entropy_loss
+
+    model = _trained()
+    x, y = digits("test")
+    x, y = x[:96], y[:96]
+    first = create_attack("apgd_ce", eps=0.06, steps=30, restarts=restarts, seed=5)
+    deepest = first.for_transfer()
+    assert (first.deepest, deepest.deepest) == (False, True)
+    assert deepest.settings()["returns"] == "deepest misclassified iterate"
+    assert "returns" not in first.settings()
+    a, b = first(model, x, y), deepest(model, x, y)
+    assert (b - x).abs().amax() <= 0.06 + 1e-6 and 0 <= float(b.min()) <= float(b.max()) <= 1
+    with torch.no_grad():
+        logits_a, logits_b = model(a), model(b)
+    broken = logits_a.argmax(1) != y
+    assert 10 < int(broken.sum()) < 90
+    assert torch.equal(logits_b.argmax(1) != y, broken)
+    loss_a, loss_b = cross_entropy_loss(logits_a, y), cross_entropy_loss(logits_b, y)
+    assert bool((loss_b[broken] >= loss_a[broken] - 1e-5).all())
+    assert float(loss_b[broken].mean()) > float(loss_a[broken].mean()) + 0.1
+    torch.testing.assert_close(b[~broken], a[~broken], rtol=0, atol=1e-6)

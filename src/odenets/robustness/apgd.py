@@ -15,8 +15,11 @@ checkpoints w_j = ⌈p_j N_iter⌉, p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j
 2. the step was not halved at the last checkpoint and the best loss has not improved since.
 
 The returned point is, per sample, the first iterate that is misclassified if there is one
-(as AutoAttack counts it), else x_max. The losses are the cross-entropy (`apgd_ce`) and the
-difference of logits ratio (`apgd_dlr`):
+(as AutoAttack counts it), else x_max. With `deepest` (what a transfer attack crafts on its
+surrogate) every sample runs every step and the point returned is its misclassified iterate
+of highest loss, else x_max: the same samples are broken, more deeply, since a point just
+across the attacked network's boundary transfers badly to another network. The losses are
+the cross-entropy (`apgd_ce`) and the difference of logits ratio (`apgd_dlr`):
 
     DLR(x, y) = -(z_y - max_{i≠y} z_i) / (z_π1 - z_π3 + 1e-12)
 
@@ -27,6 +30,7 @@ the worst result per sample.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -90,6 +94,7 @@ class APGD(Attack):
         threat_model: str = "pixel",
         seed: int = 0,
         dtype: torch.dtype = torch.float32,
+        deepest: bool = False,
     ):
         super().__init__(eps=eps, threat_model=threat_model, seed=seed, dtype=dtype)
         if steps < 1:
@@ -99,6 +104,7 @@ class APGD(Attack):
         self.steps = int(steps)
         self.restarts = int(restarts)
         self.random_start = bool(random_start)
+        self.deepest = bool(deepest)
 
     def settings(self) -> dict:
         return {
@@ -108,7 +114,14 @@ class APGD(Attack):
             "restarts": self.restarts,
             "random_start": self.random_start,
             "loss": self.loss_name,
+            **({"returns": "deepest misclassified iterate"} if self.deepest else {}),
         }
+
+    def for_transfer(self) -> APGD:
+        """This attack in its `deepest` form (a copy), for crafting on a surrogate."""
+        deepest = copy.copy(self)
+        deepest.deepest = True
+        return deepest
 
     def loss_fn(self, logits, labels):
         return (
@@ -145,8 +158,10 @@ class APGD(Attack):
         x = self._start(space, z, indices, restart)
         loss, grad, logits = self.loss_and_grad(space, x, labels, self.loss_fn)
         wrong = logits.argmax(1) != labels  # (N,) over the whole batch
-        out = x.clone()  # per sample: its first misclassified iterate, else x_max
+        out = x.clone()  # per sample: its first (deepest) misclassified iterate, else x_max
         out_loss = torch.full_like(loss, math.inf)
+        if self.deepest:  # the loss of the misclassified point kept, -inf while there is none
+            out_loss = torch.where(wrong, loss, -math.inf)
 
         # The state of the samples still running: `live` indexes them in the whole batch.
         live = torch.arange(len(z), device=z.device)
@@ -158,7 +173,7 @@ class APGD(Attack):
         last_mark, loss_max_at_mark = 0, loss_max.clone()
         halved_at_mark = torch.zeros(len(z), dtype=torch.bool, device=z.device)
         every = compaction_interval(z.device)
-        done = wrong.clone()
+        done = torch.zeros_like(wrong) if self.deepest else wrong.clone()  # left the batch
 
         for k in range(self.steps + 1):
             if k % every == 0 or k == self.steps:
@@ -182,10 +197,17 @@ class APGD(Attack):
             increased = (new_loss > loss).float()  # the comparison i = k of condition 1
             loss = new_loss
 
-            newly_wrong = (logits.argmax(1) != labels_live) & ~done
-            out[live] = torch.where(newly_wrong.view(view), x, out[live])
-            wrong[live] = wrong[live] | newly_wrong
-            done = done | newly_wrong
+            now_wrong = logits.argmax(1) != labels_live
+            if self.deepest:  # every sample runs on; keep its misclassified point of most loss
+                deeper = now_wrong & (loss > out_loss[live])
+                out[live] = torch.where(deeper.view(view), x, out[live])
+                out_loss[live] = torch.where(deeper, loss, out_loss[live])
+                wrong[live] = wrong[live] | now_wrong
+            else:
+                newly_wrong = now_wrong & ~done
+                out[live] = torch.where(newly_wrong.view(view), x, out[live])
+                wrong[live] = wrong[live] | newly_wrong
+                done = done | newly_wrong
 
             better = loss > loss_max
             x_max = torch.where(better.view(view), x, x_max)
@@ -207,8 +229,9 @@ class APGD(Attack):
             increases += increased
 
         # The samples never misclassified: their most adversarial point and its loss.
-        out[live] = x_max
-        out_loss[live] = loss_max
+        never = ~wrong[live]
+        out[live] = torch.where(never.view(view), x_max, out[live])
+        out_loss[live] = torch.where(never, loss_max, out_loss[live])
         return out, out_loss, wrong
 
 

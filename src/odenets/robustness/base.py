@@ -354,6 +354,11 @@ class Attack(Perturbation):
     def settings(self) -> dict:
         return {"eps": self.eps, "steps": 1, "alpha": self.eps, "restarts": 1}
 
+    def for_transfer(self) -> Attack:
+        """The attack a transfer attack runs on its surrogate: this one, unless a kind
+        crafts differently for transfer (APGD returns its deepest misclassified point)."""
+        return self
+
     def __call__(
         self,
         model: nn.Module,

@@ -21,7 +21,8 @@ class Transfer(Attack):
     """`base` run on `surrogate`; the target model given to the call is not used.
 
     Args:
-        base: a gradient attack (e.g. ``create_attack("pgd", eps=8 / 255)``).
+        base: a gradient attack (e.g. ``create_attack("pgd", eps=8 / 255)``); it runs on the
+            surrogate in its `for_transfer` form.
         surrogate: the network the examples are crafted on (images in [0, 1] -> logits).
         source: where the surrogate comes from (e.g. its run folder), kept in eval.json.
     """
@@ -33,7 +34,7 @@ class Transfer(Attack):
         super().__init__(
             eps=base.eps, threat_model=base.threat_model, seed=base.seed, dtype=base.dtype
         )
-        self.base = base
+        self.base = base.for_transfer()
         self.surrogate = surrogate
         self.source = source
         self.name = TRANSFER_PREFIX + base.name

@@ -29,6 +29,7 @@ class DistContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    owns_group: bool = False  # this process group was joined by `init_distributed`
 
     @property
     def enabled(self) -> bool:
@@ -53,13 +54,23 @@ def init_distributed(device_type: str) -> DistContext:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistContext()
-    if not dist.is_initialized():
+    owns = not dist.is_initialized()
+    if owns:
         dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
     return DistContext(
         rank=dist.get_rank(),
         world_size=dist.get_world_size(),
         local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        owns_group=owns,
     )
+
+
+def close_distributed(ctx: DistContext) -> None:
+    """Leave the process group `init_distributed` joined (one the caller set up stays). A
+    process that exits still in its group can abort in the backend's teardown ("terminate
+    called without an active exception"), failing a finished job."""
+    if ctx.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def all_reduce_sum(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:

@@ -31,6 +31,7 @@ from odenets.training.data import load_data, make_loaders
 from odenets.training.distributed import (
     DistContext,
     barrier,
+    close_distributed,
     convert_sync_batchnorm,
     init_distributed,
 )
@@ -88,6 +89,7 @@ def fit(config: TrainConfig) -> RunInfo:
         return _fit(cfg, run_dir, device, dist)
     finally:
         restore()
+        close_distributed(dist)
 
 
 def _fit(cfg: TrainConfig, run_dir: Path, device: torch.device, dist: DistContext) -> RunInfo:
