@@ -26,8 +26,9 @@ def test_quick_demo_writes_report_with_table_and_figures(tmp_path, capsys):
     assert lines[0].endswith(f"(the default demo takes {DEMO_TIME} on two CPU cores)")
     # A line per job as it ends: its number, name, time, the jobs done and the ETA.
     for k, model in enumerate(MODELS, start=1):
-        assert re.search(rf"^\[{k}/4\] digits-{model}-seed0: finished in (\d+ min )?[\d.]+ s; {k}/4 "
-                         r"jobs done(, ETA .+ s)?$", lines[k]), lines[k]  # fmt: skip
+        assert re.search(rf"^\[{k}/4\] digits-{model}-seed0: finished in "
+                         rf"(\d+ min )?[\d.]+ s; {k}/4 jobs done(, ETA .+ s)?$",
+                         lines[k]), lines[k]  # fmt: skip
     assert ", ETA " in lines[1] and ", ETA " not in lines[4]
     # Every line the jobs log names its job.
     logged = [x for x in captured.err.splitlines() if "  epoch " in x or " correct (" in x]

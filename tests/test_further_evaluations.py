@@ -172,6 +172,41 @@ def test_evaluations_in_parts_resume_after_a_kill_and_equal_the_whole(grid, tmp_
         assert got["masking"].get("verdict") == want["masking"].get("verdict")
 
 
+def test_parts_that_do_not_merge_are_removed_and_made_again(tmp_path, monkeypatch, capsys):
+    # A part that disagrees with the others (here: another seed) cannot be merged: one
+    # line names the file, the parts go, and the next call makes them all again.
+    from odenets.experiments import job_runner
+
+    monkeypatch.setattr(job_runner, "PART_IMAGES", 10)
+    made = []
+    real = job_runner.evaluate_run
+
+    def evaluate_run(run_dirs, settings, **kwargs):
+        made.append(kwargs.get("shard"))
+        if len(made) == 7:
+            raise Killed
+        return real(run_dirs, settings, **kwargs)
+
+    monkeypatch.setattr(job_runner, "evaluate_run", evaluate_run)
+    preset, out = _grid_with(tmp_path, PRESET)
+    args = ["reproduce", str(preset), "--out", str(out), "--no-report", "--job", "0"]
+    with pytest.raises(Killed):
+        main(args)
+    parts = out / "runs" / PLAIN / job_runner.PARTS
+    (first,) = parts.glob("eval.referee.json-*/part-1-of-3.json")
+    record = json.loads(first.read_text())
+    first.write_text(json.dumps({**record, "seed": 1}))
+    made.clear()
+    capsys.readouterr()
+    assert main(args) != 0
+    assert "eval.referee.json: its parts could not be merged" in capsys.readouterr().err
+    assert made == [(2, 3)] and not list(parts.glob("eval.referee.json-*"))
+    made.clear()
+    assert main(args) == 0
+    assert made == [(0, 3), (1, 3), (2, 3)]
+    assert RunFolder(out / "runs" / PLAIN).further_evals() == ["referee"]
+
+
 def test_a_whole_test_split_is_counted_for_its_parts(grid):
     # limit = 0 (the whole split) is split into parts by the test split's size.
     from odenets.data.datasets import load_dataset

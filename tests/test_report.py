@@ -279,7 +279,7 @@ def test_transfer_results_go_stale_when_their_surrogate_is_trained_on(tmp_path):
         "its transfer attacks were crafted on final.safetensors (epoch 1 of 1) of surrogate, "
         "which now holds final.safetensors (epoch 2 of 2)",
     )
-    # Without a surrogate the record is null, and an older eval.json has no such key.
+    # An eval.json of an older odenets has no such key: it stays current.
     ev.pop("transfer_weights")
     assert eval_freshness(ev, [moved / RUNS / "target"]) == ("current", "")
 

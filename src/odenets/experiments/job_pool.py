@@ -21,7 +21,6 @@ import torch
 
 from odenets.experiments.grid_folder import END_STATES, job_state, prepare_folder
 from odenets.experiments.job_commands import job_command, python_executable
-from odenets.experiments.job_runner import waits_for_surrogate
 from odenets.experiments.jobs import Grid, Job
 
 LOGS = "logs"
@@ -105,7 +104,9 @@ def _run_wave(grid, out, jobs, slots, threads, on_event, train_only) -> dict[str
             state = job_state(out, job)
             if proc.returncode != 0 and state not in (*END_STATES, "trained"):
                 state = "failed"
-            elif state == "trained" and not train_only and waits_for_surrogate(grid, out, job):
+            elif state == "trained" and not train_only and proc.returncode == 0:
+                # Trained, not all evaluated, and no crash: the job waited (for a surrogate
+                # another process trains; it may have finished since the job looked).
                 state = "waiting"
             states[job.name] = state
             if on_event:

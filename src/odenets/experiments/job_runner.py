@@ -151,7 +151,8 @@ def evaluate_in_parts(
     count = min(MAX_PARTS, -(-n // PART_IMAGES))
     if count <= 1:
         return evaluate_run(run_dirs, settings, **kwargs)
-    key = json.dumps([asdict(settings), file, count], sort_keys=True, default=str)
+    roots = [data_root, noise_root]
+    key = json.dumps([asdict(settings), file, count, roots], sort_keys=True, default=str)
     parts_dir = folder / PARTS / f"{file}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
     runs = [str(p) for p in run_dirs]
     source = [str(transfer_from)] if transfer_from is not None else None
@@ -175,7 +176,11 @@ def evaluate_in_parts(
             part = evaluate_run(run_dirs, settings, shard=(index, count), **kwargs)
             write_json_atomic(path, part)
         parts.append(part)
-    return merge_shards(parts)
+    try:
+        return merge_shards(parts)
+    except ValueError as err:  # parts that do not fit together: made again on the next call
+        shutil.rmtree(parts_dir, ignore_errors=True)
+        raise OdenetsError(f"{file}: its parts could not be merged ({err}); removed") from err
 
 
 def remove_parts(folder: Path, file: str) -> None:
@@ -271,16 +276,6 @@ def transfer_surrogate(grid: Grid, out: Path, job: Job, name: str) -> tuple[Path
     if status != "finished" or not RunFolder(surrogate).has(FINAL_WEIGHTS):
         return surrogate, "waiting"
     return surrogate, "ready"
-
-
-def waits_for_surrogate(grid: Grid, out: str | Path, job: Job) -> bool:
-    """Whether one of the job's missing further evaluations waits for its surrogate run."""
-    missing = missing_evaluations(out, job)
-    return any(
-        transfer_surrogate(grid, Path(out), job, name)[1] == "waiting"
-        for name in job.evaluations
-        if further_eval_file(name) in missing
-    )
 
 
 JOB_LOCK = ".job.lock"

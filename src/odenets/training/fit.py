@@ -86,10 +86,11 @@ def fit(config: TrainConfig) -> RunInfo:
     check_out_folder(run_dir)
     restore = _set_determinism(cfg.deterministic, device)
     try:
-        return _fit(cfg, run_dir, device, dist)
+        info = _fit(cfg, run_dir, device, dist)
     finally:
         restore()
-        close_distributed(dist)
+    close_distributed(dist)  # after a finished run only: an error propagates as it is
+    return info
 
 
 def _fit(cfg: TrainConfig, run_dir: Path, device: torch.device, dist: DistContext) -> RunInfo:
