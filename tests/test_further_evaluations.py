@@ -131,10 +131,11 @@ def _untimed(value):
     return value
 
 
-def test_evaluations_in_parts_resume_after_a_kill_and_equal_the_whole(grid, tmp_path, monkeypatch):
-    # Parts of 10 images: eval.json in 4 parts, the referee (24 images) in 3. A process killed
-    # during the referee's third part leaves two parts; the next call makes only the third
-    # and merges them into what one pass over the images gives (the module's grid).
+def _killed_in_the_referee(tmp_path, monkeypatch) -> tuple[list, list[str], Path]:
+    """Job 0 of the grid evaluated in parts of 10 images (eval.json in 4 parts, the referee's
+    24 images in 3), its process stopped during the referee's third part. Returns the
+    (run, limit, shard) of every part made (cleared; it goes on counting), the job's
+    `reproduce` arguments and the run's parts folder."""
     from odenets.experiments import job_runner
 
     monkeypatch.setattr(job_runner, "PART_IMAGES", 10)
@@ -153,12 +154,20 @@ def test_evaluations_in_parts_resume_after_a_kill_and_equal_the_whole(grid, tmp_
     with pytest.raises(Killed):
         main(args)
     assert made == [(PLAIN, 40, (i, 4)) for i in range(4)] + [(PLAIN, 24, (i, 3)) for i in range(3)]
-    parts = out / "runs" / PLAIN / job_runner.PARTS
+    made.clear()
+    return made, args, out / "runs" / PLAIN / job_runner.PARTS
+
+
+def test_evaluations_in_parts_resume_after_a_kill_and_equal_the_whole(grid, tmp_path, monkeypatch):
+    # A process killed during the referee's third part leaves two parts; the next call makes
+    # only the third and merges them into what one pass over the images gives (the module's
+    # grid).
+    made, args, parts = _killed_in_the_referee(tmp_path, monkeypatch)
+    out = parts.parents[2]
     assert [p.name for p in sorted(parts.glob("*/*.json"))] == [
         "part-1-of-3.json",
         "part-2-of-3.json",
     ]
-    made.clear()
     assert main(args) == 0
     assert made == [(PLAIN, 24, (2, 3))]
     assert not parts.exists()
@@ -175,35 +184,18 @@ def test_evaluations_in_parts_resume_after_a_kill_and_equal_the_whole(grid, tmp_
 def test_parts_that_do_not_merge_are_removed_and_made_again(tmp_path, monkeypatch, capsys):
     # A part that disagrees with the others (here: another seed) cannot be merged: one
     # line names the file, the parts go, and the next call makes them all again.
-    from odenets.experiments import job_runner
-
-    monkeypatch.setattr(job_runner, "PART_IMAGES", 10)
-    made = []
-    real = job_runner.evaluate_run
-
-    def evaluate_run(run_dirs, settings, **kwargs):
-        made.append(kwargs.get("shard"))
-        if len(made) == 7:
-            raise Killed
-        return real(run_dirs, settings, **kwargs)
-
-    monkeypatch.setattr(job_runner, "evaluate_run", evaluate_run)
-    preset, out = _grid_with(tmp_path, PRESET)
-    args = ["reproduce", str(preset), "--out", str(out), "--no-report", "--job", "0"]
-    with pytest.raises(Killed):
-        main(args)
-    parts = out / "runs" / PLAIN / job_runner.PARTS
+    made, args, parts = _killed_in_the_referee(tmp_path, monkeypatch)
+    out = parts.parents[2]
     (first,) = parts.glob("eval.referee.json-*/part-1-of-3.json")
     record = json.loads(first.read_text())
     first.write_text(json.dumps({**record, "seed": 1}))
-    made.clear()
     capsys.readouterr()
     assert main(args) != 0
     assert "eval.referee.json: its parts could not be merged" in capsys.readouterr().err
-    assert made == [(2, 3)] and not list(parts.glob("eval.referee.json-*"))
+    assert made == [(PLAIN, 24, (2, 3))] and not list(parts.glob("eval.referee.json-*"))
     made.clear()
     assert main(args) == 0
-    assert made == [(0, 3), (1, 3), (2, 3)]
+    assert made == [(PLAIN, 24, (i, 3)) for i in range(3)]
     assert RunFolder(out / "runs" / PLAIN).further_evals() == ["referee"]
 
 
