@@ -174,3 +174,14 @@ def job_state(out: str | Path, job: Job) -> str:
     if status == "failed":
         return "failed"
     return "running"
+
+
+def another_turn(jobs: list[Job], states: dict[str, str], *, train_only: bool) -> list[Job]:
+    """The jobs of a round that get another: those that waited for another job of the round
+    (an ensemble for its members, a transfer evaluation for its surrogate), when some job
+    of the round reached its end and not every job waited; [] otherwise."""
+    waiting = [j for j in jobs if states.get(j.name) == "waiting"]
+    progressed = any(states.get(j.name) in END_STATES for j in jobs)
+    if waiting and progressed and not train_only and len(waiting) < len(jobs):
+        return waiting
+    return []

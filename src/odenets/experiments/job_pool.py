@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from odenets.experiments.grid_folder import END_STATES, job_state, prepare_folder
+from odenets.experiments.grid_folder import END_STATES, another_turn, job_state, prepare_folder
 from odenets.experiments.job_commands import job_command, python_executable
 from odenets.experiments.jobs import Grid, Job
 
@@ -79,9 +79,7 @@ def run_pool(
             states.update(reached)
             # A job whose transfer evaluation waited for a surrogate another process was
             # training gets another turn once that one is done (as in the serial run).
-            waiting = [j for j in wave if reached[j.name] == "waiting"]
-            progressed = any(reached[j.name] in END_STATES for j in wave)
-            wave = waiting if waiting and progressed and len(waiting) < len(wave) else []
+            wave = another_turn(wave, reached, train_only=train_only)
     return states
 
 

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from odenets.experiments.grid_folder import END_STATES, job_state, prepare_folder
+from odenets.experiments.grid_folder import END_STATES, another_turn, job_state, prepare_folder
 from odenets.experiments.grid_progress import job_label
 from odenets.experiments.job_pool import run_pool
 from odenets.experiments.job_runner import check_evaluations, run_job
@@ -107,13 +107,6 @@ def run_grid(
                 states[job.name] = run_job(grid, out, job, train_only=train_only)
             if on_event:
                 on_event(job, states[job.name], time.perf_counter() - start)
-        # A job that waited for another of this call (an ensemble for its members, a
-        # transfer evaluation for its surrogate) gets another turn once that one is done.
-        waiting = [j for j in todo if states.get(j.name) == "waiting"]
-        progressed = any(states.get(j.name) in END_STATES for j in todo)
-        todo = (
-            waiting
-            if waiting and progressed and not train_only and len(waiting) < len(todo)
-            else []
-        )
+        # A job that waited for another of this call gets another turn once that one is done.
+        todo = another_turn(todo, states, train_only=train_only)
     return states
