@@ -441,3 +441,24 @@ def test_a_table_of_ours_has_apgd_and_the_worst_case_and_its_caption_gives_eps_a
     words = caption(manifest, [run], "digits")
     assert "fgsm: 1 step of α = ε, at ε = 16/255" in words
     assert "ifgsm: 20 steps, α = 4/255 at ε = 16/255" in words
+
+
+def test_every_measurement_of_the_evaluation_is_tabled_when_the_table_shows_one_radius(
+    variants_folder, tmp_path
+):
+    # fake_eval also measured FGSM at 4/255, which the table (8/255) leaves out.
+    text = render_markdown(build_report(variants_folder))
+    section = text[text.index("**Every measurement of this evaluation**") :]
+    section = section[: section.index("\n\n", section.index("| measurement"))]
+    assert "| measurement | threat model | ε | ResNet-110 (" in section
+    assert "| In-ResNet-110 (" in section  # a column per row that has runs, in table order
+    assert "| FGSM | pixel | 4/255 | 99.00 ± 0.00 | 99.00 |" in section
+    # Means and sample std over seeds, as the table: PGD 4% and 6% for the ResNet's two seeds.
+    assert "| PGD | pixel | 8/255 | 5.00 ± 1.41 | 30.00 |" in section
+    assert section.index("| FGSM | pixel | 4/255") < section.index("| FGSM | pixel | 8/255")
+    # With nothing but the table's radius, the table says it all: no second table.
+    for path in variants_folder.rglob("eval.json"):
+        ev = json.loads(path.read_text())
+        ev["attacks"] = [a for a in ev["attacks"] if a["eps_255"] == 8.0]
+        write_json_atomic(path, ev)
+    assert "Every measurement" not in render_markdown(build_report(variants_folder))

@@ -70,21 +70,25 @@ class Column:
     runs: list[RunRecord]
 
     def values(self, name: str, key) -> list[float]:
-        return [
-            measurements(r.further[name])[key]
-            for r in self.runs
-            if key in measurements(r.further[name])
-        ]
+        found = [measurements(evaluation(r, name)) for r in self.runs]
+        return [m[key] for m in found if key in m]
+
+
+def evaluation(run: RunRecord, name: str) -> dict[str, Any] | None:
+    """The run's further evaluation `name` (eval.<name>.json), or with name "" the table's
+    own (eval.json); None where the run has none that is current."""
+    return run.further.get(name) if name else run.evaluation
 
 
 def columns(
     name: str, runs: Sequence[RunRecord], labels: Mapping[tuple[str, str], str]
 ) -> list[Column]:
-    """The grid's rows whose runs hold the evaluation `name`, in the order of `labels`
-    ((data set, row key) -> display name: the report's table rows), then any others."""
+    """The grid's rows whose runs hold the evaluation `name` ("": eval.json), in the order of
+    `labels` ((data set, row key) -> display name: the report's table rows), then any
+    others."""
     by_row: dict[tuple[str, str], Column] = {}
     for run in runs:
-        if name not in run.further:
+        if evaluation(run, name) is None:
             continue
         key = (run.job.get("dataset", ""), run.job.get("row", run.name))
         column = by_row.setdefault(
@@ -106,17 +110,24 @@ def cell(values: Sequence[float]) -> str:
 
 
 def table(name: str, cols: Sequence[Column]) -> tuple[list[str], list[list[str]]]:
-    """(header, body) of the evaluation's table: a line per measurement, a column per row."""
-    keys: dict = {}
-    for column in cols:
-        for run in column.runs:
-            keys.update(dict.fromkeys(measurements(run.further[name])))
+    """(header, body) of the evaluation's table ("": eval.json): a line per measurement, a
+    column per row."""
     header = ["measurement", "threat model", "ε", *(f"{c.label} ({c.model})" for c in cols)]
     body = [
         [*measurement_title(key), *(cell(c.values(name, key)) for c in cols)]
-        for key in _ordered(keys)
+        for key in measured(name, cols)
     ]
     return header, body
+
+
+def measured(name: str, cols: Sequence[Column]) -> list[tuple[str, str, float | None]]:
+    """Every measurement of the evaluation `name` ("": eval.json) in any run of the columns,
+    in table order."""
+    keys: dict = {}
+    for column in cols:
+        for run in column.runs:
+            keys.update(dict.fromkeys(measurements(evaluation(run, name))))
+    return _ordered(keys)
 
 
 def _ordered(keys) -> list:
@@ -135,6 +146,6 @@ def _ordered(keys) -> list:
 def sample_eval(name: str, cols: Sequence[Column]) -> dict[str, Any] | None:
     """One eval.<name>.json of the evaluation that has transfer entries if any has (it names
     the surrogate), else the first."""
-    evals = [r.further[name] for c in cols for r in c.runs]
+    evals = [evaluation(r, name) for c in cols for r in c.runs]
     with_transfer = [ev for ev in evals if ev.get("transfer_from")]
     return (with_transfer or evals or [None])[0]

@@ -192,10 +192,37 @@ def _tables_section(report: Report) -> list[str]:
         out.append(rows_markdown(rows, report.metrics, paper=has_paper) + "\n")
         out.append("*" + caption(m, report.mine, d) + "*\n")
         out += robustness_verdict(rows, report.metrics, m)
+        out += _every_measurement(report, d)
         out += _sizes_note(rows)
         if not has_paper:
             out.append("The paper has no numbers for this data set; only ours are shown.\n")
     return out
+
+
+def _every_measurement(report: Report, dataset: str) -> list[str]:
+    """The table's evaluation (eval.json) of one data set, every measurement of it (each
+    attack at each radius and threat model, the worst case), a column per row of the grid:
+    shown where it measured more than the table's columns (other radii or attacks)."""
+    labels = {(r.dataset, r.key): r.label for r in report.rows if r.dataset == dataset}
+    runs = [r for r in report.mine if r.job.get("dataset", "") == dataset]
+    cols = further.columns("", runs, labels)
+    if not cols:
+        return []
+    ev = report.manifest.get("evaluate", {})
+    eps = float((ev.get("eps") or [8])[0])
+    tm = ev.get("threat_model", "pixel").split(",")[0].strip()  # the table's (its first)
+    # The worst case at the table's radius adds nothing to its own attack columns.
+    in_table = {(m, tm, eps) for m in (*report.metrics, further.WORST)}
+    keys = further.measured("", cols)
+    if all(k in in_table for k in keys if k[2] is not None):
+        return []  # the table above shows it all
+    header, body = further.table("", cols)
+    return [
+        "**Every measurement of this evaluation** (eval.json: each attack at each radius and "
+        "threat model, the worst case per sample over the attacks at one radius), accuracy "
+        "in %, same images as the table:\n",
+        markdown_table(header, body) + "\n",
+    ]
 
 
 def table_setting(manifest: dict[str, Any]) -> str:
