@@ -448,7 +448,7 @@ def test_every_measurement_of_the_evaluation_is_tabled_when_the_table_shows_one_
 ):
     # fake_eval also measured FGSM at 4/255, which the table (8/255) leaves out.
     text = render_markdown(build_report(variants_folder))
-    section = text[text.index("**Every measurement of this evaluation**") :]
+    section = text[text.index("**Every measurement of these evaluations**") :]
     section = section[: section.index("\n\n", section.index("| measurement"))]
     assert "| measurement | threat model | ε | ResNet-110 (" in section
     assert "| In-ResNet-110 (" in section  # a column per row that has runs, in table order
@@ -462,3 +462,22 @@ def test_every_measurement_of_the_evaluation_is_tabled_when_the_table_shows_one_
         ev["attacks"] = [a for a in ev["attacks"] if a["eps_255"] == 8.0]
         write_json_atomic(path, ev)
     assert "Every measurement" not in render_markdown(build_report(variants_folder))
+
+
+def test_runs_without_a_job_record_get_every_measurement_too(tmp_path):
+    """Loose runs (no manifest): the runs table has one radius; every radius, attack and
+    transfer attack of their evaluation files is tabled below it, a column per run."""
+    summary = {"status": "finished", "epochs_done": 1, "epochs": 1, "final_train_acc": 0.5}
+    for name, pgd in (("plain", 0.1), ("damped", 0.3)):
+        ev = fake_eval(0.9, 0.4, 0.3, 0.2, pgd)
+        ev["models"] = [f"{name}_net"]
+        transfer = {**ev["attacks"][2], "name": "transfer_pgd", "eps": 2 / 255, "eps_255": 2.0}
+        ev["attacks"].append({**transfer, "accuracy": pgd + 0.5})
+        write_json_atomic(tmp_path / name / "summary.json", {**summary, "final_test_acc": 0.9})
+        write_json_atomic(tmp_path / name / "eval.limit-100.json", ev)
+    text = render_markdown(build_report(tmp_path))
+    section = text[text.index("## Other runs") :]
+    assert "| measurement | threat model | ε | damped (damped_net) | plain (plain_net) |" in section
+    assert "| transfer PGD | pixel | 2/255 | 80.00 | 60.00 |" in section
+    assert "| FGSM | pixel | 4/255 | 99.00 | 99.00 |" in section
+    assert "| PGD | pixel | 8/255 | 30.00 | 10.00 |" in section

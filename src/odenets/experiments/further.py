@@ -91,9 +91,9 @@ def columns(
         if evaluation(run, name) is None:
             continue
         key = (run.job.get("dataset", ""), run.job.get("row", run.name))
-        column = by_row.setdefault(
-            key, Column(label=labels.get(key, key[1]), model=run.job.get("model", ""), runs=[])
-        )
+        # A run with no job record: the networks its evaluation names.
+        model = run.job.get("model") or "+".join(evaluation(run, name).get("models") or [])
+        column = by_row.setdefault(key, Column(label=labels.get(key, key[1]), model=model, runs=[]))
         column.runs.append(run)
     order = {key: i for i, key in enumerate(labels)}
     return [by_row[k] for k in sorted(by_row, key=lambda k: order.get(k, len(order)))]
@@ -112,7 +112,8 @@ def cell(values: Sequence[float]) -> str:
 def table(name: str, cols: Sequence[Column]) -> tuple[list[str], list[list[str]]]:
     """(header, body) of the evaluation's table ("": eval.json): a line per measurement, a
     column per row."""
-    header = ["measurement", "threat model", "ε", *(f"{c.label} ({c.model})" for c in cols)]
+    titles = [f"{c.label} ({c.model})" if c.model else c.label for c in cols]
+    header = ["measurement", "threat model", "ε", *titles]
     body = [
         [*measurement_title(key), *(cell(c.values(name, key)) for c in cols)]
         for key in measured(name, cols)

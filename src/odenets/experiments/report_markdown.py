@@ -200,27 +200,36 @@ def _tables_section(report: Report) -> list[str]:
 
 
 def _every_measurement(report: Report, dataset: str) -> list[str]:
-    """The table's evaluation (eval.json) of one data set, every measurement of it (each
-    attack at each radius and threat model, the worst case), a column per row of the grid:
-    shown where it measured more than the table's columns (other radii or attacks)."""
+    """The table's evaluation (eval.json) of one data set, every measurement of it, a column
+    per row of the grid (see `_measurement_table`)."""
     labels = {(r.dataset, r.key): r.label for r in report.rows if r.dataset == dataset}
     runs = [r for r in report.mine if r.job.get("dataset", "") == dataset]
+    return _measurement_table(report, runs, labels, "same images as the table")
+
+
+def _measurement_table(
+    report: Report, runs: Sequence[RunRecord], labels: dict, images: str
+) -> list[str]:
+    """Every measurement of the runs' evaluations read for the tables (eval.json, else
+    eval.limit-N.json): each attack at each radius and threat model (transfer attacks
+    included), the worst case; a column per row of the grid (a run with no job record is its
+    own). Shown only where they measured more than the table's columns (other radii or
+    attacks)."""
     cols = further.columns("", runs, labels)
     if not cols:
         return []
-    ev = report.manifest.get("evaluate", {})
+    ev = (report.manifest or {}).get("evaluate", {})
     eps = float((ev.get("eps") or [8])[0])
     tm = ev.get("threat_model", "pixel").split(",")[0].strip()  # the table's (its first)
     # The worst case at the table's radius adds nothing to its own attack columns.
     in_table = {(m, tm, eps) for m in (*report.metrics, further.WORST)}
-    keys = further.measured("", cols)
-    if all(k in in_table for k in keys if k[2] is not None):
-        return []  # the table above shows it all
+    if all(k in in_table for k in further.measured("", cols) if k[2] is not None):
+        return []  # the table shows it all
     header, body = further.table("", cols)
     return [
-        "**Every measurement of this evaluation** (eval.json: each attack at each radius and "
-        "threat model, the worst case per sample over the attacks at one radius), accuracy "
-        "in %, same images as the table:\n",
+        "**Every measurement of these evaluations** (each attack at each radius and threat "
+        "model, the worst case per sample over the attacks at one radius), accuracy in %, "
+        f"{images}:\n",
         markdown_table(header, body) + "\n",
     ]
 
@@ -461,6 +470,7 @@ def _runs_sections(report: Report) -> list[str]:
     if report.loose:
         out.append("## Other runs (no job record)\n")
         out.append(runs_markdown(report.loose, report.metrics) + "\n")
+        out += _measurement_table(report, report.loose, {}, "each run's own test images")
     return out
 
 
