@@ -589,6 +589,7 @@ class _Recorded(odenets.progress.WorkLog):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self.planned_bound, self.planned_total = self.bounded_cost, self.total_cost
         _Recorded.made.append(self)
 
 
@@ -617,6 +618,27 @@ def test_the_eta_is_measured_against_the_cost_of_every_pass_made(data, monkeypat
     _Recorded.made = []
     _run(_trained(), x[:40], y[:40], progress=True, **options)
     assert _Recorded.made == []
+
+
+def test_attacks_that_stop_early_make_the_planned_eta_a_bound(data, monkeypatch):
+    """APGD leaves a sample once it breaks it: its planned cost is the most it can take, so
+    the plan counts it as bounded (the ETA says "up to"); PGD and FGSM run every step. APGD
+    crafted for transfer runs every step on every sample: not bounded."""
+    from odenets.robustness.base import create_attack
+
+    evaluation = importlib.import_module("odenets.robustness.evaluate")
+    x, y = data
+    _Recorded.made = []
+    monkeypatch.setattr(evaluation, "WorkLog", _Recorded)
+    model = _trained()
+    _run(model, x[:40], y[:40], checks=False, masking=False,
+         transfer_from=model, transfer_attacks=["apgd_ce"])  # fmt: skip
+    (log,) = _Recorded.made
+    apgd = create_attack("apgd_ce", eps=0.05, **FAST["apgd_ce"])
+    assert apgd.stops_early and not apgd.for_transfer().stops_early
+    assert log.planned_bound == pytest.approx(2 * 40 * apgd.cost())  # two radii, 40 images
+    assert log.bounded_cost == 0 and log.done_cost == pytest.approx(log.total_cost)
+    assert log.total_cost <= log.planned_total
 
 
 def test_a_long_pass_logs_its_accuracy_so_far(data, monkeypatch, caplog):

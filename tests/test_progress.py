@@ -47,6 +47,35 @@ def test_the_eta_follows_the_cost_done_and_the_time_it_took(clock, caplog):
     ]
 
 
+def test_a_pass_that_stops_early_is_counted_at_its_seconds_and_the_eta_is_a_bound(clock, caplog):
+    """Clean (cost 10 in 10 s: 1 unit a second), then an attack that may stop early planned
+    at 100 that took 20 s, then PGD of 30. While the attack is planned the ETA is an upper
+    bound ("up to"); once it ends it counts 20 units, not 100: the total becomes 60 and the
+    ETA 30 s (at the same rate) where counting its plan would have said 30 x 30/110 = 8 s."""
+    log = progress.WorkLog(
+        logging.getLogger("odenets.test"), total_cost=140, bounded_cost=100, what="evaluation"
+    )
+    with caplog.at_level(logging.INFO, logger="odenets"):
+        for desc, cost, seconds, bound in (("clean", 10, 10, False), ("apgd", 100, 20, True)):
+            log.start_pass(desc, cost, at_most=bound)
+            clock.now += seconds
+            log.end_pass(1, 2)
+        assert (log.total_cost, log.done_cost, log.bounded_cost) == (60, 30, 0)
+        log.start_pass("pgd", 30)
+        clock.now += 30
+        log.end_pass(1, 2)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0].endswith("evaluation 10 s so far, ETA up to 2 min 10 s")  # 130 units
+    assert lines[1].endswith("evaluation 30 s so far, ETA 30 s")
+    assert lines[2].endswith("evaluation 1 min 00 s so far, done")
+    # The first pass of all has no rate before it: it keeps its planned cost.
+    first = progress.WorkLog(logging.getLogger("odenets.test"), total_cost=50, bounded_cost=50)
+    first.start_pass("square", 50, at_most=True)
+    clock.now += 5
+    first.end_pass()
+    assert (first.total_cost, first.done_cost) == (50, 50)
+
+
 def test_work_of_unknown_total_gives_no_eta(clock, caplog):
     log = progress.WorkLog(logging.getLogger("odenets.test"))
     with caplog.at_level(logging.INFO, logger="odenets"):

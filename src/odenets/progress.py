@@ -69,15 +69,30 @@ class WorkLog:
         logger: where the lines go (at INFO).
         total_cost: the cost of all passes, in any unit the passes share (an evaluation
             uses forward-pass equivalents times images); 0 when unknown (no ETA then).
+        bounded_cost: the part of `total_cost` that is only an upper bound: passes that may
+            end early (an attack that stops on the samples it breaks; `start_pass(...,
+            at_most=True)`).
         what: the name of the whole, e.g. "evaluation".
 
     The ETA is an estimate: the seconds per unit of cost of the passes done so far, times
     the cost left. It holds as far as the costs given are in proportion to the time taken.
+    While passes of bounded cost are left it is an upper bound ("ETA up to"); when such a
+    pass ends, its cost is taken to be its seconds at the rate of the passes before it, so
+    that a pass ending early neither leaves its planned cost in the total nor makes the work
+    look faster than it is.
     """
 
-    def __init__(self, logger: logging.Logger, *, total_cost: float = 0.0, what: str = "work"):
+    def __init__(
+        self,
+        logger: logging.Logger,
+        *,
+        total_cost: float = 0.0,
+        bounded_cost: float = 0.0,
+        what: str = "work",
+    ):
         self.logger = logger
         self.total_cost = float(total_cost)
+        self.bounded_cost = float(bounded_cost)
         self.what = what
         self.done_cost = 0.0
         self.passes = 0
@@ -100,15 +115,18 @@ class WorkLog:
             return ""
         eta = self.eta(extra_done)
         tail = f"; {self.what} {format_duration(self.elapsed())} so far"
-        if eta is not None:
-            tail += f", ETA {format_duration(eta)}" if eta > 0 else ", done"
+        if eta is not None and eta > 0:
+            tail += f", ETA {'up to ' if self.bounded_cost > 0 else ''}{format_duration(eta)}"
+        elif eta is not None:
+            tail += ", done"
         return tail
 
-    def start_pass(self, desc: str, cost: float) -> None:
+    def start_pass(self, desc: str, cost: float, *, at_most: bool = False) -> None:
         """A pass begins: `desc` names it (e.g. "pgd 8/255"), `cost` is its share of
-        `total_cost`."""
+        `total_cost` (with `at_most`: of `bounded_cost` too, the most the pass can take)."""
         now = time.perf_counter()
         self._pass = {"desc": desc, "cost": float(cost), "start": now, "beat": now}
+        self._pass["at_most"] = at_most
 
     def progress(self, done: int, correct: int, total: int) -> None:
         """Inside a pass: `done` of `total` items handled, `correct` of them correct; logs a
@@ -129,6 +147,21 @@ class WorkLog:
             self._tail(share),
         )
 
+    def _cost_taken(self, p: dict) -> float:
+        """The cost a pass that ended is counted at: its planned cost, or for a pass of
+        bounded cost its seconds at the rate of the passes before it (at most the planned
+        cost; the planned cost when nothing came before it). The total shrinks by the rest."""
+        cost = p["cost"]
+        if not p["at_most"]:
+            return cost
+        self.bounded_cost = max(0.0, self.bounded_cost - cost)
+        before = p["start"] - self.started
+        if self.done_cost <= 0 or before <= 0:
+            return cost
+        taken = min(cost, (time.perf_counter() - p["start"]) * self.done_cost / before)
+        self.total_cost -= cost - taken
+        return taken
+
     def end_pass(self, correct: int | None = None, total: int | None = None) -> None:
         """The pass is over: one line with its accuracy (when it counts correct items), its
         seconds, and the time so far and ETA of the whole."""
@@ -136,7 +169,7 @@ class WorkLog:
         if p is None:
             return
         self._pass = None
-        self.done_cost += p["cost"]
+        self.done_cost += self._cost_taken(p)
         self.passes += 1
         seconds = format_duration(time.perf_counter() - p["start"])
         if correct is None or total is None:

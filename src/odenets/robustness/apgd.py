@@ -117,6 +117,11 @@ class APGD(Attack):
             **({"returns": "deepest misclassified iterate"} if self.deepest else {}),
         }
 
+    @property
+    def stops_early(self) -> bool:
+        """A broken sample leaves the batch, unless every sample runs on (`deepest`)."""
+        return not self.deepest
+
     def for_transfer(self) -> APGD:
         """This attack in its `deepest` form (a copy), for crafting on a surrogate."""
         deepest = copy.copy(self)

@@ -269,6 +269,9 @@ class Perturbation:
     kind: str = "white-box"
     options: ClassVar[Mapping[str, str]] = {}
     threat_model: str = "pixel"
+    # True for a kind that stops working on a sample once it breaks it (APGD, Square,
+    # AutoAttack): its `cost()` is then the most it can take, and an ETA an upper bound.
+    stops_early: bool = False
 
     def __init__(self, *, seed: int = 0, dtype: torch.dtype = torch.float32):
         self.seed = int(seed)

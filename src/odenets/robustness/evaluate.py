@@ -204,11 +204,11 @@ def _evaluate(
     log = None
     if not progress:
         plan = dict(noise=noise, sigmas=gaussian_sigmas, masking=masking, checks=checks)
-        total = _planned_cost(
-            len(images), [*attacks, *transfer], eps_list, threat_models, options, seed,
+        total, bound = _planned_cost(
+            len(images), attacks, eps_list, threat_models, options, seed, transfer=transfer,
             offset=(info.get("shard") or {}).get("start", 0), pgd="pgd" in attacks, **plan,
         )  # fmt: skip
-        log = WorkLog(logger, total_cost=total, what="evaluation")
+        log = WorkLog(logger, total_cost=total, bounded_cost=bound, what="evaluation")
     run = dict(batch_size=batch_size, indices=indices, progress=progress, log=log)
     masks = functools.partial(correct_mask, model, images, labels, **run)  # bool (N,) correct
 
@@ -277,25 +277,31 @@ def _planned_cost(
     options: Mapping[str, Mapping],
     seed: int,
     *,
+    transfer: Sequence[str] = (),
     noise: str | None,
     sigmas: Sequence[float],
     masking: bool,
     checks: bool,
     pgd: bool,
     offset: int,
-) -> float:
+) -> tuple[float, float]:
     """The cost of every pass `_evaluate` makes, in forward-pass equivalents times images
-    (`Perturbation.cost`): the whole that an ETA is measured against."""
+    (`Perturbation.cost`): the whole that an ETA is measured against; and the part of it
+    that is an upper bound (attacks that stop early on the samples they break)."""
     total = float(n) * (1 + len(sigmas))  # clean, plain Gaussian noise
+    bound = 0.0
     if noise is not None:
         total += float(n) * len(NOISE_ATTACK) * len(SEVERITIES)
     for tm in threat_models:
         for eps in eps_list:
-            for name in attacks:
+            for name, transferred in [(a, False) for a in attacks] + [(a, True) for a in transfer]:
                 attack = create_attack(
                     name, eps=eps, threat_model=tm, seed=seed, **options.get(name, {})
                 )
+                if transferred:
+                    attack = attack.for_transfer()  # as `Transfer` crafts it
                 total += attack.cost() * n
+                bound += attack.cost() * n if attack.stops_early else 0.0
     if masking and pgd and eps_list:
         base = create_attack("pgd", eps=min(eps_list), threat_model=threat_models[0], seed=seed,
                              **options.get("pgd", {}))  # fmt: skip
@@ -305,7 +311,7 @@ def _planned_cost(
         total += GRAD_NORM_COST * n
     if checks and attacks:
         total += _eps1_attack(seed).cost() * max(0, min(n, EPS1_SAMPLES - offset))
-    return total
+    return total, bound
 
 
 def masking_verdict(result: dict, *, reference: Mapping | None = None) -> dict:

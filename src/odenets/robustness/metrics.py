@@ -64,7 +64,8 @@ def correct_mask(
     # Without a bar (off a terminal: a batch job's log), lines say how far the work has come.
     lines = None if progress or not desc else (log or WorkLog(logger))
     if lines is not None:
-        lines.start_pass(desc, pass_cost(attack, len(images)))
+        bound = bool(getattr(attack, "stops_early", False))
+        lines.start_pass(desc, pass_cost(attack, len(images)), at_most=bound)
     with inference_state(model, device.type):
         for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
             stop = start + batch_size

@@ -42,6 +42,10 @@ class Transfer(Attack):
         self.category = base.category
 
     @property
+    def stops_early(self) -> bool:
+        return self.base.stops_early
+
+    @property
     def nonfinite_grads(self) -> int:
         return self.base.nonfinite_grads
 
