@@ -456,6 +456,16 @@ def test_every_measurement_of_the_evaluation_is_tabled_when_the_table_shows_one_
     # Means and sample std over seeds, as the table: PGD 4% and 6% for the ResNet's two seeds.
     assert "| PGD | pixel | 8/255 | 5.00 ± 1.41 | 30.00 |" in section
     assert section.index("| FGSM | pixel | 4/255") < section.index("| FGSM | pixel | 8/255")
+    # The difference column: 30% - 5% = +25.0, standard error √(1.5411² + 4.5826²) = 4.8,
+    # the same numbers as the verdict's comparison of the table's rows.
+    from odenets.experiments.comparison import compare_rows
+
+    assert "| In-ResNet-110 − ResNet-110 |" in section.splitlines()[2]
+    assert "| PGD | pixel | 8/255 | 5.00 ± 1.41 | 30.00 | +25.0 ± 4.8 (more robust) |" in section
+    rows = {r.key: r for r in build_report(variants_folder).rows}
+    (pgd,) = compare_rows(rows["in_resnet110"], rows["resnet110"], ["pgd"])
+    assert f"{pgd.diff:+.1f} ± {pgd.se:.1f} ({pgd.verdict})" == "+25.0 ± 4.8 (more robust)"
+    assert "| clean |  |  | 91.00 ± 1.41 | 88.00 | -3.0 ± 3.8 (no clear difference) |" in section
     # With nothing but the table's radius, the table says it all: no second table.
     for path in variants_folder.rglob("eval.json"):
         ev = json.loads(path.read_text())
@@ -481,3 +491,14 @@ def test_runs_without_a_job_record_get_every_measurement_too(tmp_path):
     assert "| transfer PGD | pixel | 2/255 | 80.00 | 60.00 |" in section
     assert "| FGSM | pixel | 4/255 | 99.00 | 99.00 |" in section
     assert "| PGD | pixel | 8/255 | 30.00 | 10.00 |" in section
+
+
+def test_a_difference_cell_says_higher_or_lower_for_clean_accuracy():
+    from odenets.experiments.comparison import Comparison, difference_cell
+
+    assert (
+        difference_cell(Comparison("clean", 95.0, 90.0, 1.0), clean=True) == "+5.0 ± 1.0 (higher)"
+    )
+    assert difference_cell(Comparison("pgd", 10.0, 30.0, 2.0)) == "-20.0 ± 2.0 (less robust)"
+    assert difference_cell(Comparison("pgd", 31.0, 30.0, 2.0)) == "+1.0 ± 2.0 (no clear difference)"
+    assert difference_cell(None) == "—"

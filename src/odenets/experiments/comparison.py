@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from odenets.experiments.aggregate import DONE, TableRow, attack_metrics, metric_title
+from odenets.experiments.further import Column, measurement_key, measurements
 from odenets.experiments.results import WORST_CASE
 
 MARGIN_SE = 2.0  # a difference counts when it exceeds this many standard errors
@@ -70,11 +72,61 @@ def row_standard_error(row: TableRow, metric: str) -> float | None:
         for r in row.runs
         if r.status in DONE and r.evaluation and metric in r.metrics and r.evaluation.get("n")
     )
-    p = min(max(cell.mean / 100.0, 0.0), 1.0)
+    return standard_error([v / 100.0 for v in cell.values], images)
+
+
+def standard_error(values: Sequence[float], images: int) -> float:
+    """Standard error (percentage points) of the mean of per-seed accuracies `values`
+    (fractions) measured on `images` test images in all: the binomial error of the mean,
+    or the seeds' s/√k where that is larger (see the module docstring)."""
+    k = len(values)
+    p = min(max(sum(values) / k, 0.0), 1.0)
     binomial = 100.0 * math.sqrt(p * (1 - p) / images) if images else 0.0
-    k = len(cell.values)
-    seeds = cell.std / math.sqrt(k) if k > 1 else 0.0
+    seeds = 100.0 * statistics.stdev(values) / math.sqrt(k) if k > 1 else 0.0
     return max(binomial, seeds)
+
+
+def column_pairs(cols: Sequence[Column]) -> list[tuple[Column, Column]]:
+    """(In-ResNet-family column, ResNet column of the same depth) pairs of a measurement
+    table, in table order (a column's network named as the zoo names it, e.g. in_resnet56)."""
+    family = {id(c): _ZOO_NAME.fullmatch(c.model) for c in cols}
+    bases = {int(m["depth"]): c for c in cols if (m := family[id(c)]) and m["family"] == "resnet"}
+    return [
+        (c, bases[int(m["depth"])])
+        for c in cols
+        if (m := family[id(c)]) and "in_resnet" in m["family"] and int(m["depth"]) in bases
+    ]
+
+
+def compare_columns(name: str, ours: Column, base: Column, key) -> Comparison | None:
+    """One measurement (a key of `further.measurements`) of the evaluation `name` ("":
+    eval.json) of an In-ResNet-family column against the ResNet column; None where either
+    lacks it."""
+    sides = []
+    for col in (ours, base):
+        found = [(m[key], ev) for ev in col.evaluations(name) if key in (m := measurements(ev))]
+        if not found:
+            return None
+        values = [v for v, _ in found]
+        sides.append((100.0 * statistics.fmean(values), standard_error(values, images(found))))
+    (a, se_a), (b, se_b) = sides
+    return Comparison(measurement_key(key), a, b, math.sqrt(se_a**2 + se_b**2))
+
+
+def images(found) -> int:
+    """Test images over the evaluations of (value, eval.json) pairs."""
+    return sum(int(ev.get("n") or 0) for _, ev in found)
+
+
+def difference_cell(comparison: Comparison | None, *, clean: bool = False) -> str:
+    """'+19.3 ± 2.1 (more robust)': the difference in points, its standard error and the
+    verdict of `RULE` (for clean accuracy: higher, lower); '—' where there is none."""
+    if comparison is None:
+        return "—"
+    verdict = comparison.verdict
+    if clean and verdict != "no clear difference":
+        verdict = "higher" if comparison.diff > 0 else "lower"
+    return f"{comparison.diff:+.1f} ± {comparison.se:.1f} ({verdict})"
 
 
 def compare_rows(ours: TableRow, base: TableRow, metrics: Sequence[str]) -> list[Comparison]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,8 +69,12 @@ class Column:
     model: str
     runs: list[RunRecord]
 
+    def evaluations(self, name: str) -> list[dict[str, Any]]:
+        """The evaluation `name` ("": eval.json) of each of its runs."""
+        return [ev for r in self.runs if (ev := evaluation(r, name)) is not None]
+
     def values(self, name: str, key) -> list[float]:
-        found = [measurements(evaluation(r, name)) for r in self.runs]
+        found = [measurements(ev) for ev in self.evaluations(name)]
         return [m[key] for m in found if key in m]
 
 
@@ -109,13 +113,19 @@ def cell(values: Sequence[float]) -> str:
     return f"{mean:.2f} ± {100 * statistics.stdev(values):.2f}"
 
 
-def table(name: str, cols: Sequence[Column]) -> tuple[list[str], list[list[str]]]:
+def table(
+    name: str, cols: Sequence[Column], extra: Sequence[tuple[str, Callable]] = ()
+) -> tuple[list[str], list[list[str]]]:
     """(header, body) of the evaluation's table ("": eval.json): a line per measurement, a
-    column per row."""
+    column per row, then the `extra` columns ((title, measurement key -> cell text))."""
     titles = [f"{c.label} ({c.model})" if c.model else c.label for c in cols]
-    header = ["measurement", "threat model", "ε", *titles]
+    header = ["measurement", "threat model", "ε", *titles, *(title for title, _ in extra)]
     body = [
-        [*measurement_title(key), *(cell(c.values(name, key)) for c in cols)]
+        [
+            *measurement_title(key),
+            *(cell(c.values(name, key)) for c in cols),
+            *(text(key) for _, text in extra),
+        ]
         for key in measured(name, cols)
     ]
     return header, body

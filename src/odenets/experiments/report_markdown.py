@@ -3,6 +3,7 @@ failed sanity checks and every run, as markdown."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,13 @@ from typing import Any
 from odenets.errors import OdenetsError
 from odenets.experiments import further
 from odenets.experiments.aggregate import Cell, Report, TableRow, metric_title
-from odenets.experiments.comparison import verdict_lines
+from odenets.experiments.comparison import (
+    RULE,
+    column_pairs,
+    compare_columns,
+    difference_cell,
+    verdict_lines,
+)
 from odenets.experiments.paper import get_table
 from odenets.experiments.presets import eval_attack_options
 from odenets.experiments.results import RunRecord, failed_checks
@@ -225,12 +232,34 @@ def _measurement_table(
     in_table = {(m, tm, eps) for m in (*report.metrics, further.WORST)}
     if all(k in in_table for k in further.measured("", cols) if k[2] is not None):
         return []  # the table shows it all
-    header, body = further.table("", cols)
+    extra = _differences("", cols)
+    header, body = further.table("", cols, extra)
     return [
         "**Every measurement of these evaluations** (each attack at each radius and threat "
         "model, the worst case per sample over the attacks at one radius), accuracy in %, "
         f"{images}:\n",
         markdown_table(header, body) + "\n",
+        *([DIFFERENCES + "\n"] if extra else []),
+    ]
+
+
+DIFFERENCES = (
+    "Difference columns: an In-ResNet-family network minus the ResNet of the same depth, in "
+    f"points ± the standard error of the difference. {RULE}"
+)
+
+
+def _differences(name: str, cols: Sequence[further.Column]) -> list[tuple[str, Any]]:
+    """The difference columns of a measurement table: one per In-ResNet-family column with a
+    ResNet column of the same depth (`comparison.column_pairs`)."""
+
+    def text(ours, base, key) -> str:
+        found = compare_columns(name, ours, base, key)
+        return difference_cell(found, clean=key[0] == "clean")
+
+    return [
+        (f"{ours.label} − {base.label}", functools.partial(text, ours, base))
+        for ours, base in column_pairs(cols)
     ]
 
 
@@ -337,7 +366,8 @@ def _further_section(report: Report) -> list[str]:
         if not cols:
             out.append("Not run yet (`odenets reproduce` runs it after the trainings).\n")
             continue
-        header, body = further.table(ev["name"], cols)
+        extra = _differences(ev["name"], cols)
+        header, body = further.table(ev["name"], cols, extra)
         out.append(markdown_table(header, body) + "\n")
         runs = [r for c in cols for r in c.runs]
         caption = _further_caption(ev, further.sample_eval(ev["name"], cols))
@@ -346,7 +376,7 @@ def _further_section(report: Report) -> list[str]:
             for r in runs
             if r.further[ev["name"]].get("transfer_skipped")
         )
-        out.append("*" + caption + "*\n")
+        out.append("*" + caption + (" " + DIFFERENCES if extra else "") + "*\n")
         # A verdict where the evaluation gathered the masking evidence (`masking_checks`).
         checked = [r for r in runs if (r.further[ev["name"]].get("masking") or {}).get("grad_norm")]
         out += _verdict_lines(
