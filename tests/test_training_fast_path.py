@@ -41,9 +41,10 @@ def eager_run(tmp_path_factory):
 def test_compile_with_a_broken_compiler_falls_back_to_eager(tmp_path, eager_run, caplog):
     import torch._inductor.config as inductor_config
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(inductor_config.cpp, "cxx", (str(tmp_path / "no-such-c++"),))
-        mp.setattr(inductor_config, "force_disable_caches", True)
+    # inductor's own patch, which restores its settings on exit (a monkeypatch of the config
+    # module left force_disable_caches deleted: every later compile in the process failed).
+    broken = {"cpp.cxx": (str(tmp_path / "no-such-c++"),), "force_disable_caches": True}
+    with inductor_config.patch(broken):
         with caplog.at_level(logging.WARNING, logger="odenets"):
             run = fit(tiny_config(tmp_path, epochs=2, compile=True, amp=False))
     torch._dynamo.reset()
