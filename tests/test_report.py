@@ -502,3 +502,34 @@ def test_a_difference_cell_says_higher_or_lower_for_clean_accuracy():
     assert difference_cell(Comparison("pgd", 10.0, 30.0, 2.0)) == "-20.0 ± 2.0 (less robust)"
     assert difference_cell(Comparison("pgd", 31.0, 30.0, 2.0)) == "+1.0 ± 2.0 (no clear difference)"
     assert difference_cell(None) == "—"
+
+
+def test_the_report_names_runs_whose_coefficients_ended_at_zero(tmp_path):
+    """From metrics.jsonl: a run whose every λ_n is 0 (since epoch 2 here) ended as a plain
+    ResNet; one with some at 0 gets the count; a plain ResNet has no line."""
+    from odenets.checkpoint import append_jsonl
+
+    summary = {"status": "finished", "epochs_done": 3, "epochs": 3, "final_train_acc": 0.5}
+    histories = {
+        "dead": [[0.2, 0.0], [0.0, 0.0], [0.0, 0.0]],
+        "alive": [[0.2, 0.3], [0.0, 0.4], [0.0, 0.5]],
+        "plain": [None, None, None],
+    }
+    for name, history in histories.items():
+        write_json_atomic(tmp_path / name / "summary.json", {**summary, "final_test_acc": 0.6})
+        write_json_atomic(tmp_path / name / "eval.json", fake_eval(0.6, 0.4, 0.3, 0.2, 0.1))
+        for epoch, lam in enumerate(history, start=1):
+            row = {"epoch": epoch, "test_acc": 0.6, **({"coefficients": lam} if lam else {})}
+            append_jsonl(tmp_path / name / "metrics.jsonl", row)
+    text = render_markdown(build_report(tmp_path))
+    section = text[text.index("## Interpolation coefficients") :].split("\n## ")[0]
+    assert (
+        "- `dead` (interpolating), after epoch 3: 2 coefficients, mean 0.000, largest 0.000; "
+        "2 exactly 0 (all of them since epoch 2): **this run ended as a plain ResNet**." in section
+    )
+    assert (
+        "- `alive` (interpolating), after epoch 3: 2 coefficients, mean 0.250, largest " in section
+    )
+    assert "0.500; 1 exactly 0." in section
+    bullets = section[: section.index("\n\n", section.index("- `"))]
+    assert bullets.count("\n- `") == 2 and "`plain`" not in bullets

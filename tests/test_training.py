@@ -558,3 +558,37 @@ def test_best_test_selection_needs_the_flag_and_picks_the_best_test_epoch(tmp_pa
     test = [m["test_acc"] for m in info.metrics]
     assert info.summary["selected_epoch"] == int(np.argmax(test)) + 1
     assert info.summary["final_test_acc"] == max(test)
+
+
+def test_coefficients_held_at_zero_by_their_relu_are_reported(tmp_path, caplog):
+    """λ-In-ResNet started at λ = 0 exactly: ReLU(k) at k = 0 passes no gradient and weight
+    decay leaves 0 where it is, so every coefficient stays 0 and the network trains as a
+    plain ResNet. The first epoch says so once (a warning), later epochs do not repeat it."""
+    import logging
+
+    from odenets.training.metrics import inactive_coefficients, inactive_message
+
+    cfg = tiny_config(
+        tmp_path, model="lambda_in_resnet20", model_kwargs={"lambda_init": [0.0, 0.0]},
+        epochs=2, train_limit=128, test_limit=32,
+    )  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="odenets"):
+        fit(cfg)
+    said = [
+        r.getMessage() for r in caplog.records if "interpolation coefficients" in r.getMessage()
+    ]
+    assert said == [
+        "epoch 1: all 6 interpolation coefficients are exactly 0: their ReLU passes no "
+        "gradient, so the network now trains as a plain ResNet (the raw coefficients move by "
+        "weight decay alone)"
+    ]
+    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert [r["coefficients"] for r in rows] == [[0.0] * 6, [0.0] * 6]
+    # Some held at 0: named by block; none: nothing to say.
+    record = {"epoch": 4, "coefficients": [0.2, 0.0, 0.31, 0.0]}
+    assert inactive_coefficients(record) == [1, 3]
+    assert inactive_message(record).startswith(
+        "epoch 4: 2 of 4 interpolation coefficients are exactly 0 (interpolating blocks 1, 3)"
+    )
+    assert inactive_message({"epoch": 1, "coefficients": [0.2]}) == ""
+    assert inactive_coefficients({"epoch": 1}) == [] and inactive_coefficients(None) == []

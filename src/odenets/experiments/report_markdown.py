@@ -4,6 +4,7 @@ failed sanity checks and every run, as markdown."""
 from __future__ import annotations
 
 import functools
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,8 @@ from odenets.experiments.results import RunRecord, failed_checks
 from odenets.robustness.base import attack_title, create_attack
 from odenets.robustness.masking import diagnostics, same_depth_resnet, verdict
 from odenets.robustness.table import attack_settings
-from odenets.training.run_folder import EVAL
+from odenets.training.metrics import inactive_coefficients
+from odenets.training.run_folder import EVAL, RunFolder
 
 DATASET_NAMES = {
     "cifar10": "CIFAR-10",
@@ -313,6 +315,39 @@ def _figures_section(report: Report) -> list[str]:
     return out
 
 
+def _coefficients_section(report: Report) -> list[str]:
+    """Per run of an interpolating network: its coefficients λ_n after the last epoch, and
+    how many a ReLU holds at exactly 0 (`training.metrics.inactive_coefficients`): such a
+    block is a plain residual block, so a run whose every λ_n is 0 ended as a plain ResNet,
+    whatever its name says."""
+    lines = []
+    for run in report.mine or report.loose:
+        history = RunFolder(run.path).read_metrics()
+        last = next((m for m in reversed(history) if m.get("coefficients")), None)
+        if last is None:
+            continue
+        lam, dead = last["coefficients"], inactive_coefficients(last)
+        line = (
+            f"- `{run.name}` ({run.job.get('model') or 'interpolating'}), after epoch "
+            f"{last['epoch']}: {len(lam)} coefficients, mean {statistics.fmean(lam):.3f}, "
+            f"largest {max(lam):.3f}; {len(dead)} exactly 0"
+        )
+        if dead and len(dead) == len(lam):
+            since = next(m["epoch"] for m in history if len(inactive_coefficients(m)) == len(lam))
+            line += f" (all of them since epoch {since}): **this run ended as a plain ResNet**"
+        lines.append(line + ".")
+    if not lines:
+        return []
+    return [
+        "## Interpolation coefficients at the end of training\n",
+        "λ_n of each interpolating block after the last epoch (metrics.jsonl). A coefficient "
+        "at exactly 0 is held there by its ReLU, which then passes no gradient: that block "
+        "is a plain residual block, and its raw coefficient moves by weight decay alone.\n",
+        *lines,
+        "",
+    ]
+
+
 def _checks_section(report: Report) -> list[str]:
     failed = failed_checks(report.mine or report.loose)
     if not failed:
@@ -508,6 +543,7 @@ def render_markdown(report: Report) -> str:
     """The whole of report.md."""
     out = _tables_section(report) if report.manifest else _no_manifest_section()
     out += _figures_section(report)
+    out += _coefficients_section(report)
     out += _checks_section(report)
     out += _masking_section(report)
     out += _further_section(report)

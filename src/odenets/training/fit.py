@@ -37,7 +37,12 @@ from odenets.training.distributed import (
 )
 from odenets.training.fast_path import FastPath
 from odenets.training.loop import StepContext, evaluate, train_one_epoch
-from odenets.training.metrics import PROBE_IMAGES, model_metrics
+from odenets.training.metrics import (
+    PROBE_IMAGES,
+    inactive_coefficients,
+    inactive_message,
+    model_metrics,
+)
 from odenets.training.run_folder import (
     BEST_WEIGHTS,
     FINAL_WEIGHTS,
@@ -166,8 +171,11 @@ def _train(cfg, run: RunFolder, ctx, data, progress: Progress, header) -> None:
             record = _epoch_record(cfg, ctx, loaders, data, epoch, lr, stats)
             record["time_s"] = round(time.perf_counter() - t0, 3)
             progress.global_step = epoch * num_batches
+            dead_before = len(inactive_coefficients(progress.last_record))
             _after_epoch(cfg, run, ctx, progress, record, header, wall0)
             logger.info(_epoch_line(record, cfg.epochs, cfg.model))
+            if len(inactive_coefficients(record)) > dead_before:  # said when more die
+                logger.warning(inactive_message(record))
         _finish(cfg, run, ctx, progress, header, time.perf_counter() - wall0)
     except DivergenceError as err:
         msg = _record_divergence(cfg, run, dist, progress, wall0, err)

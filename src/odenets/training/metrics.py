@@ -29,6 +29,35 @@ def model_metrics(model, test_eval: dict[str, Any], probe: torch.Tensor) -> dict
     return out
 
 
+def inactive_coefficients(record: dict[str, Any] | None) -> list[int]:
+    """The interpolating blocks (0-based, in module order) whose recorded coefficient λ_n is
+    exactly 0 in a metrics.jsonl line. Only a ReLU gives exactly 0 (In-ResNet, λ-In-ResNet,
+    and the ReLU gates when every gate is closed): the ReLU is then inactive and passes no
+    gradient, so the block is a plain residual block whose raw parameters move by weight
+    decay alone. Sigmoid coefficients never reach 0 exactly."""
+    return [i for i, lam in enumerate((record or {}).get("coefficients") or []) if lam == 0.0]
+
+
+def inactive_message(record: dict[str, Any]) -> str:
+    """A line saying which coefficients of an epoch's record are inactive ("" for none)."""
+    dead = inactive_coefficients(record)
+    if not dead:
+        return ""
+    n = len(record["coefficients"])
+    blocks = ", ".join(str(i) for i in dead)
+    if len(dead) == n:
+        return (
+            f"epoch {record['epoch']}: all {n} interpolation coefficients are exactly 0: their "
+            "ReLU passes no gradient, so the network now trains as a plain ResNet (the raw "
+            "coefficients move by weight decay alone)"
+        )
+    return (
+        f"epoch {record['epoch']}: {len(dead)} of {n} interpolation coefficients are exactly 0 "
+        f"(interpolating blocks {blocks}): their ReLU passes no gradient, so those blocks train "
+        "as plain residual blocks (the raw coefficients move by weight decay alone)"
+    )
+
+
 def max_stage_jacobian_radius(model, probe: torch.Tensor) -> float | None:
     """The largest stage-Jacobian spectral radius over the NAIS blocks and a few test images
     (None for a network without NAIS blocks).
