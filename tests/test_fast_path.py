@@ -26,7 +26,13 @@ from odenets.models.registry import is_model, register_model
 from odenets.models.resnet import PreActResNet
 from odenets.training import TrainConfig, fit
 
-MODELS = ["in_resnet20", "lambda_in_resnet20", "naisnet1"]
+MODELS = [
+    "in_resnet20",
+    "lambda_in_resnet20",
+    "in_resnet_gating20",
+    "in_resnet_gating_sig20",
+    "naisnet1",
+]
 SMALL = "fastpath_in_resnet14"  # not registered: built here, registered only for `fit`
 
 
