@@ -279,9 +279,48 @@ def test_transfer_results_go_stale_when_their_surrogate_is_trained_on(tmp_path):
         "its transfer attacks were crafted on final.safetensors (epoch 1 of 1) of surrogate, "
         "which now holds final.safetensors (epoch 2 of 2)",
     )
+    # A copy without the surrogate's weights cannot be checked: unknown, not stale (the
+    # target's weights are there and unchanged).
+    for weights in (moved / RUNS / "surrogate").glob("*.safetensors"):
+        weights.unlink()
+    assert eval_freshness(ev, [moved / RUNS / "target"]) == (
+        "unknown",
+        "surrogate holds no weights to check it against (results copied without their weights?)",
+    )
     # An eval.json of an older odenets has no such key: it stays current.
     ev.pop("transfer_weights")
     assert eval_freshness(ev, [moved / RUNS / "target"]) == ("current", "")
+
+
+def test_results_copied_without_weights_are_used_and_said_to_be_unchecked(retrained, tmp_path):
+    """A run folder copied without its weights (results shared in git, say): its eval.json
+    cannot be checked, so it is of unknown provenance (numbers used, the report says why),
+    never stale; one whose weights are there but changed stays stale."""
+    import shutil
+
+    from odenets.experiments.grid_folder import eval_freshness
+
+    copy = tmp_path / "copy"
+    shutil.copytree(retrained["out"], copy)
+    run = copy / RUNS / "digits-resnet20-seed0"
+    ev = json.loads((run / "eval.json").read_text())
+    assert eval_freshness(ev, [run])[0] == "stale"  # epoch 1 scored, epoch 2 held
+    for weights in run.glob("*.safetensors"):
+        weights.unlink()
+    assert eval_freshness(ev, [run]) == (
+        "unknown",
+        "digits-resnet20-seed0 holds no weights to check it against (results copied without "
+        "their weights?)",
+    )
+    report = build_report(copy)
+    (record,) = report.loose
+    assert record.eval_state == "unknown" and record.metrics["clean"] == ev["clean"]
+    text = render_markdown(report)
+    assert "Stale evaluations" not in text
+    assert (
+        "- `digits-resnet20-seed0` (eval.json): digits-resnet20-seed0 holds no weights to check "
+        "it against" in text
+    )
 
 
 def test_eval_json_of_the_current_weights_counts(retrained, tmp_path):
@@ -299,8 +338,11 @@ def test_eval_json_without_weights_is_of_unknown_provenance(variants_folder):
     report = build_report(variants_folder)
     assert {r.eval_state for r in report.mine} == {"unknown"}
     assert report.rows[0].n_finished == 2  # still in the table
-    assert "Evaluations of unknown provenance (`cifar10-in_resnet110-seed0`" in render_markdown(
-        report
+    text = render_markdown(report)
+    assert "Evaluations of unknown provenance (their numbers are used" in text
+    assert (
+        "- `cifar10-in_resnet110-seed0` (eval.json): it records no weights (written by an "
+        "older odenets)" in text
     )
 
 

@@ -95,38 +95,42 @@ def eval_freshness(ev: dict[str, Any], run_dirs: Sequence[Path]) -> tuple[str, s
     Returns:
         ("current", ""); ("stale", why) when a run's or the surrogate's weights changed
         since (training went on, or it was trained again); or ("unknown", why) for an
-        eval.json that records no weights (older odenets).
+        eval.json that records no weights (older odenets), or whose runs hold no weights to
+        check it against (results shared without their weights): neither can be checked.
     """
     scored = ev.get("weights") or []
     if not scored or len(scored) != len(run_dirs) or not all(scored):
         return "unknown", "it records no weights (written by an older odenets)"
-    for then, run in zip(scored, run_dirs, strict=True):
-        why = _weights_changed(then, Path(run))
-        if why:
-            return "stale", f"it scored {why}"
     # The surrogate's weights (recorded since transfer attacks could go stale); its folder as
     # recorded, else the run folder of that name beside the scored runs (a moved grid folder).
+    surrogates = []
     crafted_on = ev.get("transfer_weights") or []
     for then, recorded in zip(crafted_on, ev.get("transfer_from") or [], strict=False):
         surrogate = Path(recorded)
         if not surrogate.is_dir():
             surrogate = Path(run_dirs[0]).parent / surrogate.name
-        why = then and _weights_changed(then, surrogate)
-        if why:
-            return "stale", f"its transfer attacks were crafted on {why}"
+        if then:
+            surrogates.append((then, surrogate))
+    unchecked = []
+    checks = [("it scored", then, Path(r)) for then, r in zip(scored, run_dirs, strict=True)]
+    checks += [("its transfer attacks were crafted on", t, s) for t, s in surrogates]
+    for words, then, folder in checks:
+        try:
+            now = weights_record(folder)
+        except CheckpointError:
+            unchecked.append(folder.name)
+            continue
+        if now["sha256"] != then.get("sha256"):
+            return "stale", (
+                f"{words} {_weights_words(then)} of {folder.name}, which now holds "
+                f"{_weights_words(now)}"
+            )
+    if unchecked:
+        return "unknown", (
+            f"{', '.join(unchecked)} holds no weights to check it against (results copied "
+            "without their weights?)"
+        )
     return "current", ""
-
-
-def _weights_changed(then: dict[str, Any], run: Path) -> str:
-    """How the weights `then` (a `weights_record`) differ from the run's now ("FILE (epoch E)
-    of RUN, which now holds ..."), or "" when they are the same."""
-    try:
-        now = weights_record(run)
-    except CheckpointError:
-        return f"{_weights_words(then)}; {run.name} holds no weights"
-    if now["sha256"] != then.get("sha256"):
-        return f"{_weights_words(then)} of {run.name}, which now holds {_weights_words(now)}"
-    return ""
 
 
 def _weights_words(record: dict[str, Any]) -> str:

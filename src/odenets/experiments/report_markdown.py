@@ -470,7 +470,7 @@ def _provenance_section(report: Report) -> list[str]:
     runs = [*report.mine, *report.foreign, *report.loose]
     stale = [r for r in runs if r.eval_state == "stale"]
     stale_further = [(r, name, why) for r in runs for name, why in r.stale_further.items()]
-    unknown = [f"`{r.name}`" for r in runs if r.eval_state == "unknown"]
+    unknown = [r for r in runs if r.eval_state == "unknown"]
     out = []
     if stale:
         out.append("## Stale evaluations (left out)\n")
@@ -487,10 +487,11 @@ def _provenance_section(report: Report) -> list[str]:
         out.append("")
     if unknown:
         out.append(
-            f"Evaluations of unknown provenance ({', '.join(unknown)}): their eval.json "
-            "records no weights (written by an older odenets), so they could not be checked "
-            "against the runs' current weights.\n"
+            "Evaluations of unknown provenance (their numbers are used, but could not be "
+            "checked against the weights their runs hold now):\n"
         )
+        out += [f"- `{r.name}` ({r.eval_file}): {r.eval_note}" for r in unknown]
+        out.append("")
     return out
 
 
