@@ -68,6 +68,16 @@ def test_a_pass_that_stops_early_is_counted_at_its_seconds_and_the_eta_is_a_boun
     assert lines[0].endswith("evaluation 10 s so far, ETA up to 2 min 10 s")  # 130 units
     assert lines[1].endswith("evaluation 30 s so far, ETA 30 s")
     assert lines[2].endswith("evaluation 1 min 00 s so far, done")
+    # Inside a pass that may end early, a heartbeat line takes the rate of the passes before
+    # it (1 unit a second) on the planned cost left: at half of a pass of 100 after 10 units,
+    # 140 - 10 - 50 = 80 units, 80 s, where the planned share done would have said 23 s.
+    beat = progress.WorkLog(logging.getLogger("odenets.test"), total_cost=140, bounded_cost=100)
+    beat.start_pass("clean", 10)
+    clock.now += 10
+    beat.end_pass()
+    beat.start_pass("apgd", 100, at_most=True)
+    clock.now += 5
+    assert beat.eta(extra_done=50) == pytest.approx(80.0)
     # The first pass of all has no rate before it: it keeps its planned cost.
     first = progress.WorkLog(logging.getLogger("odenets.test"), total_cost=50, bounded_cost=50)
     first.start_pass("square", 50, at_most=True)

@@ -514,6 +514,33 @@ def test_every_measurement_of_the_evaluation_is_tabled_when_the_table_shows_one_
         ev["attacks"] = [a for a in ev["attacks"] if a["eps_255"] == 8.0]
         write_json_atomic(path, ev)
     assert "Every measurement" not in render_markdown(build_report(variants_folder))
+    # The per-sample worst case is no column of the paper's table: with one, it is tabled.
+    for path in variants_folder.rglob("eval.json"):
+        ev = json.loads(path.read_text())
+        ev["worst_case"] = [{**ev["attacks"][2], "name": "worst_case", "accuracy": 0.01}]
+        write_json_atomic(path, ev)
+    text = render_markdown(build_report(variants_folder))
+    assert "| worst case | pixel | 8/255 | 1.00 ± 0.00 | 1.00 |" in text
+
+
+def test_difference_columns_pair_networks_of_the_same_depth_and_data_set():
+    from odenets.experiments.comparison import column_pairs
+    from odenets.experiments.further import Column, column_titles
+
+    def col(model, dataset, label=""):
+        return Column(label=label or model, model=model, runs=[], dataset=dataset)
+
+    r10, r100 = col("resnet56", "cifar10"), col("resnet56", "cifar100")
+    i10, i100 = col("in_resnet56", "cifar10"), col("in_resnet56", "cifar100")
+    deeper = col("lambda_in_resnet110", "cifar10")
+    assert column_pairs([r10, r100, i10, i100, deeper]) == [(i10, r10), (i100, r100)]
+    assert column_titles([r10, i100]) == [
+        "resnet56 (resnet56), cifar10",
+        "in_resnet56 (in_resnet56), cifar100",
+    ]
+    assert column_titles([r10, i10]) == ["resnet56 (resnet56)", "in_resnet56 (in_resnet56)"]
+    # Two ResNet-56 columns of one data set (runs with no job record): no pair is guessed.
+    assert column_pairs([r10, col("resnet56", "cifar10", "other"), i10]) == []
 
 
 def test_runs_without_a_job_record_get_every_measurement_too(tmp_path):
@@ -547,15 +574,16 @@ def test_a_difference_cell_says_higher_or_lower_for_clean_accuracy():
 
 
 def test_the_report_names_runs_whose_coefficients_ended_at_zero(tmp_path):
-    """From metrics.jsonl: a run whose every λ_n is 0 (since epoch 2 here) ended as a plain
-    ResNet; one with some at 0 gets the count; a plain ResNet has no line."""
+    """From metrics.jsonl: a run whose every λ_n is 0 (again since epoch 3 here, after one came
+    back at epoch 2) ended as a plain ResNet; one with some at 0 gets the count; a plain
+    ResNet has no line."""
     from odenets.checkpoint import append_jsonl
 
     summary = {"status": "finished", "epochs_done": 3, "epochs": 3, "final_train_acc": 0.5}
     histories = {
-        "dead": [[0.2, 0.0], [0.0, 0.0], [0.0, 0.0]],
-        "alive": [[0.2, 0.3], [0.0, 0.4], [0.0, 0.5]],
-        "plain": [None, None, None],
+        "dead": [[0.0, 0.0], [0.2, 0.0], [0.0, 0.0], [0.0, 0.0]],
+        "alive": [[0.2, 0.3], [0.0, 0.4], [0.0, 0.4], [0.0, 0.5]],
+        "plain": [None, None, None, None],
     }
     for name, history in histories.items():
         write_json_atomic(tmp_path / name / "summary.json", {**summary, "final_test_acc": 0.6})
@@ -566,12 +594,12 @@ def test_the_report_names_runs_whose_coefficients_ended_at_zero(tmp_path):
     text = render_markdown(build_report(tmp_path))
     section = text[text.index("## Interpolation coefficients") :].split("\n## ")[0]
     assert (
-        "- `dead` (interpolating), after epoch 3: 2 coefficients, mean 0.000, largest 0.000; "
-        "2 exactly 0 (all of them since epoch 2): **this run ended as a plain ResNet**." in section
+        "- `dead` (interpolating), after epoch 4: 2 coefficients, mean 0.000, largest 0.000; "
+        "2 at 0 (all of them since epoch 3): **this run ended as a plain ResNet**." in section
     )
     assert (
-        "- `alive` (interpolating), after epoch 3: 2 coefficients, mean 0.250, largest " in section
+        "- `alive` (interpolating), after epoch 4: 2 coefficients, mean 0.250, largest " in section
     )
-    assert "0.500; 1 exactly 0." in section
+    assert "0.500; 1 at 0." in section
     bullets = section[: section.index("\n\n", section.index("- `"))]
     assert bullets.count("\n- `") == 2 and "`plain`" not in bullets

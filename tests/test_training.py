@@ -578,8 +578,8 @@ def test_coefficients_held_at_zero_by_their_relu_are_reported(tmp_path, caplog):
         r.getMessage() for r in caplog.records if "interpolation coefficients" in r.getMessage()
     ]
     assert said == [
-        "epoch 1: all 6 interpolation coefficients are exactly 0: their ReLU passes no "
-        "gradient, so the network now trains as a plain ResNet (the raw coefficients move by "
+        "epoch 1: all 6 interpolation coefficients are 0: while they are, their ReLU passes "
+        "no gradient and the network trains as a plain ResNet (the raw coefficients move by "
         "weight decay alone)"
     ]
     rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
@@ -588,7 +588,7 @@ def test_coefficients_held_at_zero_by_their_relu_are_reported(tmp_path, caplog):
     record = {"epoch": 4, "coefficients": [0.2, 0.0, 0.31, 0.0]}
     assert inactive_coefficients(record) == [1, 3]
     assert inactive_message(record).startswith(
-        "epoch 4: 2 of 4 interpolation coefficients are exactly 0 (interpolating blocks 1, 3)"
+        "epoch 4: 2 of 4 interpolation coefficients are 0 (interpolating blocks 1, 3)"
     )
     assert inactive_message({"epoch": 1, "coefficients": [0.2]}) == ""
     assert inactive_coefficients({"epoch": 1}) == [] and inactive_coefficients(None) == []

@@ -107,7 +107,13 @@ class WorkLog:
         done = self.done_cost + extra_done
         if self.total_cost <= 0 or done <= 0:
             return None
-        return self.elapsed() / done * max(0.0, self.total_cost - done)
+        left = max(0.0, self.total_cost - done)
+        p = self._pass
+        if p is not None and p["at_most"] and self.done_cost > 0 and p["start"] > self.started:
+            # Inside a pass that may end early, the planned share done overstates the work
+            # done: the rate of the passes before it, on the planned cost left.
+            return (p["start"] - self.started) / self.done_cost * left
+        return self.elapsed() / done * left
 
     def _tail(self, extra_done: float = 0.0) -> str:
         """'; evaluation 12 s so far, ETA 3 min 10 s' ('' for work of unknown total)."""

@@ -87,15 +87,23 @@ def standard_error(values: Sequence[float], images: int) -> float:
 
 
 def column_pairs(cols: Sequence[Column]) -> list[tuple[Column, Column]]:
-    """(In-ResNet-family column, ResNet column of the same depth) pairs of a measurement
-    table, in table order (a column's network named as the zoo names it, e.g. in_resnet56)."""
+    """(In-ResNet-family column, ResNet column of the same depth and data set) pairs of a
+    measurement table, in table order (a column's network named as the zoo names it, e.g.
+    in_resnet56). Where several ResNet columns would fit (runs with no job record, each its
+    own column), none is chosen."""
     family = {id(c): _ZOO_NAME.fullmatch(c.model) for c in cols}
-    bases = {int(m["depth"]): c for c in cols if (m := family[id(c)]) and m["family"] == "resnet"}
-    return [
-        (c, bases[int(m["depth"])])
-        for c in cols
-        if (m := family[id(c)]) and "in_resnet" in m["family"] and int(m["depth"]) in bases
-    ]
+    bases: dict[tuple[str, int], list[Column]] = {}
+    for c in cols:
+        if (m := family[id(c)]) and m["family"] == "resnet":
+            bases.setdefault((c.dataset, int(m["depth"])), []).append(c)
+    pairs = []
+    for c in cols:
+        m = family[id(c)]
+        if m and "in_resnet" in m["family"]:
+            found = bases.get((c.dataset, int(m["depth"]))) or []
+            if len(found) == 1:
+                pairs.append((c, found[0]))
+    return pairs
 
 
 def compare_columns(name: str, ours: Column, base: Column, key) -> Comparison | None:

@@ -68,6 +68,7 @@ class Column:
     label: str
     model: str
     runs: list[RunRecord]
+    dataset: str = ""
 
     def evaluations(self, name: str) -> list[dict[str, Any]]:
         """The evaluation `name` ("": eval.json) of each of its runs."""
@@ -95,9 +96,13 @@ def columns(
         if evaluation(run, name) is None:
             continue
         key = (run.job.get("dataset", ""), run.job.get("row", run.name))
-        # A run with no job record: the networks its evaluation names.
-        model = run.job.get("model") or "+".join(evaluation(run, name).get("models") or [])
-        column = by_row.setdefault(key, Column(label=labels.get(key, key[1]), model=model, runs=[]))
+        # A run with no job record: the networks and data set its evaluation names.
+        ev = evaluation(run, name)
+        model = run.job.get("model") or "+".join(ev.get("models") or [])
+        dataset = key[0] or str(ev.get("dataset") or "")
+        column = by_row.setdefault(
+            key, Column(label=labels.get(key, key[1]), model=model, runs=[], dataset=dataset)
+        )
         column.runs.append(run)
     order = {key: i for i, key in enumerate(labels)}
     return [by_row[k] for k in sorted(by_row, key=lambda k: order.get(k, len(order)))]
@@ -118,8 +123,7 @@ def table(
 ) -> tuple[list[str], list[list[str]]]:
     """(header, body) of the evaluation's table ("": eval.json): a line per measurement, a
     column per row, then the `extra` columns ((title, measurement key -> cell text))."""
-    titles = [f"{c.label} ({c.model})" if c.model else c.label for c in cols]
-    header = ["measurement", "threat model", "ε", *titles, *(title for title, _ in extra)]
+    header = ["measurement", "threat model", "ε", *column_titles(cols), *(t for t, _ in extra)]
     body = [
         [
             *measurement_title(key),
@@ -129,6 +133,15 @@ def table(
         for key in measured(name, cols)
     ]
     return header, body
+
+
+def column_titles(cols: Sequence[Column]) -> list[str]:
+    """ "ResNet-56 (resnet56)", with the data set where the columns span several."""
+    several = len({c.dataset for c in cols}) > 1
+    return [
+        (f"{c.label} ({c.model})" if c.model else c.label) + (f", {c.dataset}" if several else "")
+        for c in cols
+    ]
 
 
 def measured(name: str, cols: Sequence[Column]) -> list[tuple[str, str, float | None]]:

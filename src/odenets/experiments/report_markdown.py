@@ -9,9 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from odenets.errors import OdenetsError
+from odenets.errors import CheckpointError, OdenetsError
 from odenets.experiments import further
-from odenets.experiments.aggregate import Cell, Report, TableRow, metric_title
+from odenets.experiments.aggregate import DONE, Cell, Report, TableRow, metric_title
 from odenets.experiments.comparison import (
     RULE,
     column_pairs,
@@ -21,7 +21,7 @@ from odenets.experiments.comparison import (
 )
 from odenets.experiments.paper import get_table
 from odenets.experiments.presets import eval_attack_options
-from odenets.experiments.results import RunRecord, failed_checks
+from odenets.experiments.results import WORST_CASE, RunRecord, failed_checks
 from odenets.robustness.base import attack_title, create_attack
 from odenets.robustness.masking import diagnostics, same_depth_resnet, verdict
 from odenets.robustness.table import attack_settings
@@ -212,8 +212,8 @@ def _every_measurement(report: Report, dataset: str) -> list[str]:
     """The table's evaluation (eval.json) of one data set, every measurement of it, a column
     per row of the grid (see `_measurement_table`)."""
     labels = {(r.dataset, r.key): r.label for r in report.rows if r.dataset == dataset}
-    runs = [r for r in report.mine if r.job.get("dataset", "") == dataset]
-    return _measurement_table(report, runs, labels, "same images as the table")
+    runs = [r for r in report.mine if r.job.get("dataset", "") == dataset and r.status in DONE]
+    return _measurement_table(report, runs, labels, "the runs and images of the table")
 
 
 def _measurement_table(
@@ -230,8 +230,8 @@ def _measurement_table(
     ev = (report.manifest or {}).get("evaluate", {})
     eps = float((ev.get("eps") or [8])[0])
     tm = ev.get("threat_model", "pixel").split(",")[0].strip()  # the table's (its first)
-    # The worst case at the table's radius adds nothing to its own attack columns.
-    in_table = {(m, tm, eps) for m in (*report.metrics, further.WORST)}
+    shown = [further.WORST if m == WORST_CASE else m for m in report.metrics]
+    in_table = {(m, tm, eps) for m in shown}
     if all(k in in_table for k in further.measured("", cols) if k[2] is not None):
         return []  # the table shows it all
     extra = _differences("", cols)
@@ -259,8 +259,12 @@ def _differences(name: str, cols: Sequence[further.Column]) -> list[tuple[str, A
         found = compare_columns(name, ours, base, key)
         return difference_cell(found, clean=key[0] == "clean")
 
+    several = len({c.dataset for c in cols}) > 1
     return [
-        (f"{ours.label} − {base.label}", functools.partial(text, ours, base))
+        (
+            f"{ours.label} − {base.label}" + (f", {ours.dataset}" if several else ""),
+            functools.partial(text, ours, base),
+        )
         for ours, base in column_pairs(cols)
     ]
 
@@ -322,27 +326,37 @@ def _coefficients_section(report: Report) -> list[str]:
     whatever its name says."""
     lines = []
     for run in report.mine or report.loose:
-        history = RunFolder(run.path).read_metrics()
-        last = next((m for m in reversed(history) if m.get("coefficients")), None)
-        if last is None:
+        try:
+            history = [m for m in RunFolder(run.path).read_metrics() if m.get("coefficients")]
+        except CheckpointError as err:  # a figure or a note must never cost the report
+            lines.append(f"- `{run.name}`: metrics.jsonl could not be read ({err}).")
             continue
+        if not history:
+            continue
+        last = history[-1]
         lam, dead = last["coefficients"], inactive_coefficients(last)
         line = (
             f"- `{run.name}` ({run.job.get('model') or 'interpolating'}), after epoch "
             f"{last['epoch']}: {len(lam)} coefficients, mean {statistics.fmean(lam):.3f}, "
-            f"largest {max(lam):.3f}; {len(dead)} exactly 0"
+            f"largest {max(lam):.3f}; {len(dead)} at 0"
         )
         if dead and len(dead) == len(lam):
-            since = next(m["epoch"] for m in history if len(inactive_coefficients(m)) == len(lam))
+            since = last["epoch"]  # the start of the last unbroken stretch of all at 0
+            for m in reversed(history):
+                if len(inactive_coefficients(m)) != len(lam):
+                    break
+                since = m["epoch"]
             line += f" (all of them since epoch {since}): **this run ended as a plain ResNet**"
         lines.append(line + ".")
     if not lines:
         return []
     return [
         "## Interpolation coefficients at the end of training\n",
-        "λ_n of each interpolating block after the last epoch (metrics.jsonl). A coefficient "
-        "at exactly 0 is held there by its ReLU, which then passes no gradient: that block "
-        "is a plain residual block, and its raw coefficient moves by weight decay alone.\n",
+        "λ_n of each interpolating block after the last epoch (metrics.jsonl; for a gated "
+        "block the mean gate over the last batch). A coefficient at 0 sits on the flat side "
+        "of its ReLU: while it is there no gradient reaches it, its block is a plain residual "
+        "block, and only weight decay (and the momentum of earlier steps) moves its raw "
+        "parameter: that can bring In-ResNet's back above 0, never λ-In-ResNet's.\n",
         *lines,
         "",
     ]

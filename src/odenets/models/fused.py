@@ -125,8 +125,8 @@ class _GatedSum(torch.autograd.Function):
     The forward is act, 1 - λ and one `addcmul` (the plain expression: act, 1 - λ, a product
     and a sum). The backward keeps x and d, recomputes λ from d, and gives dL/dx = g (1 - λ)
     (one `addcmul`), dL/df = g and dL/dd = -g ⊙ x ⊙ dλ/dd (summed over H and W for the pooled
-    gate) with dλ/dd applied by the activation's own backward kernel: four passes over the
-    activations where the written-out chain rule takes eight.
+    gate) with dλ/dd applied by the activation's own backward kernel: five passes over the
+    activations where the written-out chain rule takes seven (sigmoid) or eight (ReLU).
     """
 
     generate_vmap_rule = True
@@ -155,16 +155,19 @@ class _GatedSum(torch.autograd.Function):
     def backward(ctx, g):
         x, d = ctx.saved_tensors
         need_x, need_fx, need_d, _ = ctx.needs_input_grad
-        lam = (torch.sigmoid(d) if ctx.sigmoid else torch.relu(d)) if need_x or need_d else None
+        lam = None
+        if need_x or (need_d and ctx.sigmoid):
+            lam = torch.sigmoid(d) if ctx.sigmoid else torch.relu(d)
         gx = gd = None
         if need_x:  # g (1 - λ), one pass: g - g λ
             gx = torch.addcmul(g, g, lam.to(g.dtype), value=-1)
         if need_d:
-            gd = torch.mul(g, x).neg_().to(d.dtype)  # -g x, then times dλ/dd
-            if gd.shape != d.shape:  # pooled gate: summed over H and W first (the slope is
-                gd = gd.sum_to_size(d.shape)  # constant there), then masked once per channel
-            # dλ/dd applied by the activations' own backward kernels, one pass each:
-            # λ (1 - λ) for the sigmoid, the mask d > 0 for ReLU.
+            gd = torch.mul(g, x)
+            if gd.shape != d.shape:  # pooled gate: summed over H and W first (dλ/dd is
+                gd = gd.sum_to_size(d.shape)  # constant there), the rest per channel
+            gd = gd.neg_().to(d.dtype)
+            # dλ/dd applied by the activation's own backward kernel, one pass: λ (1 - λ)
+            # for the sigmoid, the mask d > 0 for ReLU.
             if ctx.sigmoid:
                 gd = torch.ops.aten.sigmoid_backward(gd, lam)
             else:

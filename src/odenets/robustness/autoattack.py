@@ -52,10 +52,11 @@ def load_package():
 
 
 class _PackageAttack(Attack):
-    stops_early = True  # each attack of the package goes on only with the samples not broken
     """An attack run by pyautoattack; records, over every batch it attacks, the clean-correct
     samples, those each sub-attack broke (indices in the evaluation set) and the package's
     sanity flags (`record()`)."""
+
+    stops_early = True  # each attack of the package goes on only with the samples not broken
 
     def __init__(self, *, eps: float, threat_model: str = "pixel", seed: int = 0, dtype=None):
         super().__init__(

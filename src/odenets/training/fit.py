@@ -171,10 +171,10 @@ def _train(cfg, run: RunFolder, ctx, data, progress: Progress, header) -> None:
             record = _epoch_record(cfg, ctx, loaders, data, epoch, lr, stats)
             record["time_s"] = round(time.perf_counter() - t0, 3)
             progress.global_step = epoch * num_batches
-            dead_before = len(inactive_coefficients(progress.last_record))
+            dead_before = set(inactive_coefficients(progress.last_record))
             _after_epoch(cfg, run, ctx, progress, record, header, wall0)
             logger.info(_epoch_line(record, cfg.epochs, cfg.model))
-            if len(inactive_coefficients(record)) > dead_before:  # said when more die
+            if set(inactive_coefficients(record)) - dead_before:  # said when one more dies
                 logger.warning(inactive_message(record))
         _finish(cfg, run, ctx, progress, header, time.perf_counter() - wall0)
     except DivergenceError as err:

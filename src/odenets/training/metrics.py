@@ -30,11 +30,11 @@ def model_metrics(model, test_eval: dict[str, Any], probe: torch.Tensor) -> dict
 
 
 def inactive_coefficients(record: dict[str, Any] | None) -> list[int]:
-    """The interpolating blocks (0-based, in module order) whose recorded coefficient λ_n is
-    exactly 0 in a metrics.jsonl line. Only a ReLU gives exactly 0 (In-ResNet, λ-In-ResNet,
-    and the ReLU gates when every gate is closed): the ReLU is then inactive and passes no
-    gradient, so the block is a plain residual block whose raw parameters move by weight
-    decay alone. Sigmoid coefficients never reach 0 exactly."""
+    """The interpolating blocks (0-based, in module order) whose coefficient λ_n is 0 in a
+    metrics.jsonl line (recorded to 6 decimals). A ReLU gives 0 (In-ResNet, λ-In-ResNet, and
+    a ReLU gate whose every gate was closed on the last batch): while it is there it passes
+    no gradient, so the block is a plain residual block whose raw parameters move by weight
+    decay (and momentum) alone. A sigmoid coefficient rounds to 0 only below 5e-7."""
     return [i for i, lam in enumerate((record or {}).get("coefficients") or []) if lam == 0.0]
 
 
@@ -47,14 +47,15 @@ def inactive_message(record: dict[str, Any]) -> str:
     blocks = ", ".join(str(i) for i in dead)
     if len(dead) == n:
         return (
-            f"epoch {record['epoch']}: all {n} interpolation coefficients are exactly 0: their "
-            "ReLU passes no gradient, so the network now trains as a plain ResNet (the raw "
-            "coefficients move by weight decay alone)"
+            f"epoch {record['epoch']}: all {n} interpolation coefficients are 0: while they "
+            "are, their ReLU passes no gradient and the network trains as a plain ResNet (the "
+            "raw coefficients move by weight decay alone)"
         )
     return (
-        f"epoch {record['epoch']}: {len(dead)} of {n} interpolation coefficients are exactly 0 "
-        f"(interpolating blocks {blocks}): their ReLU passes no gradient, so those blocks train "
-        "as plain residual blocks (the raw coefficients move by weight decay alone)"
+        f"epoch {record['epoch']}: {len(dead)} of {n} interpolation coefficients are 0 "
+        f"(interpolating blocks {blocks}): while they are, their ReLU passes no gradient and "
+        "those blocks train as plain residual blocks (the raw coefficients move by weight "
+        "decay alone)"
     )
 
 
