@@ -428,7 +428,7 @@ def test_the_report_says_in_words_whether_in_resnet_is_more_robust(variants_fold
     assert Comparison("pgd", 50.0, 40.0, 5.0).verdict == "no clear difference"
 
 
-def test_the_verdict_is_headed_by_the_strongest_column():
+def test_the_verdict_is_headed_by_the_strongest_column(tmp_path):
     """The worst case where the table has it, else the attack under which the ResNet is
     least accurate, else noise; noise never heads while an attack can."""
     from odenets.experiments.comparison import Comparison, headline
@@ -448,6 +448,22 @@ def test_the_verdict_is_headed_by_the_strongest_column():
     )
     assert headline({"noise": found["noise"]}).metric == "noise"
     assert headline({}) is None
+    # Columns where both are at 0% tell nothing (every multi-step attack at a large radius):
+    # the weakest attack that leaves either above 0 heads, else noise.
+    zero = {m: Comparison(m, 0.0, 0.0, 0.0) for m in ("ifgsm", "pgd", "worst_case")}
+    assert headline({**found, **zero}).metric == "fgsm"
+    assert headline({"noise": found["noise"], **zero}).metric == "noise"
+    assert headline(zero).metric == "worst_case"
+    from odenets.experiments.comparison import verdict_lines
+
+    grid = load_grid("inresnet-variants", seeds=1, data_root="data")
+    broken = {"cifar10-resnet110-seed0": (0.9, 0.5, 0.0, 0.0, 0.0)}
+    fill(tmp_path, grid, {**broken, "cifar10-in_resnet110-seed0": (0.88, 0.7, 0.0, 0.0, 0.0)})
+    report = build_report(tmp_path)
+    text = "\n".join(verdict_lines(report.rows, ("noise", "ifgsm", "pgd"), setting="ε = 8/255"))
+    assert (
+        "under noise (mean over the corruptions and severities); every attack at ε = 8/255 " in text
+    )
 
 
 def test_a_table_of_ours_has_apgd_and_the_worst_case_and_its_caption_gives_eps_alpha_steps():

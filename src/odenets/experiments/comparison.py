@@ -168,15 +168,19 @@ def robustness_pairs(rows: Sequence[TableRow]) -> list[tuple[TableRow, TableRow]
 
 
 def headline(found: Mapping[str, Comparison]) -> Comparison | None:
-    """The column a verdict is headed by, the strongest measure the table has: the worst case
-    over the attacks where the table has it, else the attack under which the ResNet is least
-    accurate (the first in table order on a tie), else noise."""
-    if WORST_CASE in found:
-        return found[WORST_CASE]
-    attacks = [c for m, c in found.items() if m in attack_metrics()]
-    if attacks:
-        return min(attacks, key=lambda c: c.base)
-    return found.get("noise")
+    """The column a verdict is headed by, the strongest measure the table has that can tell
+    the two apart: the worst case over the attacks where the table has it, else the attack
+    under which the ResNet is least accurate (the first in table order on a tie), else
+    noise. A column where both are at 0% tells nothing: the next of these heads instead
+    (a column at 0% only when nothing else is left)."""
+    attacks = sorted((c for m, c in found.items() if m in attack_metrics()), key=lambda c: c.base)
+    candidates = ([found[WORST_CASE]] if WORST_CASE in found else []) + attacks
+    for c in candidates:
+        if c.ours > 0 or c.base > 0:
+            return c
+    if "noise" in found:
+        return found["noise"]
+    return candidates[0] if candidates else None
 
 
 def verdict_lines(rows: Sequence[TableRow], metrics: Sequence[str], *, setting: str) -> list[str]:
@@ -196,6 +200,8 @@ def verdict_lines(rows: Sequence[TableRow], metrics: Sequence[str], *, setting: 
             WORST_CASE: f"under the worst case over the attacks at {setting}",
             "noise": "under noise (mean over the corruptions and severities)",
         }.get(head.metric, f"under {metric_title(head.metric)} at {setting}")
+        if head.metric == "noise" and any(m != "noise" for m in found):
+            under += f"; every attack at {setting} leaves both at 0%"
         per = "; ".join(
             f"{metric_title(c.metric)} {c.diff:+.1f} ± {c.se:.1f} ({c.verdict})"
             for c in found.values()
