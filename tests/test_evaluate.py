@@ -212,6 +212,16 @@ def test_shards_merge_to_the_unsharded_result_exactly(data, monkeypatch):
     retrained["weights"] = [{"file": "final.safetensors", "sha256": "0" * 64}]
     with pytest.raises(ValueError, match="disagree on 'weights'"):
         merge_shards([shards[0], retrained, shards[2]])
+    # A key eval.json gained later is compared only where both shards have it.
+    crafted = [copy.deepcopy(s) for s in shards]
+    for s in crafted:
+        s["transfer_weights"] = [{"file": "final.safetensors", "sha256": "1" * 64}]
+    older = copy.deepcopy(shards[1])
+    older.pop("transfer_weights", None)
+    assert merge_shards([crafted[0], older, crafted[2]])["clean"] == whole["clean"]
+    crafted[1]["transfer_weights"] = [{"file": "final.safetensors", "sha256": "2" * 64}]
+    with pytest.raises(ValueError, match="disagree on 'transfer_weights'"):
+        merge_shards(crafted)
     gap = copy.deepcopy(shards[1])
     gap["shard"]["start"] += 1
     with pytest.raises(ValueError, match="expected to start at 30"):

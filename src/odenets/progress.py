@@ -131,8 +131,13 @@ class WorkLog:
         """A pass begins: `desc` names it (e.g. "pgd 8/255"), `cost` is its share of
         `total_cost` (with `at_most`: of `bounded_cost` too, the most the pass can take)."""
         now = time.perf_counter()
-        self._pass = {"desc": desc, "cost": float(cost), "start": now, "beat": now}
-        self._pass["at_most"] = at_most
+        self._pass = {
+            "desc": desc,
+            "cost": float(cost),
+            "start": now,
+            "beat": now,
+            "at_most": at_most,
+        }
 
     def progress(self, done: int, correct: int, total: int) -> None:
         """Inside a pass: `done` of `total` items handled, `correct` of them correct; logs a

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from odenets.experiments.aggregate import DONE, TableRow, attack_metrics, metric_title
-from odenets.experiments.further import Column, measurement_key, measurements
+from odenets.experiments.further import Column, measurement_key
 from odenets.experiments.results import WORST_CASE
 
 MARGIN_SE = 2.0  # a difference counts when it exceeds this many standard errors
@@ -112,18 +112,14 @@ def compare_columns(name: str, ours: Column, base: Column, key) -> Comparison | 
     lacks it."""
     sides = []
     for col in (ours, base):
-        found = [(m[key], ev) for ev in col.evaluations(name) if key in (m := measurements(ev))]
+        found = col.found(name, key)
         if not found:
             return None
         values = [v for v, _ in found]
-        sides.append((100.0 * statistics.fmean(values), standard_error(values, images(found))))
+        images = sum(n for _, n in found)
+        sides.append((100.0 * statistics.fmean(values), standard_error(values, images)))
     (a, se_a), (b, se_b) = sides
     return Comparison(measurement_key(key), a, b, math.sqrt(se_a**2 + se_b**2))
-
-
-def images(found) -> int:
-    """Test images over the evaluations of (value, eval.json) pairs."""
-    return sum(int(ev.get("n") or 0) for _, ev in found)
 
 
 def difference_cell(comparison: Comparison | None, *, clean: bool = False) -> str:

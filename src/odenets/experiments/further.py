@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from odenets.experiments.results import RunRecord
@@ -69,14 +69,22 @@ class Column:
     model: str
     runs: list[RunRecord]
     dataset: str = ""
+    _measured: dict = field(default_factory=dict, repr=False, compare=False)
 
-    def evaluations(self, name: str) -> list[dict[str, Any]]:
-        """The evaluation `name` ("": eval.json) of each of its runs."""
-        return [ev for r in self.runs if (ev := evaluation(r, name)) is not None]
+    def measured_runs(self, name: str) -> list[tuple[dict, dict[str, Any]]]:
+        """(measurements, evaluation) of the evaluation `name` ("": eval.json) of each of its
+        runs that has one, worked out once per column."""
+        if name not in self._measured:
+            evals = [ev for r in self.runs if (ev := evaluation(r, name)) is not None]
+            self._measured[name] = [(measurements(ev), ev) for ev in evals]
+        return self._measured[name]
+
+    def found(self, name: str, key) -> list[tuple[float, int]]:
+        """(value, test images) of measurement `key` in each run that has it."""
+        return [(m[key], int(ev.get("n") or 0)) for m, ev in self.measured_runs(name) if key in m]
 
     def values(self, name: str, key) -> list[float]:
-        found = [measurements(ev) for ev in self.evaluations(name)]
-        return [m[key] for m in found if key in m]
+        return [v for v, _ in self.found(name, key)]
 
 
 def evaluation(run: RunRecord, name: str) -> dict[str, Any] | None:
@@ -93,11 +101,11 @@ def columns(
     others."""
     by_row: dict[tuple[str, str], Column] = {}
     for run in runs:
-        if evaluation(run, name) is None:
+        ev = evaluation(run, name)
+        if ev is None:
             continue
         key = (run.job.get("dataset", ""), run.job.get("row", run.name))
         # A run with no job record: the networks and data set its evaluation names.
-        ev = evaluation(run, name)
         model = run.job.get("model") or "+".join(ev.get("models") or [])
         dataset = key[0] or str(ev.get("dataset") or "")
         column = by_row.setdefault(
@@ -137,11 +145,14 @@ def table(
 
 def column_titles(cols: Sequence[Column]) -> list[str]:
     """ "ResNet-56 (resnet56)", with the data set where the columns span several."""
-    several = len({c.dataset for c in cols}) > 1
     return [
-        (f"{c.label} ({c.model})" if c.model else c.label) + (f", {c.dataset}" if several else "")
-        for c in cols
+        (f"{c.label} ({c.model})" if c.model else c.label) + dataset_suffix(c, cols) for c in cols
     ]
+
+
+def dataset_suffix(col: Column, cols: Sequence[Column]) -> str:
+    """ ", cifar10" where the columns span several data sets, else ""."""
+    return f", {col.dataset}" if len({c.dataset for c in cols}) > 1 else ""
 
 
 def measured(name: str, cols: Sequence[Column]) -> list[tuple[str, str, float | None]]:
@@ -149,8 +160,8 @@ def measured(name: str, cols: Sequence[Column]) -> list[tuple[str, str, float | 
     in table order."""
     keys: dict = {}
     for column in cols:
-        for run in column.runs:
-            keys.update(dict.fromkeys(measurements(evaluation(run, name))))
+        for m, _ in column.measured_runs(name):
+            keys.update(dict.fromkeys(m))
     return _ordered(keys)
 
 

@@ -259,10 +259,9 @@ def _differences(name: str, cols: Sequence[further.Column]) -> list[tuple[str, A
         found = compare_columns(name, ours, base, key)
         return difference_cell(found, clean=key[0] == "clean")
 
-    several = len({c.dataset for c in cols}) > 1
     return [
         (
-            f"{ours.label} − {base.label}" + (f", {ours.dataset}" if several else ""),
+            f"{ours.label} − {base.label}{further.dataset_suffix(ours, cols)}",
             functools.partial(text, ours, base),
         )
         for ours, base in column_pairs(cols)

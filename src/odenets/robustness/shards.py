@@ -21,6 +21,8 @@ _SAME_KEYS = (
     "transfer_from",
     "transfer_weights",
 )
+# Keys eval.json gained later: compared only where both shards have them.
+_ADDED_KEYS = frozenset({"transfer_weights"})
 _ATTACK_KEYS = ("name", "threat_model", "eps", "steps", "alpha", "restarts")
 
 
@@ -103,8 +105,8 @@ def _check_shards(shards: Sequence[Mapping]) -> int:
     first = shards[0]
     for s in shards[1:]:
         for key in _SAME_KEYS:
-            if key == "transfer_weights" and (key not in s or key not in first):
-                continue  # a shard written before the surrogate's weights were recorded
+            if key in _ADDED_KEYS and (key not in s or key not in first):
+                continue  # a shard written by an older odenets
             if s.get(key) != first.get(key):
                 raise ValueError(
                     f"shards disagree on {key!r}: {s.get(key)!r} vs {first.get(key)!r}"
