@@ -600,6 +600,7 @@ def test_the_report_names_runs_whose_coefficients_ended_at_zero(tmp_path):
         "dead": [[0.0, 0.0], [0.2, 0.0], [0.0, 0.0], [0.0, 0.0]],
         "alive": [[0.2, 0.3], [0.0, 0.4], [0.0, 0.4], [0.0, 0.5]],
         "plain": [None, None, None, None],
+        "held": [[0.2, 0.3]] * 4,
     }
     for name, history in histories.items():
         write_json_atomic(tmp_path / name / "summary.json", {**summary, "final_test_acc": 0.6})
@@ -607,6 +608,14 @@ def test_the_report_names_runs_whose_coefficients_ended_at_zero(tmp_path):
         for epoch, lam in enumerate(history, start=1):
             row = {"epoch": epoch, "test_acc": 0.6, **({"coefficients": lam} if lam else {})}
             append_jsonl(tmp_path / name / "metrics.jsonl", row)
+    config = {
+        "model": "in_resnet20",
+        "model_kwargs": {},
+        "dataset": {"name": "digits", "num_classes": 10, "in_chans": 1},
+        "train": {"epochs": 4, "freeze_coefficients": True},
+    }
+    write_json_atomic(tmp_path / "held" / "config.json", config)
+    write_json_atomic(tmp_path / "alive" / "config.json", {**config, "train": {"epochs": 4}})
     text = render_markdown(build_report(tmp_path))
     section = text[text.index("## Interpolation coefficients") :].split("\n## ")[0]
     assert (
@@ -617,5 +626,10 @@ def test_the_report_names_runs_whose_coefficients_ended_at_zero(tmp_path):
         "- `alive` (interpolating), after epoch 4: 2 coefficients, mean 0.250, largest " in section
     )
     assert "0.500; 1 at 0." in section
+    assert (
+        "- `held` (interpolating), after epoch 4: 2 coefficients, mean 0.250, largest " in section
+    )
+    assert "0.300; 0 at 0; held at their initial values (`--freeze-coefficients`)." in section
     bullets = section[: section.index("\n\n", section.index("- `"))]
-    assert bullets.count("\n- `") == 2 and "`plain`" not in bullets
+    assert bullets.count("\n- `") == 3 and "`plain`" not in bullets
+    assert bullets.count("held at their initial values") == 1

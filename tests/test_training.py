@@ -16,6 +16,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from torch.nn import functional as F
 
 import odenets
 from odenets.checkpoint import load_safetensors, read_json, read_jsonl, sha256_file
@@ -31,6 +32,7 @@ from odenets.training import (
     resolve_config,
     resolve_milestones,
 )
+from odenets.training.fit import frozen_coefficients
 
 TINY_SOURCE = '''
 import torch
@@ -384,6 +386,54 @@ def test_coefficient_weight_decay_exemption(tmp_path):
     assert a.metrics[0]["coefficients"] != b.metrics[0]["coefficients"]
 
 
+def test_freeze_coefficients_keeps_the_initial_damping(tmp_path):
+    """Frozen, the coefficient stays bit for bit at its initial 0.2 under weight decay and
+    momentum while the other weights train; the same run unfrozen moves it."""
+    common = dict(epochs=2, lr=0.5, weight_decay=0.5, momentum=0.9)
+    frozen = fit(tiny_config(tmp_path / "a", freeze_coefficients=True, **common))
+    free = fit(tiny_config(tmp_path / "b", **common))
+    assert [m["coefficients"] for m in frozen.metrics] == [[0.2], [0.2]]  # as recorded
+    assert free.metrics[-1]["coefficients"] != [0.2]
+    weights = load_safetensors(frozen.path / "final.safetensors")[0]
+    assert torch.equal(weights["lam"], torch.tensor(0.2))
+    torch.manual_seed(0)
+    start = odenets.create_model("tiny_net", num_classes=10, in_chans=1).state_dict()
+    assert not torch.equal(weights["fc.weight"], start["fc.weight"])
+    assert frozen.config["train"]["freeze_coefficients"] is True
+
+
+def test_freeze_coefficients_needs_coefficients(tmp_path):
+    """A network without interpolation coefficients is refused before any data is read."""
+    cfg = tiny_config(tmp_path, model="resnet20", freeze_coefficients=True)
+    with pytest.raises(ValueError, match="resnet20 has no interpolation coefficients"):
+        fit(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "name", ["in_resnet20", "lambda_in_resnet20", "in_resnet_gating_sig20", "etd_resnet20"]
+)
+def test_frozen_coefficients_leave_every_other_gradient_as_it_was(name):
+    """Freezing takes the coefficients out of autograd and changes no other gradient (the
+    fused junctions skip the coefficient's gradient when it is not needed)."""
+    torch.manual_seed(0)
+    x, y = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    grads = []
+    for freeze in (False, True):
+        torch.manual_seed(1)
+        model = odenets.create_model(name)
+        frozen = frozen_coefficients(model, name) if freeze else []
+        for p in frozen:
+            p.requires_grad_(False)
+        F.cross_entropy(model(x), y).backward()
+        assert all(p.grad is None for p in frozen)
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    loose, fixed = grads
+    assert 0 < len(fixed) < len(loose)
+    for n, g in fixed.items():
+        torch.testing.assert_close(g, loose[n], rtol=0, atol=0)
+
+
 def test_nais_model_metrics(tmp_path):
     info = fit(tiny_config(tmp_path, model="naisnet1", epochs=1, train_limit=128, test_limit=64))
     m = info.metrics[0]
@@ -580,8 +630,13 @@ def test_coefficients_held_at_zero_by_their_relu_are_reported(tmp_path, caplog):
     assert said == [
         "epoch 1: all 6 interpolation coefficients are 0: while they are, their ReLU passes "
         "no gradient and the network trains as a plain ResNet (the raw coefficients move by "
-        "weight decay alone)"
+        "weight decay alone; --freeze-coefficients keeps them at their initial values)"
     ]
+    # Frozen at 0 on purpose: nothing to warn about.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="odenets"):
+        fit(dataclasses.replace(cfg, out=str(tmp_path / "held"), freeze_coefficients=True))
+    assert not [r for r in caplog.records if "interpolation coefficients" in r.getMessage()]
     rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert [r["coefficients"] for r in rows] == [[0.0] * 6, [0.0] * 6]
     # Some held at 0: named by block; none: nothing to say.

@@ -318,6 +318,15 @@ def _figures_section(report: Report) -> list[str]:
     return out
 
 
+def _held_fixed(path: Path) -> bool:
+    """Whether the run trained with its coefficients frozen (config.json says so)."""
+    run = RunFolder(path)
+    try:
+        return bool(run.is_run and run.read_config()["train"].get("freeze_coefficients"))
+    except (CheckpointError, KeyError, AttributeError):  # an unreadable config: not said
+        return False
+
+
 def _coefficients_section(report: Report) -> list[str]:
     """Per run of an interpolating network: its coefficients λ_n after the last epoch, and
     how many a ReLU holds at exactly 0 (`training.metrics.inactive_coefficients`): such a
@@ -346,6 +355,8 @@ def _coefficients_section(report: Report) -> list[str]:
                     break
                 since = m["epoch"]
             line += f" (all of them since epoch {since}): **this run ended as a plain ResNet**"
+        if _held_fixed(run.path):
+            line += "; held at their initial values (`--freeze-coefficients`)"
         lines.append(line + ".")
     if not lines:
         return []

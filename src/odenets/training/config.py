@@ -37,6 +37,10 @@ RECIPE_FIELDS = (
     "pad",
 )
 
+# Fields added after run folders were first written, with the value that reproduces what the
+# versions before them did: a stored config.json without the key ran with that value.
+ADDED_FIELDS = {"freeze_coefficients": False}
+
 
 def _field(default: Any = dataclasses.MISSING, help: str = "", *, shown: str = "", **kwargs) -> Any:
     """A TrainConfig field; `help` (units, why) is its flag's text in `odenets train --help`,
@@ -93,6 +97,12 @@ class TrainConfig:
         None,
         "weight decay of the interpolation coefficients",
         shown="--weight-decay, as every weight (the authors' choice)",
+    )
+    freeze_coefficients: bool = _field(
+        False,
+        "keep the interpolation coefficients (λ_n; a gate's W_d and b_d) at their initial "
+        "values, with no gradient step and no weight decay: the damping the network starts "
+        "with is the damping it keeps (learned ReLU coefficients can reach 0 and stay there)",
     )
 
     # --- model selection ---------------------------------------------------------------

@@ -87,6 +87,8 @@ def fit(config: TrainConfig) -> RunInfo:
         device = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(device)
     cfg = resolve_config(config, device_type=device.type)
+    if cfg.freeze_coefficients:  # before the data are loaded: a wrong model fails at once
+        frozen_coefficients(create_model(cfg.model, **cfg.model_kwargs), cfg.model)
     run_dir = Path(cfg.out)
     check_out_folder(run_dir)
     restore = _set_determinism(cfg.deterministic, device)
@@ -117,6 +119,9 @@ def _fit_locked(cfg, run: RunFolder, device, dist, data) -> RunInfo:
         in_chans=data["in_chans"],
         **cfg.model_kwargs,
     )
+    if cfg.freeze_coefficients:
+        for p in frozen_coefficients(model, cfg.model):
+            p.requires_grad_(False)  # SGD skips a parameter without a gradient: no decay
     if dist.enabled:
         model = convert_sync_batchnorm(model, device.type)
     model = model.to(device)
@@ -174,7 +179,8 @@ def _train(cfg, run: RunFolder, ctx, data, progress: Progress, header) -> None:
             dead_before = set(inactive_coefficients(progress.last_record))
             _after_epoch(cfg, run, ctx, progress, record, header, wall0)
             logger.info(_epoch_line(record, cfg.epochs, cfg.model))
-            if set(inactive_coefficients(record)) - dead_before:  # said when one more dies
+            died = set(inactive_coefficients(record)) - dead_before  # said when one more dies
+            if died and not cfg.freeze_coefficients:  # frozen ones are where they were put
                 logger.warning(inactive_message(record))
         _finish(cfg, run, ctx, progress, header, time.perf_counter() - wall0)
     except DivergenceError as err:
@@ -354,6 +360,23 @@ def _finish(cfg, run: RunFolder, ctx, progress: Progress, header, wall_time_s) -
 
 
 # --- model wrapping and switches -------------------------------------------------------------
+
+
+def frozen_coefficients(model, name: str) -> list[torch.nn.Parameter]:
+    """The parameters `freeze_coefficients` holds at their initial values: the raw
+    coefficients of `model` (a gate's W_d and b_d included).
+
+    Raises:
+        ValueError: `model` has none (it is not of the In-ResNet family).
+    """
+    params = model.coefficient_parameters() if hasattr(model, "coefficient_parameters") else []
+    if not params:
+        raise ValueError(
+            f"freeze_coefficients: {name} has no interpolation coefficients to freeze; it "
+            "applies to the In-ResNet family (in_resnet, lambda_in_resnet, in_resnet_sig, "
+            "in_resnet_gating, in_resnet_gating_sig, etd_resnet at any depth)"
+        )
+    return params
 
 
 def _param_groups(model, cfg) -> list[dict]:

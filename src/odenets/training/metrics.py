@@ -49,13 +49,14 @@ def inactive_message(record: dict[str, Any]) -> str:
         return (
             f"epoch {record['epoch']}: all {n} interpolation coefficients are 0: while they "
             "are, their ReLU passes no gradient and the network trains as a plain ResNet (the "
-            "raw coefficients move by weight decay alone)"
+            "raw coefficients move by weight decay alone; --freeze-coefficients keeps them at "
+            "their initial values)"
         )
     return (
         f"epoch {record['epoch']}: {len(dead)} of {n} interpolation coefficients are 0 "
         f"(interpolating blocks {blocks}): while they are, their ReLU passes no gradient and "
         "those blocks train as plain residual blocks (the raw coefficients move by weight "
-        "decay alone)"
+        "decay alone; --freeze-coefficients keeps them at their initial values)"
     )
 
 

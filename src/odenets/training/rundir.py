@@ -17,6 +17,7 @@ from odenets._version import __version__
 from odenets.checkpoint import finite_or_none
 from odenets.errors import CheckpointError
 from odenets.training import schemas
+from odenets.training.config import ADDED_FIELDS
 from odenets.training.distributed import barrier
 from odenets.training.loop import EpochProgress
 from odenets.training.run_folder import (
@@ -233,7 +234,7 @@ def _check_same_run(
         *("resume", "restart", "verify", "progress", "device", "epochs", "out"),
         *("checkpoint_steps", "cuda_graphs"),
     }
-    changed = sorted(k for k in new if k not in skip and old.get(k) != new[k])
+    changed = sorted(k for k in new if k not in skip and old.get(k, ADDED_FIELDS.get(k)) != new[k])
     if changed:
         effect = (
             "the run will not match an uninterrupted one"
