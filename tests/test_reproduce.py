@@ -525,3 +525,22 @@ def test_list_jobs_lines_carry_the_cache_flags(tiny, tmp_path, capsys):
     assert main([*argv, "--no-cache"]) == 0
     lines = [x.split("  # ")[0] for x in capsys.readouterr().out.splitlines() if "--job" in x]
     assert lines and all(x.endswith("--no-cache") for x in lines)
+
+
+def test_a_frozen_scale_with_a_plain_row_fails_before_any_training(tmp_path):
+    """freeze_coefficients in a scale's train settings applies to every row: a row whose
+    network has no coefficients stops the grid before anything is trained or written."""
+    from odenets.experiments.reproduce import run_grid
+
+    preset = tmp_path / "frozen.toml"
+    preset.write_text(
+        TINY_PRESET.replace(
+            "train = { epochs = 1,", "train = { freeze_coefficients = true, epochs = 1,"
+        )
+    )
+    grid = load_grid(str(preset), scale="quick", datasets=["digits"])
+    with pytest.raises(
+        ValueError, match=r"scale 'quick'.*no\s+interpolation coefficients: resnet110 \(resnet20\)"
+    ):
+        run_grid(grid, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

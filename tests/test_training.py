@@ -403,11 +403,39 @@ def test_freeze_coefficients_keeps_the_initial_damping(tmp_path):
 
 
 def test_freeze_coefficients_needs_coefficients(tmp_path):
-    """A network without interpolation coefficients is refused before any data is read."""
+    """A network without interpolation coefficients is refused before any data is read; a
+    network of one's own built from In-ResNet blocks has them; the setting must be a switch
+    and says that coefficient weight decay would do nothing beside it."""
     cfg = tiny_config(tmp_path, model="resnet20", freeze_coefficients=True)
-    with pytest.raises(ValueError, match="resnet20 has no interpolation coefficients"):
+    with pytest.raises(ValueError, match="resnet20 has no interpolation coefficients") as err:
         fit(cfg)
+    assert "in_resnet_gating" in str(err.value) and "e.g. in_resnet110" in str(err.value)
     assert not (tmp_path / "run").exists()
+    own = torch.nn.Sequential(odenets.InResNetBlock(8), odenets.InResNetBlock(8))
+    assert len(frozen_coefficients(own, "own")) == 2
+    with pytest.raises(ValueError, match="freeze_coefficients must be true or false; got 'no'"):
+        resolve_config(tiny_config(tmp_path, freeze_coefficients="no"), device_type="cpu")
+    both = tiny_config(tmp_path, freeze_coefficients=True, coefficient_weight_decay=0.0)
+    with pytest.raises(ValueError, match="coefficient_weight_decay has no effect on frozen"):
+        resolve_config(both, device_type="cpu")
+
+
+def test_frozen_runs_resume_frozen_and_refuse_to_switch(tmp_path):
+    """Resumed, a frozen run keeps its coefficients; switching the setting on a resume would
+    leave a record that says one thing of epochs trained both ways, so it is refused (either
+    way), as long as epochs are left to train."""
+    common = dict(epochs=1, lr=0.5, weight_decay=0.5, momentum=0.9, milestones=[50])
+    frozen = tiny_config(tmp_path / "a", freeze_coefficients=True, **common)
+    fit(frozen)
+    info = fit(dataclasses.replace(frozen, epochs=2, resume=True))
+    assert [m["coefficients"] for m in info.metrics] == [[0.2], [0.2]]
+    for folder, switched in (("a", False), ("b", True)):
+        if folder == "b":
+            fit(tiny_config(tmp_path / folder, **common))
+        cfg = tiny_config(tmp_path / folder, **{**common, "epochs": 3})
+        cfg = dataclasses.replace(cfg, resume=True, freeze_coefficients=switched)
+        with pytest.raises(CheckpointError, match=f"freeze_coefficients {switched}: its"):
+            fit(cfg)
 
 
 @pytest.mark.parametrize(

@@ -29,6 +29,8 @@ from odenets.experiments.grid_folder import (
 )
 from odenets.experiments.jobs import Grid, Job, run_name
 from odenets.experiments.presets import eval_attack_options
+from odenets.models.layers import coefficient_parameters
+from odenets.models.registry import create_model
 from odenets.robustness.base import create_attack
 from odenets.robustness.runs import count_test_images, evaluate_runs
 from odenets.robustness.shards import merge_shards
@@ -189,6 +191,27 @@ def remove_parts(folder: Path, file: str) -> None:
         shutil.rmtree(parts_dir, ignore_errors=True)
     with contextlib.suppress(OSError):
         (folder / PARTS).rmdir()  # only if empty
+
+
+def check_training(grid: Grid) -> None:
+    """Fail before any training on a train setting of the scale that one of its rows'
+    networks refuses: `freeze_coefficients` on a network without interpolation coefficients
+    (the job would stop at its turn, after the jobs before it had trained)."""
+    if not grid.train_overrides.get("freeze_coefficients"):
+        return
+    plain = [
+        f"{row.key} ({row.model_for(grid.scale)})"
+        for row in grid.preset.rows_for(grid.scale)
+        if not row.ensemble_of
+        and not coefficient_parameters(create_model(row.model_for(grid.scale), **row.kwargs))
+    ]
+    if plain:
+        raise ValueError(
+            f"preset {grid.preset.name!r}, scale {grid.scale!r}: its train setting "
+            "freeze_coefficients applies to every row, and these rows' networks have no "
+            f"interpolation coefficients: {', '.join(plain)}; drop the setting, or the rows "
+            "(a preset of In-ResNet-family rows only)"
+        )
 
 
 def check_evaluations(grid: Grid) -> None:

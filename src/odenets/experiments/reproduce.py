@@ -30,7 +30,7 @@ from pathlib import Path
 from odenets.experiments.grid_folder import END_STATES, another_turn, job_state, prepare_folder
 from odenets.experiments.grid_progress import job_label
 from odenets.experiments.job_pool import run_pool
-from odenets.experiments.job_runner import check_evaluations, run_job
+from odenets.experiments.job_runner import check_evaluations, check_training, run_job
 from odenets.experiments.jobs import Grid, Job
 from odenets.progress import log_label
 
@@ -76,9 +76,11 @@ def run_grid(
     With `train_only`, trainings are brought to their end and nothing is evaluated (ensemble
     jobs wait): a later call without it evaluates the trained runs. `jobs_per_device` N >= 1
     runs N jobs at once on each device, each in its own process (`job_pool`); 0 runs them
-    one by one in this process. Unless `train_only`, an evaluation of the grid that could not
-    run (`check_evaluations`) stops it before any training.
+    one by one in this process. A train setting a row's network refuses (`check_training`)
+    and, unless `train_only`, an evaluation of the grid that could not run
+    (`check_evaluations`) stop it before any training.
     """
+    check_training(grid)
     if not train_only:
         check_evaluations(grid)
     jobs = prepare_folder(grid, out)

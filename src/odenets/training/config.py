@@ -102,7 +102,8 @@ class TrainConfig:
         False,
         "keep the interpolation coefficients (λ_n; a gate's W_d and b_d) at their initial "
         "values, with no gradient step and no weight decay: the damping the network starts "
-        "with is the damping it keeps (learned ReLU coefficients can reach 0 and stay there)",
+        "with is the damping it keeps (learned ReLU coefficients can reach 0 and stay there; "
+        "a frozen gate, W_d = 0 at initialisation, is a constant per channel)",
     )
 
     # --- model selection ---------------------------------------------------------------
@@ -274,6 +275,16 @@ def _check(c: TrainConfig) -> None:
         (
             c.coefficient_weight_decay is None or c.coefficient_weight_decay >= 0,
             f"coefficient_weight_decay must be None or >= 0; got {c.coefficient_weight_decay}",
+        ),
+        (
+            isinstance(c.freeze_coefficients, bool),
+            f"freeze_coefficients must be true or false; got {c.freeze_coefficients!r}",
+        ),
+        (
+            not (c.freeze_coefficients and c.coefficient_weight_decay is not None),
+            "coefficient_weight_decay has no effect on frozen coefficients (freeze_coefficients "
+            f"holds them, decay included); got coefficient_weight_decay "
+            f"{c.coefficient_weight_decay} with freeze_coefficients: give one of them",
         ),
         (
             not (c.nesterov and c.momentum == 0),

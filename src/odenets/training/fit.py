@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from odenets.checkpoint import FileWriteError, finite_or_none, write_in_place
 from odenets.device import resolve_device
 from odenets.errors import CheckpointError, DivergenceError, OdenetsError
+from odenets.models import layers
 from odenets.models.base import to_channels_last
 from odenets.models.registry import create_model
 from odenets.training.config import TrainConfig, lr_at, resolve_config
@@ -364,17 +365,20 @@ def _finish(cfg, run: RunFolder, ctx, progress: Progress, header, wall_time_s) -
 
 def frozen_coefficients(model, name: str) -> list[torch.nn.Parameter]:
     """The parameters `freeze_coefficients` holds at their initial values: the raw
-    coefficients of `model` (a gate's W_d and b_d included).
+    coefficients of `model` (a gate's W_d and b_d included; frozen at their initial W_d = 0,
+    a gate is a constant per channel, act(b_d), whatever the input).
 
     Raises:
         ValueError: `model` has none (it is not of the In-ResNet family).
     """
-    params = model.coefficient_parameters() if hasattr(model, "coefficient_parameters") else []
+    own = getattr(model, "coefficient_parameters", None)  # a network may name its own
+    params = own() if callable(own) else layers.coefficient_parameters(model)
     if not params:
+        families = ", ".join(n for n, cls in layers.JUNCTIONS.items() if cls.interpolating)
         raise ValueError(
             f"freeze_coefficients: {name} has no interpolation coefficients to freeze; it "
-            "applies to the In-ResNet family (in_resnet, lambda_in_resnet, in_resnet_sig, "
-            "in_resnet_gating, in_resnet_gating_sig, etd_resnet at any depth)"
+            f"applies to the networks of the In-ResNet family (<family><depth>, e.g. "
+            f"in_resnet110; families: {families}); train {name} without --freeze-coefficients"
         )
     return params
 

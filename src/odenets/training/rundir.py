@@ -224,6 +224,14 @@ def _check_same_run(
                 f"but this run asks for {new[key]!r}. Use another --out folder."
             )
     old, new = state.get("train", {}), header["train"]
+    frozen = old.get("freeze_coefficients", ADDED_FIELDS["freeze_coefficients"])
+    if left and frozen != new.get("freeze_coefficients", frozen):
+        raise CheckpointError(
+            f"cannot resume {run_dir} with freeze_coefficients {new['freeze_coefficients']}: "
+            f"its {state['epoch']} epochs trained with freeze_coefficients {frozen}, and its "
+            "record (config.json, the report) can say only one; pass --restart to train it "
+            "over, or choose another --out folder"
+        )
     if state.get("partial_epoch") and old.get("batch_size") != new["batch_size"]:
         raise CheckpointError(
             f"cannot resume {run_dir} inside epoch {state['epoch'] + 1} with batch_size "
