@@ -540,7 +540,55 @@ def test_a_frozen_scale_with_a_plain_row_fails_before_any_training(tmp_path):
     )
     grid = load_grid(str(preset), scale="quick", datasets=["digits"])
     with pytest.raises(
-        ValueError, match=r"scale 'quick'.*no\s+interpolation coefficients: resnet110 \(resnet20\)"
+        ValueError, match=r"scale 'quick'.*no interpolation coefficients: resnet110 \(resnet20\);"
     ):
         run_grid(grid, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_row_trains_with_its_own_settings(tmp_path):
+    """A row's `train` table goes over the scale's for its runs only, so learned and frozen
+    coefficients sit in one grid; job.json records it; a setting TrainConfig does not take
+    is refused before any training, naming the row."""
+    from odenets.experiments.grid_folder import prepare_folder, write_job_record
+    from odenets.experiments.job_runner import check_training, train_config
+    from odenets.experiments.reproduce import run_grid
+
+    frozen_row = """
+[[rows]]
+key = "in_resnet110+frozen"
+model = "in_resnet110"
+quick_model = "in_resnet20"
+label = "In-ResNet (λ held fixed)"
+train = { freeze_coefficients = true, lr = 0.05 }
+"""
+    preset = tmp_path / "rows.toml"
+    preset.write_text(TINY_PRESET + frozen_row, encoding="utf-8")
+    grid = load_grid(str(preset), scale="quick", datasets=["digits"])
+    check_training(grid)
+    jobs = {j.name: j for j in prepare_folder(grid, tmp_path / "out")}
+    assert sorted(jobs) == [
+        "digits-in_resnet110-frozen-seed0",
+        "digits-in_resnet110-frozen-seed1",
+        "digits-in_resnet110-seed0",
+        "digits-in_resnet110-seed1",
+        "digits-resnet110-seed0",
+        "digits-resnet110-seed1",
+    ]
+    configs = {n: train_config(grid, j, tmp_path / n) for n, j in jobs.items()}
+    held = configs["digits-in_resnet110-frozen-seed1"]
+    assert held.freeze_coefficients and held.lr == 0.05 and held.epochs == 1 and held.seed == 1
+    learned = configs["digits-in_resnet110-seed1"]
+    assert not learned.freeze_coefficients and learned.lr is None and learned.epochs == 1
+    job = jobs["digits-in_resnet110-frozen-seed0"]
+    write_job_record(grid, job, tmp_path / "job")
+    record = json.loads((tmp_path / "job" / "job.json").read_text(encoding="utf-8"))
+    assert record["train"] == {"freeze_coefficients": True, "lr": 0.05}
+
+    preset.write_text(TINY_PRESET + frozen_row.replace("lr = 0.05", "lr_typo = 1"))
+    grid = load_grid(str(preset), scale="quick", datasets=["digits"])
+    with pytest.raises(
+        ValueError, match=r"row 'in_resnet110\+frozen': unknown training settings \['lr_typo'\]"
+    ):
+        run_grid(grid, tmp_path / "typo")
+    assert not (tmp_path / "typo").exists()

@@ -49,19 +49,13 @@ log = logging.getLogger(__name__)
 
 
 def train_config(grid: Grid, job: Job, folder: Path):
-    """The `TrainConfig` of a job: the preset's scale overrides on the data set's recipe.
+    """The `TrainConfig` of a job: its row's training settings over the preset's scale
+    overrides, on the data set's recipe.
 
     `resume` is always on: a fresh folder starts from scratch, an interrupted one continues
     from its last checkpoint (exactly, see `odenets.training.fit`).
     """
-    fields = set(TrainConfig.__dataclass_fields__)
-    overrides = grid.train_overrides
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ValueError(
-            f"preset {grid.preset.name!r}: unknown training settings {unknown}; "
-            "accepted: the fields of odenets.training.TrainConfig"
-        )
+    overrides = _train_settings(grid, job.row, job.train)
     root = None if job.dataset == "digits" else grid.data_root
     return TrainConfig(
         **{
@@ -193,24 +187,37 @@ def remove_parts(folder: Path, file: str) -> None:
         (folder / PARTS).rmdir()  # only if empty
 
 
+def _train_settings(grid: Grid, row: str, own: dict[str, Any]) -> dict[str, Any]:
+    """A row's training settings over the scale's, refused where TrainConfig has no such
+    field."""
+    overrides = {**grid.train_overrides, **own}
+    unknown = sorted(set(overrides) - set(TrainConfig.__dataclass_fields__))
+    if unknown:
+        raise ValueError(
+            f"preset {grid.preset.name!r}, row {row!r}: unknown training settings {unknown}; "
+            "accepted: the fields of odenets.training.TrainConfig"
+        )
+    return overrides
+
+
 def check_training(grid: Grid) -> None:
-    """Fail before any training on a train setting of the scale that one of its rows'
-    networks refuses: `freeze_coefficients` on a network without interpolation coefficients
-    (the job would stop at its turn, after the jobs before it had trained)."""
-    if not grid.train_overrides.get("freeze_coefficients"):
-        return
-    plain = [
-        f"{row.key} ({row.model_for(grid.scale)})"
-        for row in grid.preset.rows_for(grid.scale)
-        if not row.ensemble_of
-        and not coefficient_parameters(create_model(row.model_for(grid.scale), **row.kwargs))
-    ]
+    """Fail before any training on a training setting of the scale or a row that no
+    TrainConfig takes, or that a row's network refuses: `freeze_coefficients` on a network
+    without interpolation coefficients (the job would stop at its turn, after the jobs
+    before it had trained)."""
+    plain = []
+    for row in grid.preset.rows_for(grid.scale):
+        if row.ensemble_of:
+            continue
+        model = row.model_for(grid.scale)
+        frozen = _train_settings(grid, row.key, row.train).get("freeze_coefficients")
+        if frozen and not coefficient_parameters(create_model(model, **row.kwargs)):
+            plain.append(f"{row.key} ({model})")
     if plain:
         raise ValueError(
-            f"preset {grid.preset.name!r}, scale {grid.scale!r}: its train setting "
-            "freeze_coefficients applies to every row, and these rows' networks have no "
-            f"interpolation coefficients: {', '.join(plain)}; drop the setting, or the rows "
-            "(a preset of In-ResNet-family rows only)"
+            f"preset {grid.preset.name!r}, scale {grid.scale!r}: freeze_coefficients is set "
+            f"for rows whose networks have no interpolation coefficients: {', '.join(plain)}; "
+            "set it only for In-ResNet-family rows (a row's own `train` setting)"
         )
 
 

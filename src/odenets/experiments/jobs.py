@@ -30,6 +30,7 @@ class Job:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     members: tuple[str, ...] = ()  # ensemble: names of the member runs
     label: str = ""  # the row's display name, where the preset gives one
+    train: dict[str, Any] = field(default_factory=dict)  # the row's own training settings
     # The preset's further evaluations of this run (each its eval.<name>.json)
     evaluations: tuple[str, ...] = ()
 
@@ -147,6 +148,7 @@ def _training_specs(grid: Grid, row, dataset: str, paper: str) -> list[dict[str,
             model_kwargs=dict(row.kwargs),
             label=row.label,
             evaluations=evaluations,
+            train=dict(row.train),
         )
         for seed in range(grid.n_seeds)
     ]

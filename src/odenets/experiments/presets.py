@@ -78,6 +78,9 @@ class Row:
     kwargs: dict[str, Any] = field(default_factory=dict)  # create_model overrides
     ensemble_of: str = ""  # row key whose seeds form the ensemble
     label: str = ""  # name shown in reports when the paper table has none for this row
+    # Training settings of this row's runs over the scale's (e.g. freeze_coefficients), so
+    # rows that differ only in how they train sit in one grid; keep its key apart.
+    train: dict[str, Any] = field(default_factory=dict)
 
     def model_for(self, scale: str) -> str:
         scaled = {"quick": self.quick_model, "cpu": self.cpu_model}.get(scale, "")
