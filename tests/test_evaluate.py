@@ -199,6 +199,18 @@ def test_shards_merge_to_the_unsharded_result_exactly(data, monkeypatch):
     assert merged["counts"]["eps1"] == whole["counts"]["eps1"]
     assert whole["counts"]["eps1"]["n"] == 40 and shards[2]["counts"]["eps1"]["n"] == 0
     assert [c["ok"] for c in merged["checks"]] == [c["ok"] for c in whole["checks"]]
+    # Per sample too (the shards were given in reverse): each record joined in shard order.
+    assert merged["samples"] == whole["samples"]
+    assert whole["samples"]["indices"] == list(range(len(x)))
+    for key in ("attacks", "worst_case"):
+        assert [e["samples"] for e in merged[key]] == [e["samples"] for e in whole[key]]
+    older = copy.deepcopy(shards[1])  # written before eval.json recorded samples
+    older.pop("samples")
+    for entry in (*older["attacks"], *older["worst_case"]):
+        entry.pop("samples")
+    mixed = merge_shards([shards[0], older, shards[2]])
+    assert "samples" not in mixed and mixed["clean"] == whole["clean"]
+    assert not any("samples" in e for e in (*mixed["attacks"], *mixed["worst_case"]))
     with pytest.raises(ValueError, match="exactly once"):
         merge_shards(shards[:2])
     with pytest.raises(ValueError, match="exactly once"):
@@ -226,6 +238,32 @@ def test_shards_merge_to_the_unsharded_result_exactly(data, monkeypatch):
     gap["shard"]["start"] += 1
     with pytest.raises(ValueError, match="expected to start at 30"):
         merge_shards([shards[0], gap, shards[2]])
+
+
+def test_per_sample_records_agree_with_the_counts(data):
+    """eval.json's per-sample records: each entry's "1"s are its correct count; a robust
+    sample is also correct clean; the worst case is the samples every attack left correct;
+    the noise record counts, per sample, the noisy versions classified correctly."""
+    x, y = data
+    ev = _run(_trained(), x, y, noise="generated", seed=3)
+    samples = ev["samples"]
+    assert samples["indices"] == list(range(len(x)))
+    clean = [c == "1" for c in samples["clean"]]
+    assert sum(clean) == ev["counts"]["clean"]
+    for entry in ev["attacks"]:
+        bits = [c == "1" for c in entry["samples"]]
+        assert len(bits) == len(x) and sum(bits) == entry["correct"]
+        assert all(c for c, b in zip(clean, bits, strict=True) if b)
+    for worst in ev["worst_case"]:
+        at = [e for e in ev["attacks"] if e["eps"] == worst["eps"]]
+        every = ["1" if all(e["samples"][i] == "1" for e in at) else "0" for i in range(len(x))]
+        assert (
+            worst["samples"] == "".join(every) and worst["samples"].count("1") == worst["correct"]
+        )
+    noise = samples["noise"]
+    conditions = sum(len(by) for by in ev["counts"]["noise"].values())
+    assert len(noise) == len(x) and all(0 <= c <= conditions for c in noise)
+    assert sum(noise) == sum(c for by in ev["counts"]["noise"].values() for c in by.values())
 
 
 def test_shard_slices_partition_the_set():

@@ -404,6 +404,75 @@ def test_a_run_evaluated_with_limit_is_reported_and_every_file_left_out_is_named
     assert "Evaluations of a subset" not in render_markdown(build_report(tmp_path))
 
 
+def test_paired_standard_error_is_mcnemars_on_the_same_images():
+    """Against the textbook form for paired proportions, √((b + c)/n - ((b - c)/n)²)/√n
+    with b, c the discordant samples; over seeds the pairs' spread where larger; no pairing
+    (None) unless every run has a partner of its seed on the same images."""
+    import random
+
+    from odenets.experiments.comparison import paired_standard_error
+
+    rng = random.Random(0)
+    n = 400
+    idx = tuple(range(n))
+    ours = tuple(float(rng.random() < 0.6) for _ in range(n))
+    base = tuple(float(rng.random() < 0.5) for _ in range(n))
+    b = sum(x > y for x, y in zip(ours, base, strict=True))
+    c = sum(x < y for x, y in zip(ours, base, strict=True))
+    textbook = 100 * ((b + c) / n - ((b - c) / n) ** 2) ** 0.5 / n**0.5
+    se = paired_standard_error([(0, (idx, ours))], [(0, (idx, base))])
+    assert se == pytest.approx(textbook, rel=1e-12)
+    # Two seeds whose differences disagree far more than the samples say: their spread.
+    other = tuple(1.0 - v for v in base)
+    two = paired_standard_error(
+        [(0, (idx, ours)), (1, (idx, ours))], [(0, (idx, base)), (1, (idx, other))]
+    )
+    d0 = (sum(ours) - sum(base)) / n
+    d1 = (sum(ours) - sum(other)) / n
+    assert two == pytest.approx(100 * abs(d0 - d1) / 2, rel=1e-9)  # s/√2 of two values
+    # No pairing: other images, a missing record, other seeds, two runs of one seed.
+    shifted = (tuple(range(1, n + 1)), base)
+    assert paired_standard_error([(0, (idx, ours))], [(0, shifted)]) is None
+    assert paired_standard_error([(0, (idx, ours))], [(0, None)]) is None
+    assert paired_standard_error([(0, (idx, ours))], [(1, (idx, base))]) is None
+    dup = [(0, (idx, ours)), (0, (idx, ours))]
+    assert paired_standard_error(dup, [(0, (idx, base))]) is None
+    assert paired_standard_error([], []) is None
+
+
+def test_per_sample_records_make_the_verdict_paired(tmp_path):
+    """PGD at 8/255, 100 images: ResNet right on 5, In-ResNet on the same 5 and 5 more.
+    Independent errors give √(.05·.95/100 + .10·.90/100) = 3.7 points (+5 is within two);
+    paired, only the 5 discordant samples count: √(.05 - .05²)/√100 = 2.2 points, and +5
+    exceeds two of them. Runs without per-sample records keep the independent error."""
+    grid = load_grid("inresnet-variants", seeds=1, data_root="data")
+    values = {
+        "cifar10-resnet110-seed0": (0.90, 0.50, 0.40, 0.06, 0.05),
+        "cifar10-in_resnet110-seed0": (0.88, 0.52, 0.41, 0.11, 0.10),
+    }
+    fill(tmp_path, grid, values)
+    text = render_markdown(build_report(tmp_path))
+    assert "difference +5.0 points, standard error 3.7)" in text
+    for name, correct in (("resnet110", 5), ("in_resnet110", 10)):
+        path = tmp_path / RUNS / f"cifar10-{name}-seed0" / "eval.json"
+        ev = json.loads(path.read_text(encoding="utf-8"))
+        ev["samples"] = {"indices": list(range(100)), "clean": "1" * 90 + "0" * 10, "noise": None}
+        for entry in ev["attacks"]:
+            if entry["name"] == "pgd" and entry["eps_255"] == 8.0:
+                entry["samples"] = "1" * correct + "0" * (100 - correct)
+        write_json_atomic(path, ev)
+    text = render_markdown(build_report(tmp_path))
+    assert (
+        "- In-ResNet-110 vs ResNet-110: **more robust** than ResNet-110 under PGD at "
+        "ε = 8/255 (10.0% vs 5.0%, difference +5.0 points, paired standard error 2.2)." in text
+    )
+    assert "IFGSM +5.0 ± 3.9 (no clear difference); PGD +5.0 ± 2.2 (more robust, paired)." in text
+    every = text[text.index("**Every measurement") :]
+    pgd = next(line for line in every.splitlines() if line.startswith("| PGD | pixel | 8/255"))
+    assert pgd.endswith("| +5.0 ± 2.2 (more robust, paired) |")
+    assert "standard error is the paired one" in text
+
+
 def test_the_report_says_in_words_whether_in_resnet_is_more_robust(variants_folder):
     """PGD at 8/255: In-ResNet-110 30% (one run of 100 images) against ResNet-110 4% and 6%
     (two runs): standard errors 100·√(0.3·0.7/100) = 4.58 and max(100·√(0.05·0.95/200),

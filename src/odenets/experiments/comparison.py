@@ -10,6 +10,10 @@ standard error of one row's accuracy p (a fraction) is the binomial sqrt(p (1 - 
 the test images over its runs (k runs of n images: N = k n), or, over several seeds, the
 seeds' standard error s / sqrt(k) where that is larger. Both runs see the same test images,
 so the independent-samples error is, if anything, too wide: a "more" is not claimed lightly.
+Where the evaluations record every sample (eval.json's "samples", since they have) and the
+two networks' runs scored the same images, the paired error of the per-sample differences
+is used instead (`paired_standard_error`): the samples both get right or both get wrong
+cancel, and only those where they disagree count.
 """
 
 from __future__ import annotations
@@ -19,19 +23,23 @@ import re
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from odenets.experiments.aggregate import DONE, TableRow, attack_metrics, metric_title
 from odenets.experiments.further import Column, measurement_key
-from odenets.experiments.results import WORST_CASE
+from odenets.experiments.results import WORST_CASE, SampleRecord
 
 MARGIN_SE = 2.0  # a difference counts when it exceeds this many standard errors
 _ZOO_NAME = re.compile(r"(?P<family>[a-z_]+?)(?P<depth>\d+)")
 
 RULE = (
     f"Rule: a difference counts (more or less robust) when it exceeds {MARGIN_SE:g} standard "
-    "errors of the difference; the standard error of an accuracy p is the binomial "
-    "√(p(1 − p)/N), N the test images over the row's runs, or over several seeds the "
-    "seeds' s/√k when larger; otherwise: no clear difference."
+    "errors of the difference; otherwise: no clear difference. Where both networks' "
+    "evaluations record each sample and scored the same test images, the standard error "
+    'is the paired one, of the mean per-sample difference ("paired"; runs paired by '
+    "seed); else that of two independent accuracies, each the binomial √(p(1 − p)/N), N "
+    "the test images over the row's runs, or over several seeds the seeds' s/√k when "
+    "larger."
 )
 
 
@@ -43,6 +51,7 @@ class Comparison:
     ours: float  # percent, the In-ResNet-family row's mean
     base: float  # percent, the ResNet row's mean
     se: float  # percentage points, standard error of the difference
+    paired: bool = False  # se from per-sample differences on the same images
 
     @property
     def diff(self) -> float:
@@ -119,18 +128,61 @@ def compare_columns(name: str, ours: Column, base: Column, key) -> Comparison | 
         images = sum(n for _, n in found)
         sides.append((100.0 * statistics.fmean(values), standard_error(values, images)))
     (a, se_a), (b, se_b) = sides
+    paired = paired_standard_error(ours.sample_records(name, key), base.sample_records(name, key))
+    if paired is not None:
+        return Comparison(measurement_key(key), a, b, paired, paired=True)
     return Comparison(measurement_key(key), a, b, math.sqrt(se_a**2 + se_b**2))
 
 
 def difference_cell(comparison: Comparison | None, *, clean: bool = False) -> str:
-    """'+19.3 ± 2.1 (more robust)': the difference in points, its standard error and the
-    verdict of `RULE` (for clean accuracy: higher, lower); '—' where there is none."""
+    """'+19.3 ± 2.1 (more robust)': the difference in points, its standard error ("paired"
+    where it is the paired one) and the verdict of `RULE` (for clean accuracy: higher,
+    lower); '—' where there is none."""
     if comparison is None:
         return "—"
     verdict = comparison.verdict
     if clean and verdict != "no clear difference":
         verdict = "higher" if comparison.diff > 0 else "lower"
-    return f"{comparison.diff:+.1f} ± {comparison.se:.1f} ({verdict})"
+    paired = ", paired" if comparison.paired else ""
+    return f"{comparison.diff:+.1f} ± {comparison.se:.1f} ({verdict}{paired})"
+
+
+def paired_standard_error(
+    ours: Sequence[tuple[Any, SampleRecord | None]],
+    base: Sequence[tuple[Any, SampleRecord | None]],
+) -> float | None:
+    """Standard error (percentage points) of the difference of two networks' mean
+    accuracies, from their per-sample records on the same test images.
+
+    Runs pair by training seed. Within a pair the per-sample differences d_i (1 - 0, 0 - 1
+    or 0 for correct or not; McNemar's discordant samples are the non-zero ones) have a mean
+    whose variance is var(d)/n; over k pairs the mean difference has √(Σ var(d)/n)/k, or
+    the pairs' own spread s/√k where that is larger. None (use the independent error)
+    unless every run on each side has a record and a partner of the same seed scored on
+    the same test images.
+
+    Args:
+        ours, base: (seed, record) per run, as `further.Column.sample_records` gives them.
+    """
+    by_seed = [dict(side) for side in (ours, base)]
+    if not ours or any(len(d) != len(s) for d, s in zip(by_seed, (ours, base), strict=True)):
+        return None  # two runs of one seed: nothing says which pairs with which
+    a, b = by_seed
+    if a.keys() != b.keys():
+        return None
+    means, variances = [], []
+    for seed, record in a.items():
+        other = b[seed]
+        if record is None or other is None or record[0] != other[0]:
+            return None
+        d = [x - y for x, y in zip(record[1], other[1], strict=True)]
+        mean = math.fsum(d) / len(d)
+        means.append(mean)
+        variances.append(statistics.pvariance(d, mean) / len(d))
+    k = len(means)
+    within = math.sqrt(math.fsum(variances)) / k
+    spread = statistics.stdev(means) / math.sqrt(k) if k > 1 else 0.0
+    return 100.0 * max(within, spread)
 
 
 def compare_rows(ours: TableRow, base: TableRow, metrics: Sequence[str]) -> list[Comparison]:
@@ -142,9 +194,19 @@ def compare_rows(ours: TableRow, base: TableRow, metrics: Sequence[str]) -> list
         se_a, se_b = row_standard_error(ours, m), row_standard_error(base, m)
         if se_a is None or se_b is None:
             continue
-        se = math.sqrt(se_a**2 + se_b**2)
-        out.append(Comparison(m, ours.cells[m].mean, base.cells[m].mean, se))
+        paired = paired_standard_error(_row_records(ours, m), _row_records(base, m))
+        se = math.sqrt(se_a**2 + se_b**2) if paired is None else paired
+        out.append(Comparison(m, ours.cells[m].mean, base.cells[m].mean, se, paired is not None))
     return out
+
+
+def _row_records(row: TableRow, metric: str) -> list[tuple[Any, SampleRecord | None]]:
+    """(seed, per-sample record) of each run behind a row's cell of `metric`."""
+    return [
+        (r.job.get("seed"), r.samples.get(metric))
+        for r in row.runs
+        if r.status in DONE and metric in r.metrics
+    ]
 
 
 def robustness_pairs(rows: Sequence[TableRow]) -> list[tuple[TableRow, TableRow]]:
@@ -198,10 +260,7 @@ def verdict_lines(rows: Sequence[TableRow], metrics: Sequence[str], *, setting: 
         }.get(head.metric, f"under {metric_title(head.metric)} at {setting}")
         if head.metric == "noise" and any(m != "noise" for m in found):
             under += f"; every attack at {setting} leaves both at 0%"
-        per = "; ".join(
-            f"{metric_title(c.metric)} {c.diff:+.1f} ± {c.se:.1f} ({c.verdict})"
-            for c in found.values()
-        )
+        per = "; ".join(f"{metric_title(c.metric)} {difference_cell(c)}" for c in found.values())
         verdict = (
             f"**{head.verdict}**"
             if head.verdict == "no clear difference"
@@ -209,7 +268,8 @@ def verdict_lines(rows: Sequence[TableRow], metrics: Sequence[str], *, setting: 
         )
         lines.append(
             f"- {ours.label} vs {base.label}: {verdict} {under} ({head.ours:.1f}% vs "
-            f"{head.base:.1f}%, difference {head.diff:+.1f} points, standard error "
-            f"{head.se:.1f}). Per column, difference ± standard error in points: {per}."
+            f"{head.base:.1f}%, difference {head.diff:+.1f} points, "
+            f"{'paired ' if head.paired else ''}standard error {head.se:.1f}). Per column, "
+            f"difference ± standard error in points: {per}."
         )
     return [*lines, "", RULE] if lines else []

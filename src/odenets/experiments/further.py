@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from odenets.experiments.results import RunRecord
+from odenets.experiments.results import RunRecord, SampleRecord, sample_record
 from odenets.robustness.base import attack_title
 
 WORST = "worst case"
@@ -85,6 +85,17 @@ class Column:
 
     def values(self, name: str, key) -> list[float]:
         return [v for v, _ in self.found(name, key)]
+
+    def sample_records(self, name: str, key) -> list[tuple[Any, SampleRecord | None]]:
+        """(training seed, per-sample record or None) of measurement `key` in each run that
+        has it, in the order of `found`."""
+        what, tm, eps = key
+        runs = [r for r in self.runs if evaluation(r, name) is not None]
+        return [
+            (run.job.get("seed"), sample_record(ev, what, tm, eps))
+            for run, (m, ev) in zip(runs, self.measured_runs(name), strict=True)
+            if key in m
+        ]
 
 
 def evaluation(run: RunRecord, name: str) -> dict[str, Any] | None:

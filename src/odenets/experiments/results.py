@@ -7,7 +7,7 @@ each into a `RunRecord`: its job, its status, and its metrics as fractions.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,12 @@ RUN_FILES = (SUMMARY, EVAL)
 # The metric of the per-sample worst case over the attacks at one radius (eval.json's
 # "worst_case" entries).
 WORST_CASE = "worst_case"
+
+
+# (test-split indices, per-sample score in [0, 1]) of one measurement of one eval.json: 1 or
+# 0 for correct or not (clean, an attack, the worst case); for noise, the share of its
+# noisy versions classified correctly.
+SampleRecord = tuple[tuple[int, ...], tuple[float, ...]]
 
 
 @dataclass
@@ -50,6 +56,8 @@ class RunRecord:
     # weights, by name; the stale ones by name, with why.
     further: dict[str, dict[str, Any]] = field(default_factory=dict)
     stale_further: dict[str, str] = field(default_factory=dict)
+    # Per metric of `metrics` that eval.json records per sample: `SampleRecord`.
+    samples: dict[str, SampleRecord] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -87,10 +95,15 @@ def read_run(path: Path, *, eps_255: float, threat_model: str) -> RunRecord:
     for key, metric in (("final_train_acc", "train"), ("final_test_acc", "test")):
         if summary.get(key) is not None:
             metrics[metric] = float(summary[key])
+    samples: dict[str, SampleRecord] = {}
     if ev is not None:
         metrics.update(eval_metrics(ev, eps_255=eps_255, threat_model=threat_model))
         if "test" not in metrics:
             metrics["test"] = float(ev["clean"])
+        for metric in metrics:
+            record = sample_record(ev, metric, threat_model, eps_255)
+            if record is not None:
+                samples[metric] = record
     further, stale_further = {}, {}
     for name in run.further_evals():
         other = run.read_eval(further_eval_file(name))
@@ -111,6 +124,7 @@ def read_run(path: Path, *, eps_255: float, threat_model: str) -> RunRecord:
         skipped_evals=skipped,
         further=further,
         stale_further=stale_further,
+        samples=samples,
     )
 
 
@@ -166,6 +180,44 @@ def eval_metrics(ev: dict[str, Any], *, eps_255: float, threat_model: str) -> di
     for entry in at_radius:
         out[entry.get("name", WORST_CASE)] = float(entry["accuracy"])
     return out
+
+
+def sample_record(
+    ev: Mapping[str, Any], what: str, threat_model: str, eps_255: float | None
+) -> SampleRecord | None:
+    """The per-sample record of one measurement of an eval.json ("clean", "noise", an
+    attack's name or the worst case, at a threat model and radius), from its "samples"
+    section and the entry's "samples"; None where it has none (older odenets, or a
+    measurement it did not make)."""
+    samples = ev.get("samples")
+    if not samples or not samples.get("indices"):
+        return None
+    if what == "clean":
+        bits = samples.get("clean")
+    elif what == "noise":
+        counts, per = samples.get("noise"), ((ev.get("counts") or {}).get("noise") or {})
+        conditions = sum(len(by_severity) for by_severity in per.values())
+        if not counts or not conditions:
+            return None
+        return tuple(samples["indices"]), tuple(c / conditions for c in counts)
+    else:
+        worst = what in (WORST_CASE, "worst case")
+        entries = ev.get("worst_case" if worst else "attacks") or []
+        entry = next(
+            (
+                e
+                for e in entries
+                if (worst or e.get("name") == what)
+                and e.get("threat_model", "pixel") == threat_model
+                and eps_255 is not None
+                and math.isclose(float(e["eps_255"]), eps_255, abs_tol=1e-6)
+            ),
+            None,
+        )
+        bits = entry.get("samples") if entry else None
+    if not bits or len(bits) != len(samples["indices"]):
+        return None
+    return tuple(samples["indices"]), tuple(1.0 if b == "1" else 0.0 for b in bits)
 
 
 def collect(folder: str | Path) -> tuple[dict[str, Any] | None, list[RunRecord]]:

@@ -13,10 +13,20 @@ def frac(correct: int, n: int) -> float:
     return correct / n if n else float("nan")
 
 
-def entry_counts(entry: dict, mask: torch.Tensor) -> dict:
-    """`entry` with the accuracy, `correct` and `n` of a bool (N,) correct mask appended."""
+def entry_counts(entry: dict, mask: torch.Tensor, *, samples: bool = False) -> dict:
+    """`entry` with the accuracy, `correct` and `n` of a bool (N,) correct mask appended,
+    and with `samples` the mask itself (`sample_bits`)."""
     correct, n = int(mask.sum()), len(mask)
-    return {**entry, "accuracy": frac(correct, n), "correct": correct, "n": n}
+    out = {**entry, "accuracy": frac(correct, n), "correct": correct, "n": n}
+    if samples:
+        out["samples"] = sample_bits(mask)
+    return out
+
+
+def sample_bits(mask: torch.Tensor) -> str:
+    """A bool (N,) mask as eval.json records it per sample: N characters, "1" where the
+    sample counts correct, in the order of the evaluation's "samples"["indices"]."""
+    return "".join("1" if v else "0" for v in mask.tolist())
 
 
 def sum_entries(group: Sequence[Mapping]) -> dict:
@@ -28,6 +38,11 @@ def sum_entries(group: Sequence[Mapping]) -> dict:
         out["accuracy"] = frac(out["correct"], out["n"])
     if "time_s" in out:
         out["time_s"] = round(sum(e["time_s"] for e in group), 3)
+    if "samples" in out:  # joined in shard order; gone if one shard (an older one) lacks it
+        if all("samples" in e for e in group):
+            out["samples"] = "".join(e["samples"] for e in group)
+        else:
+            del out["samples"]
     for key, value in group[0].items():
         if key.endswith("_indices") or key == "broken":
             out[key] = sorted(i for e in group for i in e[key])

@@ -36,7 +36,7 @@ from odenets.progress import WorkLog
 from odenets.robustness import masking as masking_evidence
 from odenets.robustness.base import Attack, create_attack
 from odenets.robustness.checks import EPS1_SAMPLES, sanity_checks
-from odenets.robustness.counts import entry_counts, frac
+from odenets.robustness.counts import entry_counts, frac, sample_bits
 from odenets.robustness.ensemble import Ensemble
 from odenets.robustness.metrics import DEFAULT_BATCH_SIZE, correct_mask
 from odenets.robustness.noise_accuracy import NOISE_ATTACK, SEVERITIES, noise_accuracy
@@ -214,10 +214,16 @@ def _evaluate(
 
     clean_mask = masks(desc="clean")
     result = _skeleton(model, members, clean_mask, seed, info, surrogates)
+    result["samples"] = {
+        "indices": [int(i) for i in indices.tolist()],
+        "clean": sample_bits(clean_mask),
+        "noise": None,
+    }
     if noise is not None:
-        result["noise"], result["counts"]["noise"] = noise_accuracy(
+        result["noise"], result["counts"]["noise"], per_sample = noise_accuracy(
             model, images, labels, noise, noise_root, seed, run
         )
+        result["samples"]["noise"] = per_sample
     if gaussian_sigmas:
         result["gaussian"] = _gaussian(masks, gaussian_sigmas, seed)
     source = info.get("transfer_from")
@@ -412,13 +418,16 @@ def _attack_radius(
         mask = masks(attack=attack, desc=f"{attack.name} {eps * 255:g}/255", within=clean_mask)
         worst &= mask
         bad += attack.nonfinite_grads
-        entry = entry_counts({**_attack_entry(attack, tm, eps, t0), **attack.record()}, mask)
+        entry = entry_counts(
+            {**_attack_entry(attack, tm, eps, t0), **attack.record()}, mask, samples=True
+        )
         entries.append(entry)
         scored.append((entry, mask))
     names = [a.name for a in attacks]
     head = {"eps": eps, "eps_255": eps * 255, "threat_model": tm}
     beyond = masking_evidence.beyond_white_box(scored, clean_mask, indices, head)
-    return entries, entry_counts({**head, "attacks": names}, worst), bad, beyond
+    worst_entry = entry_counts({**head, "attacks": names}, worst, samples=True)
+    return entries, worst_entry, bad, beyond
 
 
 def _attack_entry(attack: Attack, tm: str, eps: float, t0: float) -> dict:

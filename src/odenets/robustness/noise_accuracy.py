@@ -28,8 +28,9 @@ def noise_accuracy(
     root: str | None,
     seed: int,
     run: Mapping,
-) -> tuple[dict, dict]:
-    """Noise accuracy per corruption and severity; returns (eval.json section, counts).
+) -> tuple[dict, dict, list[int]]:
+    """Noise accuracy per corruption and severity; returns (eval.json section, counts, and
+    per sample the number of noisy versions it is classified correctly in).
 
     `run` holds the keyword arguments of `correct_mask` (batch_size, indices, progress).
     """
@@ -38,6 +39,7 @@ def noise_accuracy(
     if source == "official" and root is None:
         raise ValueError("official CIFAR-C noise needs noise_root (the folder of the .npy files)")
     counts: dict[str, dict[str, int]] = {}
+    per_sample = torch.zeros(len(images), dtype=torch.int64)
     for corruption, name in NOISE_ATTACK.items():
         counts[corruption] = {}
         for severity in SEVERITIES:
@@ -49,7 +51,8 @@ def noise_accuracy(
                 noisy = _official_noise(root, corruption, severity, run["indices"], labels)
                 mask = correct_mask(model, noisy, labels, desc=desc, **run)
             counts[corruption][str(severity)] = int(mask.sum())
-    return noise_section(counts, len(images), source), counts
+            per_sample += mask.to(torch.int64)
+    return noise_section(counts, len(images), source), counts, per_sample.tolist()
 
 
 def _official_noise(root, corruption, severity, indices, labels) -> torch.Tensor:

@@ -39,6 +39,7 @@ def merge_shards(shards: Sequence[Mapping]) -> dict:
     Every shard i/n of the same evaluation must be present exactly once; settings must agree.
     """
     count = _check_shards(shards)
+    shards = sorted(shards, key=lambda s: s["shard"]["index"])  # per-sample records join in order
     first = shards[0]
     merged = {k: v for k, v in first.items() if k not in ("shard",)}
     n = sum(s["n"] for s in shards)
@@ -56,6 +57,9 @@ def merge_shards(shards: Sequence[Mapping]) -> dict:
                 sum_entries(group) for group in zip(*(s[key] for s in shards), strict=True)
             ]
     merged["counts"] = counts
+    merged.pop("samples", None)
+    if all(s.get("samples") for s in shards):  # else a shard written by an older odenets
+        merged["samples"] = _merged_samples([s["samples"] for s in shards])
     merged["shard"] = None
     merged["merged_shards"] = count
     merged["wall_time_s"] = sum(s.get("wall_time_s", 0.0) for s in shards)
@@ -66,6 +70,16 @@ def merge_shards(shards: Sequence[Mapping]) -> dict:
             merged["masking"]["diagnostics"] = diagnostics(merged)
             merged["masking"]["verdict"] = verdict(merged["masking"]["diagnostics"])
     return merged
+
+
+def _merged_samples(sections: Sequence[Mapping]) -> dict:
+    """The per-sample records of the shards (in shard order), joined."""
+    noise = [s.get("noise") for s in sections]
+    return {
+        "indices": [i for s in sections for i in s["indices"]],
+        "clean": "".join(s["clean"] for s in sections),
+        "noise": None if any(v is None for v in noise) else [c for v in noise for c in v],
+    }
 
 
 def _merged_masking(sections: Sequence[Mapping]) -> dict:
