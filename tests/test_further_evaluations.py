@@ -175,8 +175,9 @@ def test_evaluations_in_parts_resume_after_a_kill_and_equal_the_whole(grid, tmp_
         got = json.loads((out / "runs" / PLAIN / file).read_text())
         want = json.loads((grid["out"] / "runs" / PLAIN / file).read_text())
         assert got["merged_shards"] == (4 if file == "eval.json" else 3) and got["n"] == want["n"]
-        for key in ("clean", "attacks", "worst_case", "checks", "counts"):
+        for key in ("clean", "attacks", "worst_case", "checks", "counts", "samples"):
             assert _untimed(got[key]) == _untimed(want[key]), (file, key)
+        assert len(got["samples"]["indices"]) == got["n"]
         assert got["masking"]["pgd_steps"] == want["masking"]["pgd_steps"]
         assert got["masking"].get("verdict") == want["masking"].get("verdict")
 

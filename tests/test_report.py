@@ -430,6 +430,15 @@ def test_paired_standard_error_is_mcnemars_on_the_same_images():
     d0 = (sum(ours) - sum(base)) / n
     d1 = (sum(ours) - sum(other)) / n
     assert two == pytest.approx(100 * abs(d0 - d1) / 2, rel=1e-9)  # s/√2 of two values
+    # Three seeds that agree image by image: the image is the unit, so the error is the one
+    # seed's (not √3 smaller); on other images each, the pairs are independent (√3 smaller).
+    same = paired_standard_error([(s, (idx, ours)) for s in range(3)],
+                                 [(s, (idx, base)) for s in range(3)])  # fmt: skip
+    assert same == pytest.approx(textbook, rel=1e-12)
+    apart = [tuple(range(s * n, (s + 1) * n)) for s in range(3)]
+    separate = paired_standard_error([(s, (apart[s], ours)) for s in range(3)],
+                                     [(s, (apart[s], base)) for s in range(3)])  # fmt: skip
+    assert separate == pytest.approx(textbook / 3**0.5, rel=1e-12)
     # No pairing: other images, a missing record, other seeds, two runs of one seed.
     shifted = (tuple(range(1, n + 1)), base)
     assert paired_standard_error([(0, (idx, ours))], [(0, shifted)]) is None
@@ -444,7 +453,10 @@ def test_per_sample_records_make_the_verdict_paired(tmp_path):
     """PGD at 8/255, 100 images: ResNet right on 5, In-ResNet on the same 5 and 5 more.
     Independent errors give √(.05·.95/100 + .10·.90/100) = 3.7 points (+5 is within two);
     paired, only the 5 discordant samples count: √(.05 - .05²)/√100 = 2.2 points, and +5
-    exceeds two of them. Runs without per-sample records keep the independent error."""
+    exceeds two of them. Noise (5 noisy versions each): all 5 right on the first 50 and 52
+    images, so the per-image shares differ on 2: √(.02 - .02²)/√100 = 1.4 points. FGSM's
+    records at another radius are not taken for 8/255. Runs without records (IFGSM) keep
+    the independent error."""
     grid = load_grid("inresnet-variants", seeds=1, data_root="data")
     values = {
         "cifar10-resnet110-seed0": (0.90, 0.50, 0.40, 0.06, 0.05),
@@ -456,9 +468,17 @@ def test_per_sample_records_make_the_verdict_paired(tmp_path):
     for name, correct in (("resnet110", 5), ("in_resnet110", 10)):
         path = tmp_path / RUNS / f"cifar10-{name}-seed0" / "eval.json"
         ev = json.loads(path.read_text(encoding="utf-8"))
-        ev["samples"] = {"indices": list(range(100)), "clean": "1" * 90 + "0" * 10, "noise": None}
+        right = 50 if name == "resnet110" else 52
+        ev["samples"] = {
+            "indices": list(range(100)),
+            "clean": "1" * 90 + "0" * 10,
+            "noise": [5] * right + [0] * (100 - right),
+        }
+        ev["counts"] = {"noise": {"gaussian": {str(s): right for s in range(1, 6)}}}
         for entry in ev["attacks"]:
             if entry["name"] == "pgd" and entry["eps_255"] == 8.0:
+                entry["samples"] = "1" * correct + "0" * (100 - correct)
+            if entry["name"] == "fgsm" and entry["eps_255"] == 4.0:  # another radius
                 entry["samples"] = "1" * correct + "0" * (100 - correct)
         write_json_atomic(path, ev)
     text = render_markdown(build_report(tmp_path))
@@ -467,10 +487,10 @@ def test_per_sample_records_make_the_verdict_paired(tmp_path):
         "ε = 8/255 (10.0% vs 5.0%, difference +5.0 points, paired standard error 2.2)." in text
     )
     assert "IFGSM +5.0 ± 3.9 (no clear difference); PGD +5.0 ± 2.2 (more robust, paired)." in text
+    assert "Noise +2.0 ± 1.4 (no clear difference, paired); FGSM +1.0 ± 6.9 (no clear" in text
     every = text[text.index("**Every measurement") :]
     pgd = next(line for line in every.splitlines() if line.startswith("| PGD | pixel | 8/255"))
     assert pgd.endswith("| +5.0 ± 2.2 (more robust, paired) |")
-    assert "standard error is the paired one" in text
 
 
 def test_the_report_says_in_words_whether_in_resnet_is_more_robust(variants_folder):

@@ -156,10 +156,12 @@ def paired_standard_error(
 
     Runs pair by training seed. Within a pair the per-sample differences d_i (1 - 0, 0 - 1
     or 0 for correct or not; McNemar's discordant samples are the non-zero ones) have a mean
-    whose variance is var(d)/n; over k pairs the mean difference has √(Σ var(d)/n)/k, or
-    the pairs' own spread s/√k where that is larger. None (use the independent error)
-    unless every run on each side has a record and a partner of the same seed scored on
-    the same test images.
+    whose variance is var(d)/n. Over k pairs scored on the same images, the image is the
+    unit: d_i averaged over the seeds, var of that over n (the seeds' differences on one
+    image are not independent: the same images tend to go the same way); pairs on different
+    images are independent, √(Σ var(d)/n)/k. The pairs' own spread s/√k counts where it is
+    larger. None (use the independent error) unless every run on each side has a record and
+    a partner of the same seed scored on the same test images.
 
     Args:
         ours, base: (seed, record) per run, as `further.Column.sample_records` gives them.
@@ -170,19 +172,28 @@ def paired_standard_error(
     a, b = by_seed
     if a.keys() != b.keys():
         return None
-    means, variances = [], []
+    diffs, images = [], []
     for seed, record in a.items():
         other = b[seed]
         if record is None or other is None or record[0] != other[0]:
             return None
-        d = [x - y for x, y in zip(record[1], other[1], strict=True)]
-        mean = math.fsum(d) / len(d)
-        means.append(mean)
-        variances.append(statistics.pvariance(d, mean) / len(d))
-    k = len(means)
-    within = math.sqrt(math.fsum(variances)) / k
+        diffs.append([x - y for x, y in zip(record[1], other[1], strict=True)])
+        images.append(record[0])
+    k = len(diffs)
+    if all(i == images[0] for i in images):
+        within = math.sqrt(_variance_of_mean([math.fsum(d) / k for d in zip(*diffs, strict=True)]))
+    else:
+        within = math.sqrt(math.fsum(_variance_of_mean(d) for d in diffs)) / k
+    means = [math.fsum(d) / len(d) for d in diffs]
     spread = statistics.stdev(means) / math.sqrt(k) if k > 1 else 0.0
     return 100.0 * max(within, spread)
+
+
+def _variance_of_mean(values: Sequence[float]) -> float:
+    """var(values)/n (the population variance): the variance of their mean."""
+    n = len(values)
+    mean = math.fsum(values) / n
+    return math.fsum((v - mean) ** 2 for v in values) / n / n
 
 
 def compare_rows(ours: TableRow, base: TableRow, metrics: Sequence[str]) -> list[Comparison]:

@@ -88,14 +88,17 @@ class Column:
 
     def sample_records(self, name: str, key) -> list[tuple[Any, SampleRecord | None]]:
         """(training seed, per-sample record or None) of measurement `key` in each run that
-        has it, in the order of `found`."""
-        what, tm, eps = key
-        runs = [r for r in self.runs if evaluation(r, name) is not None]
-        return [
-            (run.job.get("seed"), sample_record(ev, what, tm, eps))
-            for run, (m, ev) in zip(runs, self.measured_runs(name), strict=True)
-            if key in m
-        ]
+        has it, in the order of `found`; worked out once per column."""
+        cached = ("samples", name, key)
+        if cached not in self._measured:
+            what, tm, eps = key
+            runs = [r for r in self.runs if evaluation(r, name) is not None]
+            self._measured[cached] = [
+                (run.job.get("seed"), sample_record(ev, what, tm, eps))
+                for run, (m, ev) in zip(runs, self.measured_runs(name), strict=True)
+                if key in m
+            ]
+        return self._measured[cached]
 
 
 def evaluation(run: RunRecord, name: str) -> dict[str, Any] | None:

@@ -31,8 +31,8 @@ WORST_CASE = "worst_case"
 
 # (test-split indices, per-sample score in [0, 1]) of one measurement of one eval.json: 1 or
 # 0 for correct or not (clean, an attack, the worst case); for noise, the share of its
-# noisy versions classified correctly.
-SampleRecord = tuple[tuple[int, ...], tuple[float, ...]]
+# noisy versions classified correctly. The indices are eval.json's own list (not copied).
+SampleRecord = tuple[Sequence[int], tuple[float, ...]]
 
 
 @dataclass
@@ -197,9 +197,9 @@ def sample_record(
     elif what == "noise":
         counts, per = samples.get("noise"), ((ev.get("counts") or {}).get("noise") or {})
         conditions = sum(len(by_severity) for by_severity in per.values())
-        if not counts or not conditions:
+        if not counts or not conditions or len(counts) != len(samples["indices"]):
             return None
-        return tuple(samples["indices"]), tuple(c / conditions for c in counts)
+        return samples["indices"], tuple(c / conditions for c in counts)
     else:
         worst = what in (WORST_CASE, "worst case")
         entries = ev.get("worst_case" if worst else "attacks") or []
@@ -217,7 +217,7 @@ def sample_record(
         bits = entry.get("samples") if entry else None
     if not bits or len(bits) != len(samples["indices"]):
         return None
-    return tuple(samples["indices"]), tuple(1.0 if b == "1" else 0.0 for b in bits)
+    return samples["indices"], tuple(1.0 if b == "1" else 0.0 for b in bits)
 
 
 def collect(folder: str | Path) -> tuple[dict[str, Any] | None, list[RunRecord]]:
