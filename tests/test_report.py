@@ -648,6 +648,31 @@ def test_difference_columns_pair_networks_of_the_same_depth_and_data_set():
     assert column_pairs([r10, col("resnet56", "cifar10", "other"), i10]) == []
 
 
+def test_an_ensemble_column_is_not_the_resnet_its_members_are(tmp_path):
+    """The inresnet-ensemble grid: the ResNet-110 ensemble's column is "resnet110 x 2", as
+    the table names it, so the In-ResNet-110 column pairs with the single ResNet-110 (not
+    with nothing, for two columns named resnet110)."""
+    from odenets.experiments.comparison import column_pairs
+    from odenets.experiments.further import columns
+    from odenets.experiments.results import RunRecord
+
+    ev = fake_eval(0.9, 0.5, 0.4, 0.1, 0.1)
+    jobs = [
+        {"dataset": "cifar10", "row": "resnet110", "model": "resnet110"},
+        {"dataset": "cifar10", "row": "resnet110+ensemble", "model": "resnet110",
+         "members": ["a", "b"]},
+        {"dataset": "cifar10", "row": "in_resnet110", "model": "in_resnet110"},
+    ]  # fmt: skip
+    runs = [RunRecord(tmp_path / str(i), job, "evaluated", {}, ev) for i, job in enumerate(jobs)]
+    single, ensemble, ours = columns("", runs, {})
+    assert (single.model, ensemble.model, ours.model) == (
+        "resnet110",
+        "resnet110 x 2",
+        "in_resnet110",
+    )
+    assert column_pairs([single, ensemble, ours]) == [(ours, single)]
+
+
 def test_runs_without_a_job_record_get_every_measurement_too(tmp_path):
     """Loose runs (no manifest): the runs table has one radius; every radius, attack and
     transfer attack of their evaluation files is tabled below it, a column per run."""

@@ -119,8 +119,11 @@ def columns(
         if ev is None:
             continue
         key = (run.job.get("dataset", ""), run.job.get("row", run.name))
-        # A run with no job record: the networks and data set its evaluation names.
+        # A run with no job record: the networks and data set its evaluation names; an
+        # ensemble as the table names it ("resnet110 x 5", no network of the zoo to pair).
         model = run.job.get("model") or "+".join(ev.get("models") or [])
+        if run.job.get("members"):
+            model = f"{model} x {len(run.job['members'])}"
         dataset = key[0] or str(ev.get("dataset") or "")
         column = by_row.setdefault(
             key, Column(label=labels.get(key, key[1]), model=model, runs=[], dataset=dataset)
