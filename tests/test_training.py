@@ -427,7 +427,8 @@ def test_frozen_runs_resume_frozen_and_refuse_to_switch(tmp_path):
     common = dict(epochs=1, lr=0.5, weight_decay=0.5, momentum=0.9, milestones=[50])
     frozen = tiny_config(tmp_path / "a", freeze_coefficients=True, **common)
     fit(frozen)
-    info = fit(dataclasses.replace(frozen, epochs=2, resume=True))
+    with pytest.warns(UserWarning, match="resuming with 2 epochs instead of 1"):
+        info = fit(dataclasses.replace(frozen, epochs=2, resume=True))
     assert [m["coefficients"] for m in info.metrics] == [[0.2], [0.2]]
     for folder, switched in (("a", False), ("b", True)):
         if folder == "b":
