@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -236,6 +237,20 @@ def test_the_report_has_a_table_per_further_evaluation(grid):
     assert runs[DAMPED]["further_evaluations"]["referee"]["transfer_pgd@pixel@8"] == round(
         100 * pgd8["accuracy"], 4
     )
+
+
+def test_the_report_names_the_runs_a_further_evaluation_has_not_reached(grid, tmp_path):
+    """While a grid is evaluated, a further evaluation's table has the runs that have it;
+    the others of its rows are named, not silently missing."""
+    out = tmp_path / "grid"
+    shutil.copytree(grid["out"], out)
+    (out / "runs" / DAMPED / further_eval_file("referee")).unlink()
+    assert main(["report", str(out)]) == 0
+    report = (out / "report.md").read_text(encoding="utf-8")
+    referee = report[report.index("### `referee`") : report.index("### `normalized`")]
+    assert f"Not evaluated yet: `{DAMPED}` (`odenets reproduce` writes their" in referee
+    assert "| measurement | threat model | ε | ResNet-20 (resnet20) |\n" in referee
+    assert "Not evaluated yet" not in report[report.index("### `normalized`") :]
 
 
 @pytest.mark.parametrize(

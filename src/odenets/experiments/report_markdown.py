@@ -425,6 +425,18 @@ def _further_section(report: Report) -> list[str]:
         if not cols:
             out.append("Not run yet (`odenets reproduce` runs it after the trainings).\n")
             continue
+        pending = [
+            f"`{r.name}`"
+            for r in report.mine
+            if ev["name"] in (r.job.get("evaluations") or [])
+            and ev["name"] not in r.further
+            and ev["name"] not in r.stale_further  # those are named below, with why
+        ]
+        if pending:
+            out.append(
+                f"Not evaluated yet: {', '.join(pending)} (`odenets reproduce` writes "
+                f"their eval.{ev['name']}.json; the table has the runs that have it).\n"
+            )
         extra = _differences(ev["name"], cols)
         header, body = further.table(ev["name"], cols, extra)
         out.append(markdown_table(header, body) + "\n")
