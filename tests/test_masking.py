@@ -153,6 +153,12 @@ def test_gradient_norm_is_compared_with_a_resnet_of_the_same_depth():
     assert ref["label"] == "ResNet-110"
     assert same_depth_resnet(other_depth, [("ResNet-110", resnet)]) is None
     assert same_depth_resnet(resnet, [("ResNet-110", resnet)]) is None  # itself a ResNet
+    # Several evaluations of the ResNet: the one on as many images (the same, nested) wins.
+    wider = {**resnet, "median": 3.0, "n": 20}
+    assert same_depth_resnet(same, [("all", wider), ("subset", resnet)])["label"] == "subset"
+    assert (
+        same_depth_resnet({**same, "n": 30}, [("all", wider), ("subset", resnet)])["label"] == "all"
+    )
     flagged = diagnose_gradient(same, ref)
     assert flagged["flag"] is True and "200x" in flagged["detail"]
     close = diagnose_gradient({**same, "median": 0.5}, ref)

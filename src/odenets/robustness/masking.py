@@ -281,16 +281,22 @@ def same_depth_resnet(
 ) -> dict | None:
     """The "grad_norm" section (with a "label") of a plain ResNet of the same depth as the
     networks of `grad`, among (label, grad_norm section) candidates; None if there is none
-    (or if `grad` is itself a ResNet's)."""
+    (or if `grad` is itself a ResNet's). Of several, the first measured as `grad` was (the
+    same number of images, which nested subsets make the same images, and the same loss,
+    norm and space), else the first."""
     if not grad or set(grad.get("families") or []) == {"resnet"}:
         return None
     depths = set(grad.get("depths") or [])
-    for label, other in candidates:
-        if (
-            other
-            and set(other.get("families") or []) == {"resnet"}
-            and set(other.get("depths") or []) == depths
-            and other.get("median")
-        ):
-            return {**other, "label": label}
-    return None
+    found = [
+        (label, other)
+        for label, other in candidates
+        if other
+        and set(other.get("families") or []) == {"resnet"}
+        and set(other.get("depths") or []) == depths
+        and other.get("median")
+    ]
+    if not found:
+        return None
+    keys = ("n", "loss", "norm", "space")
+    label, other = min(found, key=lambda c: sum(c[1].get(k) != grad.get(k) for k in keys))
+    return {**other, "label": label}
