@@ -128,10 +128,17 @@ def compare_columns(name: str, ours: Column, base: Column, key) -> Comparison | 
         images = sum(n for _, n in found)
         sides.append((100.0 * statistics.fmean(values), standard_error(values, images)))
     (a, se_a), (b, se_b) = sides
-    paired = paired_standard_error(ours.sample_records(name, key), base.sample_records(name, key))
-    if paired is not None:
-        return Comparison(measurement_key(key), a, b, paired, paired=True)
-    return Comparison(measurement_key(key), a, b, math.sqrt(se_a**2 + se_b**2))
+    records = (ours.sample_records(name, key), base.sample_records(name, key))
+    return _comparison(measurement_key(key), (a, b), (se_a, se_b), records)
+
+
+def _comparison(metric: str, means, errors, records) -> Comparison:
+    """The comparison of two means (percent): with the paired standard error where the runs'
+    per-sample records allow it (`paired_standard_error`), else from the two independent
+    errors."""
+    paired = paired_standard_error(*records)
+    se = math.sqrt(errors[0] ** 2 + errors[1] ** 2) if paired is None else paired
+    return Comparison(metric, *means, se, paired is not None)
 
 
 def difference_cell(comparison: Comparison | None, *, clean: bool = False) -> str:
@@ -205,9 +212,9 @@ def compare_rows(ours: TableRow, base: TableRow, metrics: Sequence[str]) -> list
         se_a, se_b = row_standard_error(ours, m), row_standard_error(base, m)
         if se_a is None or se_b is None:
             continue
-        paired = paired_standard_error(_row_records(ours, m), _row_records(base, m))
-        se = math.sqrt(se_a**2 + se_b**2) if paired is None else paired
-        out.append(Comparison(m, ours.cells[m].mean, base.cells[m].mean, se, paired is not None))
+        means = (ours.cells[m].mean, base.cells[m].mean)
+        records = (_row_records(ours, m), _row_records(base, m))
+        out.append(_comparison(m, means, (se_a, se_b), records))
     return out
 
 

@@ -29,13 +29,13 @@ from odenets.experiments.grid_folder import (
 )
 from odenets.experiments.jobs import Grid, Job, run_name
 from odenets.experiments.presets import eval_attack_options
-from odenets.models.layers import coefficient_parameters
 from odenets.models.registry import create_model
 from odenets.robustness.base import create_attack
 from odenets.robustness.runs import count_test_images, evaluate_runs
 from odenets.robustness.shards import merge_shards
 from odenets.training import fit
 from odenets.training.config import TrainConfig
+from odenets.training.fit import frozen_coefficients
 from odenets.training.run_folder import (
     EVAL,
     FINAL_WEIGHTS,
@@ -210,8 +210,11 @@ def check_training(grid: Grid) -> None:
         if row.ensemble_of:
             continue
         model = row.model_for(grid.scale)
-        frozen = _train_settings(grid, row.key, row.train).get("freeze_coefficients")
-        if frozen and not coefficient_parameters(create_model(model, **row.kwargs)):
+        if not _train_settings(grid, row.key, row.train).get("freeze_coefficients"):
+            continue
+        try:
+            frozen_coefficients(create_model(model, **row.kwargs), model)
+        except ValueError:  # nothing to freeze
             plain.append(f"{row.key} ({model})")
     if plain:
         raise ValueError(

@@ -170,14 +170,8 @@ def eval_metrics(ev: dict[str, Any], *, eps_255: float, threat_model: str) -> di
     out = {"clean": float(ev["clean"])}
     if ev.get("noise"):
         out["noise"] = float(ev["noise"]["mean"])
-    at_radius = [
-        entry
-        for key in ("attacks", "worst_case")
-        for entry in ev.get(key) or []
-        if entry.get("threat_model", "pixel") == threat_model
-        and math.isclose(float(entry["eps_255"]), eps_255, abs_tol=1e-6)
-    ]
-    for entry in at_radius:
+    entries = [*(ev.get("attacks") or []), *(ev.get("worst_case") or [])]
+    for entry in _at_radius(entries, threat_model, eps_255):
         out[entry.get("name", WORST_CASE)] = float(entry["accuracy"])
     return out
 
@@ -203,21 +197,22 @@ def sample_record(
     else:
         worst = what in (WORST_CASE, "worst case")
         entries = ev.get("worst_case" if worst else "attacks") or []
-        entry = next(
-            (
-                e
-                for e in entries
-                if (worst or e.get("name") == what)
-                and e.get("threat_model", "pixel") == threat_model
-                and eps_255 is not None
-                and math.isclose(float(e["eps_255"]), eps_255, abs_tol=1e-6)
-            ),
-            None,
-        )
+        at = _at_radius(entries, threat_model, eps_255) if eps_255 is not None else []
+        entry = next((e for e in at if worst or e.get("name") == what), None)
         bits = entry.get("samples") if entry else None
     if not bits or len(bits) != len(samples["indices"]):
         return None
-    return samples["indices"], tuple(1.0 if b == "1" else 0.0 for b in bits)
+    return samples["indices"], tuple(map(float, bits))  # "1" -> 1.0, "0" -> 0.0
+
+
+def _at_radius(entries: Sequence[Mapping], threat_model: str, eps_255: float) -> list[Mapping]:
+    """The eval.json entries at one radius of one threat model."""
+    return [
+        e
+        for e in entries
+        if e.get("threat_model", "pixel") == threat_model
+        and math.isclose(float(e["eps_255"]), eps_255, abs_tol=1e-6)
+    ]
 
 
 def collect(folder: str | Path) -> tuple[dict[str, Any] | None, list[RunRecord]]:

@@ -215,7 +215,7 @@ def _evaluate(
     clean_mask = masks(desc="clean")
     result = _skeleton(model, members, clean_mask, seed, info, surrogates)
     result["samples"] = {
-        "indices": [int(i) for i in indices.tolist()],
+        "indices": indices.tolist(),
         "clean": sample_bits(clean_mask),
         "noise": None,
     }

@@ -213,6 +213,16 @@ def _identity(run: dict[str, Any]) -> dict[str, Any]:
     return {"model": run.get("model"), "model_kwargs": run.get("model_kwargs"), "dataset": dataset}
 
 
+# Training settings a resume with epochs left may not change: the run's record says one value.
+_FIXED_ON_RESUME = ("freeze_coefficients",)
+
+
+def _stored(train: dict[str, Any], key: str) -> Any:
+    """A setting of a stored run's training configuration; for a field added since the run
+    was written, the value that reproduces what it ran with (`ADDED_FIELDS`)."""
+    return train.get(key, ADDED_FIELDS.get(key))
+
+
 def _check_same_run(
     state: dict[str, Any], header: dict[str, Any], run_dir: Path, *, left: bool
 ) -> None:
@@ -224,14 +234,14 @@ def _check_same_run(
                 f"but this run asks for {new[key]!r}. Use another --out folder."
             )
     old, new = state.get("train", {}), header["train"]
-    frozen = old.get("freeze_coefficients", ADDED_FIELDS["freeze_coefficients"])
-    if left and frozen != new.get("freeze_coefficients", frozen):
-        raise CheckpointError(
-            f"cannot resume {run_dir} with freeze_coefficients {new['freeze_coefficients']}: "
-            f"its {state['epoch']} epochs trained with freeze_coefficients {frozen}, and its "
-            "record (config.json, the report) can say only one; pass --restart to train it "
-            "over, or choose another --out folder"
-        )
+    for key in _FIXED_ON_RESUME:
+        if left and _stored(old, key) != new[key]:
+            raise CheckpointError(
+                f"cannot resume {run_dir} with {key} {new[key]}: its {state['epoch']} epochs "
+                f"trained with {key} {_stored(old, key)}, and its record (config.json, the "
+                "report) can say only one; pass --restart to train it over, or choose "
+                "another --out folder"
+            )
     if state.get("partial_epoch") and old.get("batch_size") != new["batch_size"]:
         raise CheckpointError(
             f"cannot resume {run_dir} inside epoch {state['epoch'] + 1} with batch_size "
@@ -242,7 +252,7 @@ def _check_same_run(
         *("resume", "restart", "verify", "progress", "device", "epochs", "out"),
         *("checkpoint_steps", "cuda_graphs"),
     }
-    changed = sorted(k for k in new if k not in skip and old.get(k, ADDED_FIELDS.get(k)) != new[k])
+    changed = sorted(k for k in new if k not in skip and _stored(old, k) != new[k])
     if changed:
         effect = (
             "the run will not match an uninterrupted one"
