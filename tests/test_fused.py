@@ -1,4 +1,5 @@
-"""The fused scaled sum a·x + b·f behind the scalar junctions, against the plain expression."""
+"""The fused sums behind the junctions (a·x + b·f for the scalar ones, (1 - act(d)) ⊙ x + f
+for the gating ones), against the plain expressions."""
 
 from __future__ import annotations
 
@@ -6,7 +7,14 @@ import pytest
 import torch
 
 import odenets
-from odenets.models.fused import _GatedSum, _ScaledSum, gated_sum, scaled_sum
+from odenets.models.fused import (
+    _GatedConvSum,
+    _GatedSum,
+    _ScaledSum,
+    gated_conv_sum,
+    gated_sum,
+    scaled_sum,
+)
 
 
 def _pair(channels_last: bool, dtype=torch.float64):
@@ -214,9 +222,116 @@ def test_gated_sum_under_vmap():
     torch.testing.assert_close(out, (1 - torch.sigmoid(ds)) * xs + fs)
 
 
+def _gate(channels: int = 3, dtype=torch.float64):
+    """A 1x1 gate convolution's weight and bias, a gate that depends on x."""
+    g = torch.Generator().manual_seed(8)
+    weight = 0.4 * torch.randn(channels, channels, 1, 1, generator=g, dtype=dtype)
+    bias = 0.2 + 0.3 * torch.rand(channels, generator=g, dtype=dtype)
+    return weight.requires_grad_(), bias.requires_grad_()
+
+
+def _plain_gated_conv(x, fx, weight, bias, sigmoid):
+    d = torch.nn.functional.conv2d(x, weight, bias)
+    return (1 - (torch.sigmoid(d) if sigmoid else torch.relu(d))) * x + fx
+
+
+@pytest.mark.parametrize("sigmoid", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_gated_conv_sum_gradients_forward_mode_and_double_backward(sigmoid, channels_last):
+    x, fx = _pair(channels_last)
+    weight, bias = _gate()
+    d = torch.nn.functional.conv2d(x, weight, bias)
+    assert d.abs().min() > 1e-3  # away from ReLU's kink, where differences are undefined
+    assert (d > 0).any() and (d < 0).any()  # both sides of it
+
+    def fn(x, fx, weight, bias):
+        return _GatedConvSum.apply(x, fx, weight, bias, sigmoid)[0]
+
+    args = (x, fx, weight, bias)
+    assert torch.autograd.gradcheck(fn, args, check_forward_ad=True)
+    assert torch.autograd.gradgradcheck(fn, args)
+
+
+@pytest.mark.parametrize("sigmoid", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_gated_conv_sum_equals_the_plain_expression(sigmoid, channels_last, monkeypatch):
+    x, fx = _pair(channels_last, torch.float32)
+    weight, bias = (t.detach().float().requires_grad_() for t in _gate())
+    g = torch.randn(x.shape, generator=torch.Generator().manual_seed(9))
+    out, keep = gated_conv_sum(x, fx, weight, bias, sigmoid=sigmoid)
+    plain = _plain_gated_conv(x, fx, weight, bias, sigmoid)
+    torch.testing.assert_close(out, plain)
+    d = torch.nn.functional.conv2d(x, weight, bias)
+    torch.testing.assert_close(keep, 1 - (torch.sigmoid(d) if sigmoid else torch.relu(d)))
+    assert not keep.requires_grad
+    inputs = (x, fx, weight, bias)
+    ours = torch.autograd.grad(out, inputs, g)
+    theirs = torch.autograd.grad(plain, inputs, g)
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+    # Under torch.compile the plain expression runs instead, with the same results.
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    traced, traced_keep = gated_conv_sum(x, fx, weight, bias, sigmoid=sigmoid)
+    assert traced.grad_fn.name() != "_GatedConvSumBackward"
+    torch.testing.assert_close(traced, plain)
+    torch.testing.assert_close(traced_keep, keep)
+
+
+def test_gated_conv_sum_under_vmap_and_per_sample_gradients():
+    gen = torch.Generator().manual_seed(10)
+    xs, fs = (torch.randn(4, 2, 3, 4, 5, generator=gen) for _ in range(2))
+    weight, bias = (t.detach().float() for t in _gate())
+    out, keep = torch.func.vmap(lambda x, f: gated_conv_sum(x, f, weight, bias, sigmoid=True))(
+        xs, fs
+    )
+    expected = torch.stack(
+        [_plain_gated_conv(x, f, weight, bias, True) for x, f in zip(xs, fs, strict=True)]
+    )
+    torch.testing.assert_close(out, expected)
+
+    def loss(weight, x, f, fused):
+        if fused:
+            out = gated_conv_sum(x[None], f[None], weight, bias, sigmoid=False)[0]
+        else:
+            out = _plain_gated_conv(x[None], f[None], weight, bias, False)
+        return out.square().sum()
+
+    per_sample = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, 0, None))
+    torch.testing.assert_close(
+        per_sample(weight, xs[0], fs[0], True),
+        per_sample(weight, xs[0], fs[0], False),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
+def test_gated_conv_sum_under_bf16_autocast():
+    # As in a bf16 training step: bf16 activations, float32 parameters. The block output and
+    # 1 - λ stay bf16; the parameter gradients come back in float32, within 1% of the
+    # largest of float64's (bf16 keeps 8 bits: autocast's plain expression is 0.2% off).
+    x, fx = _pair(True, torch.float32)
+    weight, bias = (t.detach().float().requires_grad_() for t in _gate())
+    xb, fb = x.detach().bfloat16().requires_grad_(), fx.detach().bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, keep = gated_conv_sum(xb, fb, weight, bias, sigmoid=False)
+    assert (out.dtype, keep.dtype) == (torch.bfloat16, torch.bfloat16)
+    out.float().square().sum().backward()
+    assert (weight.grad.dtype, bias.grad.dtype, xb.grad.dtype) == (
+        torch.float32,
+        torch.float32,
+        torch.bfloat16,
+    )
+    w64, b64 = weight.detach().double().requires_grad_(), bias.detach().double().requires_grad_()
+    plain = _plain_gated_conv(xb.detach().double(), fb.double(), w64, b64, False)
+    plain.square().sum().backward()
+    for ours, exact in ((weight.grad, w64.grad), (bias.grad, b64.grad)):
+        torch.testing.assert_close(ours.double(), exact, rtol=0, atol=0.01 * exact.abs().max())
+
+
 @pytest.mark.parametrize("name", ["in_resnet_gating20", "in_resnet_gating_sig20"])
 @pytest.mark.parametrize("gate", ["elementwise", "pooled"])
-def test_gating_gradients_match_a_plain_reimplementation(name, gate):
+def test_gating_gradients_match_a_plain_reimplementation(name, gate, monkeypatch):
     torch.manual_seed(0)
     model = odenets.create_model(name, gate=gate).double().train()
     with torch.no_grad():  # a gate that depends on x (at initialisation W = 0)
@@ -224,19 +339,26 @@ def test_gating_gradients_match_a_plain_reimplementation(name, gate):
             p.normal_(0, 0.1)
     x = torch.rand(3, 3, 32, 32, dtype=torch.float64)
     params = list(model.parameters())
-    fused = torch.autograd.grad(model(x).square().sum(), params)
+    fused_out = model(x)
+    fused = torch.autograd.grad(fused_out.square().sum(), params)
 
     import odenets.models.layers as layers
-
-    original = layers.gated_sum
 
     def plain_gate(x, fx, d, *, sigmoid):
         return (1 - (torch.sigmoid(d) if sigmoid else torch.relu(d))) * x + fx
 
-    layers.gated_sum = plain_gate
-    try:
-        plain = torch.autograd.grad(model(x).square().sum(), params)
-    finally:
-        layers.gated_sum = original
+    def plain_gate_conv(x, fx, weight, bias, *, sigmoid):
+        d = torch.nn.functional.conv2d(x, weight, bias)
+        keep = 1 - (torch.sigmoid(d) if sigmoid else torch.relu(d))
+        return keep * x + fx, keep.detach()
+
+    monkeypatch.setattr(layers, "gated_sum", plain_gate)
+    monkeypatch.setattr(layers, "gated_conv_sum", plain_gate_conv)
+    plain_out = model(x)
+    plain = torch.autograd.grad(plain_out.square().sum(), params)
+    torch.testing.assert_close(fused_out, plain_out, rtol=1e-12, atol=1e-12)
     for ours, theirs in zip(fused, plain, strict=True):
         torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+    gate_params = {id(p) for p in model.coefficient_parameters()}
+    gate_grads = [g for p, g in zip(params, fused, strict=True) if id(p) in gate_params]
+    assert gate_grads and all(g.abs().sum() > 0 for g in gate_grads)  # every gate learns

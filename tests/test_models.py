@@ -193,52 +193,74 @@ def test_etd_phi_and_its_zero_limit(lam):
         assert abs(value.grad.item() + 0.5) < 1e-3
 
 
-def test_gating_coefficients_are_the_mean_gate_of_the_last_batch():
-    model = odenets.create_model("in_resnet_gating20").eval()
+@pytest.mark.parametrize("name", ["in_resnet_gating20", "in_resnet_gating_sig20"])
+@pytest.mark.parametrize("gate", ["elementwise", "pooled"])
+@pytest.mark.parametrize("training", [False, True])
+def test_gating_coefficients_are_the_mean_gate_of_the_last_batch(name, gate, training):
+    # The gate recomputed from each junction's input, act(W x + b) by the 1x1 convolution
+    # itself (on the spatial mean for the pooled gate), against what coefficients() reports
+    # after a training step (the gate held, averaged on demand) or an evaluation (averaged
+    # at once).
+    torch.manual_seed(0)
+    model = odenets.create_model(name, gate=gate).train(training)
     with torch.no_grad():
         for block in model.interpolating_blocks():
             block.junction.proj.weight.normal_(0, 0.1)
     gates = []
-    hooks = [
-        b.junction.proj.register_forward_hook(lambda m, i, o: gates.append(o.relu().mean()))
-        for b in model.interpolating_blocks()
-    ]
-    model(_images())
+
+    def record(junction, args):
+        x = args[0].detach()
+        source = x.mean(dim=(2, 3), keepdim=True) if gate == "pooled" else x
+        gates.append(junction.act(junction.proj(source)).mean())
+
+    hooks = [b.junction.register_forward_pre_hook(record) for b in model.interpolating_blocks()]
+    model(_images()).sum().backward()
     for h in hooks:
         h.remove()
-    assert torch.allclose(model.coefficients(), torch.stack(gates))
+    assert len(gates) == len(model.interpolating_blocks())
+    torch.testing.assert_close(model.coefficients(), torch.stack(gates), rtol=1e-5, atol=1e-6)
+    assert model.coefficients().std() > 0  # the gates differ from block to block
 
 
 @pytest.mark.parametrize("gate", ["elementwise", "pooled"])
-def test_gating_keeps_no_gate_of_an_evaluation_batch(gate):
+def test_gating_keeps_no_gate_of_an_evaluation_batch(gate, monkeypatch):
     # coefficient() reports the mean gate of the last batch; outside training it must not
-    # hold the gate itself (N, C, H, W) of every block once the forward is done.
+    # hold the gate itself (N, C, H, W) of every block once the forward is done. What a
+    # junction holds is d from its 1x1 convolution (pooled gate) or 1 - λ from the fused
+    # step (element-wise gate).
+    import odenets.models.layers as layers
+
     model = odenets.create_model("in_resnet_gating_sig20", gate=gate).eval()
     with torch.no_grad():
         for block in model.interpolating_blocks():
             block.junction.proj.weight.normal_(0, 0.1)
-    gates, means = [], []
+    gates = []
+    fused = layers.gated_conv_sum
 
-    def keep(module, inputs, output):
-        gates.append(StorageWeakRef(output.untyped_storage()))
-        means.append(output.detach().sigmoid().mean())
+    def recorded(*args, **kwargs):
+        out, keep = fused(*args, **kwargs)
+        gates.append(StorageWeakRef(keep.untyped_storage()))
+        return out, keep
 
-    hooks = [b.junction.proj.register_forward_hook(keep) for b in model.interpolating_blocks()]
+    monkeypatch.setattr(layers, "gated_conv_sum", recorded)
+    hooks = [
+        b.junction.proj.register_forward_hook(
+            lambda m, i, o: gates.append(StorageWeakRef(o.untyped_storage()))
+        )
+        for b in model.interpolating_blocks()
+    ]
     with torch.no_grad():
         model(_images(4))
-    for h in hooks:
-        h.remove()
-    assert gates and all(ref.expired() for ref in gates)
-    torch.testing.assert_close(model.coefficients(), torch.stack(means))
-    # In training the mean of the same gate comes on demand.
+    assert len(gates) == len(model.interpolating_blocks())
+    assert all(ref.expired() for ref in gates)
+    # A training step holds it until the next forward (its backward needs it anyway).
     model.train()
     gates.clear()
-    means.clear()
-    hooks = [b.junction.proj.register_forward_hook(keep) for b in model.interpolating_blocks()]
     model(_images(4)).sum().backward()
     for h in hooks:
         h.remove()
-    torch.testing.assert_close(model.coefficients(), torch.stack(means))
+    assert len(gates) == len(model.interpolating_blocks())
+    assert not any(ref.expired() for ref in gates)
 
 
 def test_pooled_gate_is_per_sample_and_channel():

@@ -3,12 +3,14 @@
 `scaled_sum(x, f, a, b)` = a·x + b·f with 0-d a and b is the update of every scalar junction
 (`odenets.models.layers`): one `addcmul` forward and, backward, one dot product for each
 scalar gradient instead of a product and a sum. `gated_sum(x, f, d)` = (1 - act(d)) ⊙ x + f
-is the update of the gating junctions.
+is the update of the pooled gating junctions, and `gated_conv_sum(x, f, W, b)`, the same with
+d = W x + b a 1x1 convolution taken into the fused step, that of the element-wise ones.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def _flat_pair(u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -202,3 +204,143 @@ def gated_sum(x: torch.Tensor, fx: torch.Tensor, d: torch.Tensor, *, sigmoid: bo
         lam = torch.sigmoid(d) if sigmoid else torch.relu(d)
         return (1 - lam) * x + fx
     return _GatedSum.apply(x, fx, d, sigmoid)
+
+
+_NO_LOWER = -float("inf")
+
+
+def _gate_conv(x, weight, bias, sigmoid: bool, *, in_place: bool = True):
+    """1 - λ for λ = act(W x + b), from the gate's 1x1 convolution run with negated weights,
+    and the weights it ran with: -(W x + b) for the sigmoid gate, 1 - (W x + b) for ReLU.
+
+    1 - λ is then one pass over the convolution's output (in place unless `in_place` is
+    False): sigmoid(-d) = 1 - sigmoid(d), min(1 - d, 1) = 1 - ReLU(d). The weights take x's
+    dtype (under autocast, the convolution casts both to its own).
+    """
+    w = weight.to(x.dtype).neg()
+    shift = (-bias if sigmoid else 1 - bias).to(x.dtype)
+    e = F.conv2d(x, w, shift)
+    if in_place:
+        return (e.sigmoid_() if sigmoid else e.clamp_max_(1)), w
+    return (torch.sigmoid(e) if sigmoid else torch.clamp_max(e, 1)), w
+
+
+class _GatedConvSum(torch.autograd.Function):
+    """(1 - act(W x + b)) ⊙ x + f for a 1x1 convolution W with bias b, act = ReLU or sigmoid;
+    also returns 1 - λ (not differentiable) for the junction's mean gate.
+
+    Every pass over the activations counts on a CPU, where the gate is bound by memory
+    traffic, so:
+    - The forward runs the convolution with -W (and 1 - b or -b), so 1 - λ comes out of it
+      with one in-place pass, and the pre-activation d is never stored.
+    - The backward keeps x and 1 - λ. It forms dL/d(-d) = g ⊙ x ⊙ dλ/dd with the
+      activation's own backward kernel: hardtanh_backward on 1 - λ < 1 (which is d > 0)
+      for ReLU, sigmoid_backward on 1 - λ = sigmoid(-d) for the sigmoid.
+    - dL/dx is the convolution of that by W^T (a forward 1x1 convolution, which oneDNN runs
+      faster than its backward-data one) plus g ⊙ (1 - λ), in one `addcmul`; one
+      `convolution_backward` gives dL/dW and dL/db.
+    Against a convolution followed by `gated_sum` this saves a pass forward and four
+    backward: λ recomputed, its sign, autograd's sum of the two gradients of x, and the zero
+    gradient autograd would make for the 1 - λ output. A double backward recomputes 1 - λ
+    from x, W and b, so that it is differentiated too.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, fx, weight, bias, sigmoid):
+        keep, _ = _gate_conv(x, weight, bias, sigmoid)
+        return torch.addcmul(fx, x, keep.to(x.dtype)), keep
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, fx, weight, bias, sigmoid = inputs
+        keep = output[1]
+        ctx.mark_non_differentiable(keep)
+        # No zero tensor for 1 - λ's gradient, which is never used.
+        ctx.set_materialize_grads(False)
+        ctx.sigmoid = sigmoid
+        ctx.save_for_backward(x, keep, weight, bias)
+        ctx.save_for_forward(x, keep, weight)
+
+    @staticmethod
+    def _slope(ctx, grad, keep):
+        """grad ⊙ d(1 - λ)/d(-d), as a function of 1 - λ."""
+        if ctx.sigmoid:
+            return torch.ops.aten.sigmoid_backward(grad, keep)
+        return torch.ops.aten.hardtanh_backward(grad, keep, _NO_LOWER, 1.0)
+
+    @staticmethod
+    def backward(ctx, g, _g_keep):
+        if g is None:  # the sum itself was not used
+            return None, None, None, None, None
+        x, keep, weight, bias = ctx.saved_tensors
+        need_x, need_fx, need_w, need_b, _ = ctx.needs_input_grad
+        if torch.is_grad_enabled():  # a double backward: 1 - λ as a function of x, W, b
+            keep, w = _gate_conv(x, weight, bias, ctx.sigmoid, in_place=False)
+        else:  # -W in the dtype the forward's convolution ran in
+            w = weight.to(keep.dtype).neg()
+        gx = gw = gb = None
+        if need_x or need_w or need_b:
+            ge = _GatedConvSum._slope(ctx, g * x, keep.to(g.dtype)).to(w.dtype)
+            if need_x:  # a 1x1 convolution's input gradient is the convolution by W^T
+                gin = F.conv2d(ge, w.transpose(0, 1))
+                gx = torch.addcmul(gin.to(g.dtype), g, keep.to(g.dtype))
+            if need_w or need_b:
+                channels = w.shape[0]
+                _, gw, gb = torch.ops.aten.convolution_backward(
+                    ge, x.to(w.dtype), w, [channels], [1, 1], [0, 0], [1, 1], False, [0, 0],
+                    1, [False, need_w, need_b],
+                )  # fmt: skip
+            # The convolution ran with -W and -b: their gradients change sign.
+            gw = gw.neg().to(weight.dtype) if need_w else None
+            gb = gb.neg().to(bias.dtype) if need_b else None
+        return gx, (g if need_fx else None), gw, gb, None
+
+    @staticmethod
+    def jvp(ctx, tx, tfx, tw, tb, _):
+        x, keep, weight = ctx.saved_tensors
+        dtype = keep.dtype
+        # The tangent of -d is -(W tx + tW x + tb); that of 1 - λ is its slope times it.
+        te = []
+        if tx is not None:
+            te.append(F.conv2d(tx.to(dtype), weight.to(dtype).neg()))
+        if tw is not None:
+            te.append(F.conv2d(x.to(dtype), tw.to(dtype).neg()))
+        if tb is not None:
+            te.append(tb.to(dtype).neg().view(1, -1, 1, 1).expand_as(keep))
+        out = torch.zeros_like(x) if tfx is None else tfx
+        if tx is not None:
+            out = out + tx * keep.to(tx.dtype)
+        if te:
+            t_keep = _GatedConvSum._slope(ctx, sum(te[1:], te[0]), keep)
+            out = out + t_keep.to(x.dtype) * x
+        return out, None
+
+
+def gated_conv_sum(
+    x: torch.Tensor,
+    fx: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    *,
+    sigmoid: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1 - act(d)) ⊙ x + fx with d = W x + b a 1x1 convolution, act = sigmoid if `sigmoid`
+    else ReLU, fused (see `_GatedConvSum`); and 1 - act(d), detached.
+
+    Args:
+        x: skip path, (N, C, H, W).
+        fx: residual f(x), same shape as x.
+        weight: the 1x1 convolution's weight, (C, C, 1, 1).
+        bias: its bias, (C,).
+        sigmoid: the gate's activation (False: ReLU).
+
+    The plain expression is used under `torch.compile` (as for `scaled_sum`) and when x and
+    fx differ in shape.
+    """
+    if torch.compiler.is_compiling() or x.shape != fx.shape:
+        d = F.conv2d(x, weight.to(x.dtype), bias.to(x.dtype))
+        keep = 1 - (torch.sigmoid(d) if sigmoid else torch.relu(d))
+        return keep * x + fx, keep.detach()
+    return _GatedConvSum.apply(x, fx, weight, bias, sigmoid)

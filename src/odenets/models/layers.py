@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from odenets.models.fused import gated_sum, scaled_sum
+from odenets.models.fused import gated_conv_sum, gated_sum, scaled_sum
 
 LambdaRange = tuple[float, float]
 
@@ -289,7 +289,7 @@ class _GatingJunction(Junction):
     interpolating = True
     options = ("lambda_init", "gate")
     open_unit = False
-    sigmoid_gate = False  # the activation `gated_sum` applies: sigmoid (True) or ReLU
+    sigmoid_gate = False  # the gate's activation in the fused step: sigmoid (True) or ReLU
     GATES = ("elementwise", "pooled")
 
     def __init__(self, channels: int, *, lambda_init: LambdaRange, gate: str = "elementwise"):
@@ -312,24 +312,34 @@ class _GatingJunction(Junction):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor, fx: torch.Tensor) -> torch.Tensor:
-        source = x.mean(dim=(2, 3), keepdim=True) if self.gate == "pooled" else x
-        d = self.proj(source)  # (N, C, H, W), or (N, C, 1, 1) when pooled
-        # For `coefficient()`, the mean gate of the last batch. A training step keeps the
-        # gate (autograd holds it for the backward pass anyway) and `coefficient()` averages
-        # it on demand, which saves a pass over it per step; any other forward averages it
-        # now, or the gates of every block would outlive it (1.9 MB an image for
-        # In-ResNet-gating-110: ~0.9 GB at the evaluation batch of 500).
+        if self.gate == "pooled":
+            held = self.proj(x.mean(dim=(2, 3), keepdim=True))  # d, (N, C, 1, 1)
+            out = gated_sum(x, fx, held, sigmoid=self.sigmoid_gate)
+        else:  # the 1x1 convolution is part of the fused step, which also gives 1 - λ
+            out, held = gated_conv_sum(
+                x, fx, self.proj.weight, self.proj.bias, sigmoid=self.sigmoid_gate
+            )
+        # For `coefficient()`, the mean gate of the last batch. A training step keeps what
+        # it holds (autograd holds it for the backward pass anyway) and `coefficient()`
+        # averages it on demand, which saves a pass over it per step; any other forward
+        # averages it now, or the gates of every block would outlive it (1.9 MB an image
+        # for In-ResNet-gating-110: ~0.9 GB at the evaluation batch of 500).
         if self.training and torch.is_grad_enabled():
-            self._last_gate, self._last_mean = d.detach(), None
+            self._last_gate, self._last_mean = held.detach(), None
         else:
-            self._last_gate, self._last_mean = None, self.act(d.detach().float()).mean()
-        return gated_sum(x, fx, d, sigmoid=self.sigmoid_gate)
+            self._last_gate, self._last_mean = None, self._mean_gate(held)
+        return out
+
+    def _mean_gate(self, held: torch.Tensor) -> torch.Tensor:
+        """The mean λ from what the forward held: d for the pooled gate, 1 - λ otherwise."""
+        held = held.detach().float()
+        return self.act(held).mean() if self.gate == "pooled" else 1 - held.mean()
 
     def coefficient(self) -> torch.Tensor:
         if self._last_mean is not None:
             return self._last_mean
         if self._last_gate is not None:
-            return self.act(self._last_gate.float()).mean()
+            return self._mean_gate(self._last_gate)
         return self.act(self.proj.bias.detach()).mean()
 
     def coefficient_parameters(self) -> list[nn.Parameter]:
