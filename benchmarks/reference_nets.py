@@ -6,6 +6,9 @@ builds either kind. Imported by the training-throughput scripts, which put this 
     ref_resnet{D}             pre-activation ResNet
     ref_in_resnet{D}          In-ResNet, junction written out in eager PyTorch
     ref_lambda_in_resnet{D}   λ-In-ResNet as in the authors' code: f evaluated twice
+    ref_in_resnet_gating{D}   In-ResNet-gating: a 1x1 convolution d = W x + b, then
+                              (1 - ReLU(d)) x + f written out
+    ref_in_resnet_gating_sig{D}  the same with a sigmoid gate
 """
 
 from __future__ import annotations
@@ -42,9 +45,11 @@ class _RefBlock(nn.Module):
 class RefNet(nn.Module):
     """The CIFAR pre-activation ResNet of the In-ResNet experiments in plain eager PyTorch.
 
-    `junction` is "resnet" (x + f), "in_resnet" ((1 - ReLU(λ)) x + f, λ = ReLU(1 - k)) or
+    `junction` is "resnet" (x + f), "in_resnet" ((1 - ReLU(λ)) x + f, λ = ReLU(1 - k)),
     "lambda_twice" ((1 - ReLU(k)) x + f + ReLU(k) f with f evaluated twice, as the authors'
-    λ-In-ResNet does). The first block and the two downsampling blocks stay residual.
+    λ-In-ResNet does), "gating" or "gating_sig" ((1 - act(d)) x + f with d a 1x1 convolution
+    of x with bias, act ReLU or sigmoid, starting at W = 0 and λ = act(b) in [0.2, 0.25]).
+    The first block and the two downsampling blocks stay residual.
     """
 
     def __init__(self, depth: int, junction: str, num_classes: int = 10):
@@ -61,6 +66,19 @@ class RefNet(nn.Module):
                 cin = width
         self.blocks = nn.ModuleList(blocks)
         self.ks = nn.Parameter(torch.empty(len(blocks)).uniform_(0.75, 0.80))
+        self.gates = nn.ModuleList()
+        if junction.startswith("gating"):
+            for i, block in enumerate(blocks):
+                if i == 0 or block.shortcut is not None:  # residual blocks have no gate
+                    self.gates.append(nn.Identity())
+                    continue
+                width = block.conv2.out_channels
+                gate = nn.Conv2d(width, width, 1, bias=True)
+                lam = torch.empty(width).uniform_(0.20, 0.25)
+                with torch.no_grad():
+                    gate.weight.zero_()
+                    gate.bias.copy_(torch.logit(lam) if junction == "gating_sig" else lam)
+                self.gates.append(gate)
         self.bn = nn.BatchNorm2d(cin)
         self.fc = nn.Linear(cin, num_classes)
 
@@ -73,6 +91,10 @@ class RefNet(nn.Module):
             elif self.junction == "in_resnet":
                 lam = F.relu(1 - self.ks[i])
                 x = (1 - F.relu(lam)) * x + block.f(x)
+            elif self.junction.startswith("gating"):
+                d = self.gates[i](x)
+                lam = torch.sigmoid(d) if self.junction == "gating_sig" else F.relu(d)
+                x = (1 - lam) * x + block.f(x)
             else:
                 lam = F.relu(self.ks[i])
                 x = (1 - lam) * x + block.f(x) + lam * block.f(x)
@@ -84,6 +106,8 @@ REF_JUNCTIONS = {
     "ref_resnet": "resnet",
     "ref_in_resnet": "in_resnet",
     "ref_lambda_in_resnet": "lambda_twice",
+    "ref_in_resnet_gating": "gating",
+    "ref_in_resnet_gating_sig": "gating_sig",
 }
 
 
