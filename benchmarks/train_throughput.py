@@ -28,6 +28,8 @@ the same architecture, written the straightforward way, for comparison:
     ref_resnet{D}             pre-activation ResNet
     ref_in_resnet{D}          In-ResNet, junction written out in eager PyTorch
     ref_lambda_in_resnet{D}   λ-In-ResNet as in the authors' code: f evaluated twice
+    ref_in_resnet_gating{D}   In-ResNet-gating: 1x1 convolution, then the gate by autograd
+    ref_in_resnet_gating_sig{D}  the same with a sigmoid gate
 
 Several processes sharing one device (their total images/s): start N copies with the same
 `--barrier DIR --barrier-count N`. Each warms up, then waits until all N have, so the timed
