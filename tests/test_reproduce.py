@@ -584,6 +584,14 @@ train = { freeze_coefficients = true, lr = 0.05 }
     write_job_record(grid, job, tmp_path / "job")
     record = json.loads((tmp_path / "job" / "job.json").read_text(encoding="utf-8"))
     assert record["train"] == {"freeze_coefficients": True, "lr": 0.05}
+    # --list-jobs tells the two rows of one model apart.
+    from odenets.experiments.job_commands import job_comment
+
+    assert job_comment(jobs["digits-in_resnet110-seed0"]) == "# in_resnet20 on digits, seed 0"
+    assert job_comment(job) == (
+        "# in_resnet20 on digits, seed 0"
+        " (row in_resnet110+frozen: freeze_coefficients = true, lr = 0.05)"
+    )
 
     preset.write_text(TINY_PRESET + frozen_row.replace("lr = 0.05", "lr_typo = 1"))
     grid = load_grid(str(preset), scale="quick", datasets=["digits"])

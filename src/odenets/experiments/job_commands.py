@@ -42,10 +42,20 @@ def job_command(
 
 
 def job_comment(job: Job) -> str:
-    """What a job runs, as a shell comment to end its line: model, data set and seed."""
+    """What a job runs, as a shell comment to end its line: model, data set and seed, and,
+    for a row that trains its own way, its key and settings (two rows may train one model)."""
     if job.is_ensemble:
         return f"# ensemble of {len(job.members)} {job.model} runs on {job.dataset}"
-    return f"# {job.model} on {job.dataset}, seed {job.seed}"
+    comment = f"# {job.model} on {job.dataset}, seed {job.seed}"
+    if job.train:
+        settings = ", ".join(f"{k} = {_toml_value(v)}" for k, v in sorted(job.train.items()))
+        comment += f" (row {job.row}: {settings})"
+    return comment
+
+
+def _toml_value(value) -> str:
+    """A setting as the preset writes it: true / false, numbers and lists as Python's."""
+    return str(value).lower() if isinstance(value, bool) else repr(value)
 
 
 def _absolute(path: str | Path) -> str:
