@@ -465,6 +465,9 @@ def test_per_sample_records_make_the_verdict_paired(tmp_path):
     fill(tmp_path, grid, values)
     text = render_markdown(build_report(tmp_path))
     assert "difference +5.0 points, standard error 3.7)" in text
+    # No records: the rule explains the independent error only, once per table.
+    independent = "The standard error is that of two independent accuracies"
+    assert "paired" not in text and text.count(independent) >= 2
     for name, correct in (("resnet110", 5), ("in_resnet110", 10)):
         path = tmp_path / RUNS / f"cifar10-{name}-seed0" / "eval.json"
         ev = json.loads(path.read_text(encoding="utf-8"))
@@ -491,6 +494,9 @@ def test_per_sample_records_make_the_verdict_paired(tmp_path):
     every = text[text.index("**Every measurement") :]
     pgd = next(line for line in every.splitlines() if line.startswith("| PGD | pixel | 8/255"))
     assert pgd.endswith("| +5.0 ± 2.2 (more robust, paired) |")
+    # Now the rule says what "paired" means, under the verdict and the difference columns.
+    explained = 'Marked "paired": both networks\' evaluations record each sample'
+    assert text.count(explained) == 2 and independent not in text
 
 
 def test_the_report_says_in_words_whether_in_resnet_is_more_robust(variants_folder):

@@ -32,15 +32,25 @@ from odenets.experiments.results import WORST_CASE, SampleRecord
 MARGIN_SE = 2.0  # a difference counts when it exceeds this many standard errors
 _ZOO_NAME = re.compile(r"(?P<family>[a-z_]+?)(?P<depth>\d+)")
 
-RULE = (
-    f"Rule: a difference counts (more or less robust) when it exceeds {MARGIN_SE:g} standard "
-    "errors of the difference; otherwise: no clear difference. Where both networks' "
-    "evaluations record each sample and scored the same test images, the standard error "
-    'is the paired one, of the mean per-sample difference ("paired"; runs paired by '
-    "seed); else that of two independent accuracies, each the binomial √(p(1 − p)/N), N "
-    "the test images over the row's runs, or over several seeds the seeds' s/√k when "
-    "larger."
-)
+
+def rule(paired: bool) -> str:
+    """The verdict rule in words, for a table or verdict whose comparisons include a paired
+    one (`paired`) or not: the paired error is explained only where it is used."""
+    head = (
+        f"Rule: a difference counts (more or less robust) when it exceeds {MARGIN_SE:g} "
+        "standard errors of the difference; otherwise: no clear difference."
+    )
+    independent = (
+        "that of two independent accuracies, each the binomial √(p(1 − p)/N), N the test "
+        "images over the row's runs, or over several seeds the seeds' s/√k when larger."
+    )
+    if not paired:
+        return f"{head} The standard error is {independent}"
+    return (
+        f'{head} Marked "paired": both networks\' evaluations record each sample and scored '
+        "the same test images, and the standard error is the paired one, of the mean "
+        f"per-sample difference (runs paired by seed); elsewhere it is {independent}"
+    )
 
 
 @dataclass(frozen=True)
@@ -59,7 +69,7 @@ class Comparison:
 
     @property
     def verdict(self) -> str:
-        """ "more robust", "less robust" or "no clear difference" (see `RULE`)."""
+        """ "more robust", "less robust" or "no clear difference" (see `rule`)."""
         if abs(self.diff) <= MARGIN_SE * self.se:
             return "no clear difference"
         return "more robust" if self.diff > 0 else "less robust"
@@ -143,7 +153,7 @@ def _comparison(metric: str, means, errors, records) -> Comparison:
 
 def difference_cell(comparison: Comparison | None, *, clean: bool = False) -> str:
     """'+19.3 ± 2.1 (more robust)': the difference in points, its standard error ("paired"
-    where it is the paired one) and the verdict of `RULE` (for clean accuracy: higher,
+    where it is the paired one) and the verdict of `rule` (for clean accuracy: higher,
     lower); '—' where there is none."""
     if comparison is None:
         return "—"
@@ -266,9 +276,10 @@ def verdict_lines(rows: Sequence[TableRow], metrics: Sequence[str], *, setting: 
     Args:
         setting: the radius and threat model of the attack columns, e.g. "ε = 16/255".
     """
-    lines = []
+    lines, paired = [], False
     for ours, base in robustness_pairs(rows):
         found = {c.metric: c for c in compare_rows(ours, base, metrics)}
+        paired = paired or any(c.paired for c in found.values())
         head = headline(found)
         if head is None:
             continue
@@ -290,4 +301,4 @@ def verdict_lines(rows: Sequence[TableRow], metrics: Sequence[str], *, setting: 
             f"{'paired ' if head.paired else ''}standard error {head.se:.1f}). Per column, "
             f"difference ± standard error in points: {per}."
         )
-    return [*lines, "", RULE] if lines else []
+    return [*lines, "", rule(paired)] if lines else []

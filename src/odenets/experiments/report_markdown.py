@@ -13,10 +13,11 @@ from odenets.errors import CheckpointError, OdenetsError
 from odenets.experiments import further
 from odenets.experiments.aggregate import DONE, Cell, Report, TableRow, metric_title
 from odenets.experiments.comparison import (
-    RULE,
+    Comparison,
     column_pairs,
     compare_columns,
     difference_cell,
+    rule,
     verdict_lines,
 )
 from odenets.experiments.paper import get_table
@@ -234,29 +235,38 @@ def _measurement_table(
     in_table = {(m, tm, eps) for m in shown}
     if all(k in in_table for k in further.measured("", cols) if k[2] is not None):
         return []  # the table shows it all
-    extra = _differences("", cols)
+    seen: list[Comparison | None] = []
+    extra = _differences("", cols, seen)
     header, body = further.table("", cols, extra)
     return [
         "**Every measurement of these evaluations** (each attack at each radius and threat "
         "model, the worst case per sample over the attacks at one radius), accuracy in %, "
         f"{images}:\n",
         markdown_table(header, body) + "\n",
-        *([DIFFERENCES + "\n"] if extra else []),
+        *([differences_caption(seen) + "\n"] if extra else []),
     ]
 
 
-DIFFERENCES = (
-    "Difference columns: an In-ResNet-family network minus the ResNet of the same depth, in "
-    f"points ± the standard error of the difference. {RULE}"
-)
+def differences_caption(seen: Sequence[Comparison | None]) -> str:
+    """The caption of a table's difference columns, given the comparisons they showed."""
+    return (
+        "Difference columns: an In-ResNet-family network minus the ResNet of the same depth, "
+        "in points ± the standard error of the difference. "
+        + rule(any(c is not None and c.paired for c in seen))
+    )
 
 
-def _differences(name: str, cols: Sequence[further.Column]) -> list[tuple[str, Any]]:
+def _differences(
+    name: str, cols: Sequence[further.Column], seen: list | None = None
+) -> list[tuple[str, Any]]:
     """The difference columns of a measurement table: one per In-ResNet-family column with a
-    ResNet column of the same depth (`comparison.column_pairs`)."""
+    ResNet column of the same depth (`comparison.column_pairs`). Each comparison a cell
+    shows is appended to `seen`, for the caption."""
 
     def text(ours, base, key) -> str:
         found = compare_columns(name, ours, base, key)
+        if seen is not None:
+            seen.append(found)
         return difference_cell(found, clean=key[0] == "clean")
 
     return [
@@ -437,7 +447,8 @@ def _further_section(report: Report) -> list[str]:
                 f"Not evaluated yet: {', '.join(pending)} (`odenets reproduce` writes "
                 f"their eval.{ev['name']}.json; the table has the runs that have it).\n"
             )
-        extra = _differences(ev["name"], cols)
+        seen: list[Comparison | None] = []
+        extra = _differences(ev["name"], cols, seen)
         header, body = further.table(ev["name"], cols, extra)
         out.append(markdown_table(header, body) + "\n")
         runs = [r for c in cols for r in c.runs]
@@ -447,7 +458,7 @@ def _further_section(report: Report) -> list[str]:
             for r in runs
             if r.further[ev["name"]].get("transfer_skipped")
         )
-        out.append("*" + caption + (" " + DIFFERENCES if extra else "") + "*\n")
+        out.append("*" + caption + (" " + differences_caption(seen) if extra else "") + "*\n")
         # A verdict where the evaluation gathered the masking evidence (`masking_checks`).
         checked = [r for r in runs if (r.further[ev["name"]].get("masking") or {}).get("grad_norm")]
         out += _verdict_lines(
