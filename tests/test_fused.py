@@ -258,12 +258,12 @@ def test_gated_conv_sum_equals_the_plain_expression(sigmoid, channels_last, monk
     x, fx = _pair(channels_last, torch.float32)
     weight, bias = (t.detach().float().requires_grad_() for t in _gate())
     g = torch.randn(x.shape, generator=torch.Generator().manual_seed(9))
-    out, keep = gated_conv_sum(x, fx, weight, bias, sigmoid=sigmoid)
+    out, lam = gated_conv_sum(x, fx, weight, bias, sigmoid=sigmoid)
     plain = _plain_gated_conv(x, fx, weight, bias, sigmoid)
     torch.testing.assert_close(out, plain)
     d = torch.nn.functional.conv2d(x, weight, bias)
-    torch.testing.assert_close(keep, 1 - (torch.sigmoid(d) if sigmoid else torch.relu(d)))
-    assert not keep.requires_grad
+    torch.testing.assert_close(lam, torch.sigmoid(d) if sigmoid else torch.relu(d))
+    assert not lam.requires_grad
     inputs = (x, fx, weight, bias)
     ours = torch.autograd.grad(out, inputs, g)
     theirs = torch.autograd.grad(plain, inputs, g)
@@ -272,19 +272,17 @@ def test_gated_conv_sum_equals_the_plain_expression(sigmoid, channels_last, monk
     assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
     # Under torch.compile the plain expression runs instead, with the same results.
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-    traced, traced_keep = gated_conv_sum(x, fx, weight, bias, sigmoid=sigmoid)
+    traced, traced_lam = gated_conv_sum(x, fx, weight, bias, sigmoid=sigmoid)
     assert traced.grad_fn.name() != "_GatedConvSumBackward"
     torch.testing.assert_close(traced, plain)
-    torch.testing.assert_close(traced_keep, keep)
+    torch.testing.assert_close(traced_lam, lam)
 
 
 def test_gated_conv_sum_under_vmap_and_per_sample_gradients():
     gen = torch.Generator().manual_seed(10)
     xs, fs = (torch.randn(4, 2, 3, 4, 5, generator=gen) for _ in range(2))
     weight, bias = (t.detach().float() for t in _gate())
-    out, keep = torch.func.vmap(lambda x, f: gated_conv_sum(x, f, weight, bias, sigmoid=True))(
-        xs, fs
-    )
+    out, _ = torch.func.vmap(lambda x, f: gated_conv_sum(x, f, weight, bias, sigmoid=True))(xs, fs)
     expected = torch.stack(
         [_plain_gated_conv(x, f, weight, bias, True) for x, f in zip(xs, fs, strict=True)]
     )
@@ -308,14 +306,14 @@ def test_gated_conv_sum_under_vmap_and_per_sample_gradients():
 
 def test_gated_conv_sum_under_bf16_autocast():
     # As in a bf16 training step: bf16 activations, float32 parameters. The block output and
-    # 1 - λ stay bf16; the parameter gradients come back in float32, within 1% of the
-    # largest of float64's (bf16 keeps 8 bits: autocast's plain expression is 0.2% off).
+    # λ stay bf16; the parameter gradients come back in float32, within 1% of the largest
+    # of float64's (bf16 keeps 8 bits: autocast's plain expression is 0.2% off).
     x, fx = _pair(True, torch.float32)
     weight, bias = (t.detach().float().requires_grad_() for t in _gate())
     xb, fb = x.detach().bfloat16().requires_grad_(), fx.detach().bfloat16()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out, keep = gated_conv_sum(xb, fb, weight, bias, sigmoid=False)
-    assert (out.dtype, keep.dtype) == (torch.bfloat16, torch.bfloat16)
+        out, lam = gated_conv_sum(xb, fb, weight, bias, sigmoid=False)
+    assert (out.dtype, lam.dtype) == (torch.bfloat16, torch.bfloat16)
     out.float().square().sum().backward()
     assert (weight.grad.dtype, bias.grad.dtype, xb.grad.dtype) == (
         torch.float32,
@@ -349,8 +347,8 @@ def test_gating_gradients_match_a_plain_reimplementation(name, gate, monkeypatch
 
     def plain_gate_conv(x, fx, weight, bias, *, sigmoid):
         d = torch.nn.functional.conv2d(x, weight, bias)
-        keep = 1 - (torch.sigmoid(d) if sigmoid else torch.relu(d))
-        return keep * x + fx, keep.detach()
+        lam = torch.sigmoid(d) if sigmoid else torch.relu(d)
+        return (1 - lam) * x + fx, lam.detach()
 
     monkeypatch.setattr(layers, "gated_sum", plain_gate)
     monkeypatch.setattr(layers, "gated_conv_sum", plain_gate_conv)
@@ -362,3 +360,52 @@ def test_gating_gradients_match_a_plain_reimplementation(name, gate, monkeypatch
     gate_params = {id(p) for p in model.coefficient_parameters()}
     gate_grads = [g for p, g in zip(params, fused, strict=True) if id(p) in gate_params]
     assert gate_grads and all(g.abs().sum() > 0 for g in gate_grads)  # every gate learns
+
+
+@pytest.mark.parametrize("sigmoid", [False, True])
+def test_gated_conv_sum_keeps_small_gates_alive_in_bf16(sigmoid):
+    # Gates just above 0: in bf16, 1 - λ rounds to 1 below λ = 2⁻⁹, so a gradient or a mean
+    # gate taken from 1 - λ would see none. Against autocast's plain expression: the same
+    # gradient for b (the ReLU gate's is not 0), and the mean gate λ itself.
+    x, fx = _pair(True, torch.float32)
+    xb, fb = x.detach().bfloat16(), fx.detach().bfloat16()
+    small = 0.001 if not sigmoid else -8.0  # λ = 0.001, or sigmoid(-8) = 0.00034
+    grads, means = [], []
+    for fused in (True, False):
+        weight = torch.zeros(3, 3, 1, 1, requires_grad=True)
+        bias = torch.full((3,), small, requires_grad=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            if fused:
+                out, lam = gated_conv_sum(xb, fb, weight, bias, sigmoid=sigmoid)
+            else:
+                out = _plain_gated_conv(xb, fb, weight, bias, sigmoid)
+                lam = torch.sigmoid(torch.full((1,), small)) if sigmoid else bias.detach()
+        out.float().square().sum().backward()
+        grads.append(bias.grad)
+        means.append(lam.float().mean())
+    assert grads[0].abs().min() > 0
+    torch.testing.assert_close(grads[0], grads[1], rtol=0.02, atol=0)
+    torch.testing.assert_close(means[0], means[1], rtol=0.01, atol=0)
+
+
+def test_forward_mode_tangents_are_never_fs_own():
+    # Only f carries a tangent: the output's tangent equals it but is a tensor of its own, so
+    # an in-place change of the output leaves f's tangent alone.
+    import torch.autograd.forward_ad as fwAD
+
+    x, fx = (t.detach() for t in _pair(True))
+    weight, bias = (t.detach() for t in _gate())
+    d = torch.randn(x.shape, dtype=torch.float64)
+    sums = {
+        "scaled": lambda f: scaled_sum(x, f, torch.tensor(0.5, dtype=torch.float64)),
+        "gated": lambda f: gated_sum(x, f, d, sigmoid=True),
+        "gated_conv": lambda f: gated_conv_sum(x, f, weight, bias, sigmoid=False)[0],
+    }
+    for name, fn in sums.items():
+        tangent = torch.ones_like(fx)
+        with fwAD.dual_level():
+            out = fn(fwAD.make_dual(fx, tangent))
+            out_tangent = fwAD.unpack_dual(out).tangent
+            torch.testing.assert_close(out_tangent, tangent)
+            out_tangent.mul_(3)
+        assert tangent.eq(1).all(), name

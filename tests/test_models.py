@@ -225,9 +225,9 @@ def test_gating_coefficients_are_the_mean_gate_of_the_last_batch(name, gate, tra
 @pytest.mark.parametrize("gate", ["elementwise", "pooled"])
 def test_gating_keeps_no_gate_of_an_evaluation_batch(gate, monkeypatch):
     # coefficient() reports the mean gate of the last batch; outside training it must not
-    # hold the gate itself (N, C, H, W) of every block once the forward is done. What a
-    # junction holds is d from its 1x1 convolution (pooled gate) or 1 - λ from the fused
-    # step (element-wise gate).
+    # hold the gate itself (N, C, H, W) of every block once the forward is done. A training
+    # step holds λ: from the fused step (element-wise gate) or act(d) of the 1x1
+    # convolution (pooled gate); any other forward d from the convolution.
     import odenets.models.layers as layers
 
     model = odenets.create_model("in_resnet_gating_sig20", gate=gate).eval()
@@ -238,9 +238,9 @@ def test_gating_keeps_no_gate_of_an_evaluation_batch(gate, monkeypatch):
     fused = layers.gated_conv_sum
 
     def recorded(*args, **kwargs):
-        out, keep = fused(*args, **kwargs)
-        gates.append(StorageWeakRef(keep.untyped_storage()))
-        return out, keep
+        out, lam = fused(*args, **kwargs)
+        gates.append(StorageWeakRef(lam.untyped_storage()))
+        return out, lam
 
     monkeypatch.setattr(layers, "gated_conv_sum", recorded)
     hooks = [
@@ -260,7 +260,8 @@ def test_gating_keeps_no_gate_of_an_evaluation_batch(gate, monkeypatch):
     for h in hooks:
         h.remove()
     assert len(gates) == len(model.interpolating_blocks())
-    assert not any(ref.expired() for ref in gates)
+    if gate == "elementwise":  # λ from the fused step, held until the next forward
+        assert not any(ref.expired() for ref in gates)
 
 
 def test_pooled_gate_is_per_sample_and_channel():
@@ -458,3 +459,35 @@ def test_cuda_training_step_checks_without_a_host_sync():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
+
+
+@pytest.mark.parametrize("name", ["in_resnet_gating20", "in_resnet_gating_sig20"])
+def test_gating_fuses_its_convolution_only_in_a_training_step(name, monkeypatch):
+    # The fused step computes dL/dW and dL/db whenever they require gradients; an attack on
+    # an evaluated model wants dL/dx only, which autograd gives without them through the
+    # convolution as a module. Both give the same dL/dx.
+    import odenets.models.layers as layers
+
+    torch.manual_seed(0)
+    model = odenets.create_model(name).double()
+    with torch.no_grad():
+        for block in model.interpolating_blocks():
+            block.junction.proj.weight.normal_(0, 0.1)
+    calls = []
+    fused = layers.gated_conv_sum
+    monkeypatch.setattr(layers, "gated_conv_sum", lambda *a, **k: calls.append(1) or fused(*a, **k))
+    x = _images().double().requires_grad_()
+    model.eval()
+    (attack,) = torch.autograd.grad(model(x).square().sum(), x)
+    assert calls == []
+    # The junctions in training mode (BatchNorm left in evaluation mode, so that the same
+    # function of x is computed): a forward without gradients does not fuse, a training
+    # step does.
+    for block in model.interpolating_blocks():
+        block.junction.train()
+    with torch.no_grad():
+        model(x)
+    assert calls == []
+    (trained,) = torch.autograd.grad(model(x).square().sum(), x)
+    assert len(calls) == len(model.interpolating_blocks())
+    torch.testing.assert_close(trained, attack, rtol=1e-10, atol=1e-12)

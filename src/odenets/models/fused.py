@@ -4,7 +4,8 @@
 (`odenets.models.layers`): one `addcmul` forward and, backward, one dot product for each
 scalar gradient instead of a product and a sum. `gated_sum(x, f, d)` = (1 - act(d)) ⊙ x + f
 is the update of the pooled gating junctions, and `gated_conv_sum(x, f, W, b)`, the same with
-d = W x + b a 1x1 convolution taken into the fused step, that of the element-wise ones.
+d = W x + b a 1x1 convolution taken into the fused step, that of the element-wise ones in a
+training step.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ class _ScaledSum(torch.autograd.Function):
         out = terms[0]
         for term in terms[1:]:
             out = out + term
-        return out
+        return out.clone() if out is tfx else out  # never f's tangent itself
 
 
 def scaled_sum(
@@ -185,7 +186,7 @@ class _GatedSum(torch.autograd.Function):
             out = out + tx * keep.to(tx.dtype)
         if td is not None:
             out = out - (td * slope).to(x.dtype) * x
-        return out
+        return out.clone() if out is tfx else out  # never f's tangent itself
 
 
 def gated_sum(x: torch.Tensor, fx: torch.Tensor, d: torch.Tensor, *, sigmoid: bool) -> torch.Tensor:
@@ -206,116 +207,113 @@ def gated_sum(x: torch.Tensor, fx: torch.Tensor, d: torch.Tensor, *, sigmoid: bo
     return _GatedSum.apply(x, fx, d, sigmoid)
 
 
-_NO_LOWER = -float("inf")
-
-
-def _gate_conv(x, weight, bias, sigmoid: bool, *, in_place: bool = True):
-    """1 - λ for λ = act(W x + b), from the gate's 1x1 convolution run with negated weights,
-    and the weights it ran with: -(W x + b) for the sigmoid gate, 1 - (W x + b) for ReLU.
-
-    1 - λ is then one pass over the convolution's output (in place unless `in_place` is
-    False): sigmoid(-d) = 1 - sigmoid(d), min(1 - d, 1) = 1 - ReLU(d). The weights take x's
-    dtype (under autocast, the convolution casts both to its own).
-    """
-    w = weight.to(x.dtype).neg()
-    shift = (-bias if sigmoid else 1 - bias).to(x.dtype)
-    e = F.conv2d(x, w, shift)
+def _gate(x, weight, bias, sigmoid: bool, *, in_place: bool = True) -> torch.Tensor:
+    """λ = act(W x + b) from the gate's 1x1 convolution, the activation applied in place on
+    its output (unless `in_place` is False). The weights take x's dtype (under autocast the
+    convolution casts both to its own)."""
+    d = F.conv2d(x, weight.to(x.dtype), bias.to(x.dtype))
     if in_place:
-        return (e.sigmoid_() if sigmoid else e.clamp_max_(1)), w
-    return (torch.sigmoid(e) if sigmoid else torch.clamp_max(e, 1)), w
+        return d.sigmoid_() if sigmoid else d.relu_()
+    return torch.sigmoid(d) if sigmoid else torch.relu(d)
 
 
 class _GatedConvSum(torch.autograd.Function):
     """(1 - act(W x + b)) ⊙ x + f for a 1x1 convolution W with bias b, act = ReLU or sigmoid;
-    also returns 1 - λ (not differentiable) for the junction's mean gate.
+    also returns λ = act(W x + b) (not differentiable) for the junction's mean gate.
 
-    Every pass over the activations counts on a CPU, where the gate is bound by memory
-    traffic, so:
-    - The forward runs the convolution with -W (and 1 - b or -b), so 1 - λ comes out of it
-      with one in-place pass, and the pre-activation d is never stored.
-    - The backward keeps x and 1 - λ. It forms dL/d(-d) = g ⊙ x ⊙ dλ/dd with the
-      activation's own backward kernel: hardtanh_backward on 1 - λ < 1 (which is d > 0)
-      for ReLU, sigmoid_backward on 1 - λ = sigmoid(-d) for the sigmoid.
-    - dL/dx is the convolution of that by W^T (a forward 1x1 convolution, which oneDNN runs
-      faster than its backward-data one) plus g ⊙ (1 - λ), in one `addcmul`; one
+    On a CPU the gate is bound by memory traffic, so every pass over the activations counts:
+    - The forward applies the activation in place on the convolution's output and stores λ
+      only (not d): x + f, then - x ⊙ λ in place.
+    - The backward forms dL/dd = -g ⊙ x ⊙ dλ/dd with the activation's own backward kernel
+      on λ (threshold_backward, λ > 0 exactly where d > 0; sigmoid_backward, λ (1 - λ)),
+      the sign folded into the weights' gradients.
+    - dL/dx is the 1x1 convolution of that by -W^T (a forward convolution, which oneDNN runs
+      faster than its backward-data one) plus g - g ⊙ λ, added in place; one
       `convolution_backward` gives dL/dW and dL/db.
-    Against a convolution followed by `gated_sum` this saves a pass forward and four
-    backward: λ recomputed, its sign, autograd's sum of the two gradients of x, and the zero
-    gradient autograd would make for the 1 - λ output. A double backward recomputes 1 - λ
-    from x, W and b, so that it is differentiated too.
+    Against the convolution as a module followed by `gated_sum` this saves, per training
+    step, two passes of the backward (λ recomputed from d, and the sign) and autograd's sum
+    of the two gradients of x, and autograd makes no zero gradient for the λ output.
+
+    λ rather than 1 - λ is kept: in bf16, 1 - λ rounds to 1 for λ below 2⁻⁹, which would
+    lose the ReLU gate's gradient and the mean gate's resolution near λ = 0, where the
+    gates of a trained network tend to go. A double backward recomputes λ from x, W and b,
+    so that it is differentiated too.
+
+    It serves training steps: its backward computes dL/dW and dL/db whenever W and b
+    require gradients, as they do under an attack, where only dL/dx is wanted; the junction
+    uses the convolution as a module and `gated_sum` there.
     """
 
     generate_vmap_rule = True
 
     @staticmethod
     def forward(x, fx, weight, bias, sigmoid):
-        keep, _ = _gate_conv(x, weight, bias, sigmoid)
-        return torch.addcmul(fx, x, keep.to(x.dtype)), keep
+        lam = _gate(x, weight, bias, sigmoid)
+        return torch.add(fx, x).addcmul_(x, lam.to(x.dtype), value=-1), lam
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, fx, weight, bias, sigmoid = inputs
-        keep = output[1]
-        ctx.mark_non_differentiable(keep)
-        # No zero tensor for 1 - λ's gradient, which is never used.
+        lam = output[1]
+        ctx.mark_non_differentiable(lam)
+        # No zero tensor for λ's gradient, which is never used.
         ctx.set_materialize_grads(False)
         ctx.sigmoid = sigmoid
-        ctx.save_for_backward(x, keep, weight, bias)
-        ctx.save_for_forward(x, keep, weight)
+        ctx.save_for_backward(x, lam, weight, bias)
+        ctx.save_for_forward(x, lam, weight)
 
     @staticmethod
-    def _slope(ctx, grad, keep):
-        """grad ⊙ d(1 - λ)/d(-d), as a function of 1 - λ."""
+    def _slope(ctx, grad, lam):
+        """grad ⊙ dλ/dd, as a function of λ."""
         if ctx.sigmoid:
-            return torch.ops.aten.sigmoid_backward(grad, keep)
-        return torch.ops.aten.hardtanh_backward(grad, keep, _NO_LOWER, 1.0)
+            return torch.ops.aten.sigmoid_backward(grad, lam)
+        return torch.ops.aten.threshold_backward(grad, lam, 0)
 
     @staticmethod
-    def backward(ctx, g, _g_keep):
+    def backward(ctx, g, _g_lam):
         if g is None:  # the sum itself was not used
             return None, None, None, None, None
-        x, keep, weight, bias = ctx.saved_tensors
+        x, lam, weight, bias = ctx.saved_tensors
         need_x, need_fx, need_w, need_b, _ = ctx.needs_input_grad
-        if torch.is_grad_enabled():  # a double backward: 1 - λ as a function of x, W, b
-            keep, w = _gate_conv(x, weight, bias, ctx.sigmoid, in_place=False)
-        else:  # -W in the dtype the forward's convolution ran in
-            w = weight.to(keep.dtype).neg()
+        if torch.is_grad_enabled():  # a double backward: λ as a function of x, W and b
+            lam = _gate(x, weight, bias, ctx.sigmoid, in_place=False)
+        w = weight.to(lam.dtype)  # the dtype the forward's convolution ran in
         gx = gw = gb = None
         if need_x or need_w or need_b:
-            ge = _GatedConvSum._slope(ctx, g * x, keep.to(g.dtype)).to(w.dtype)
+            # -dL/dd: the sign is folded into the weights below.
+            ge = _GatedConvSum._slope(ctx, g * x, lam.to(g.dtype)).to(w.dtype)
             if need_x:  # a 1x1 convolution's input gradient is the convolution by W^T
-                gin = F.conv2d(ge, w.transpose(0, 1))
-                gx = torch.addcmul(gin.to(g.dtype), g, keep.to(g.dtype))
+                gx = F.conv2d(ge, w.transpose(0, 1).neg()).to(g.dtype)
+                gx = gx.add_(g).addcmul_(g, lam.to(g.dtype), value=-1)
             if need_w or need_b:
                 channels = w.shape[0]
                 _, gw, gb = torch.ops.aten.convolution_backward(
                     ge, x.to(w.dtype), w, [channels], [1, 1], [0, 0], [1, 1], False, [0, 0],
                     1, [False, need_w, need_b],
                 )  # fmt: skip
-            # The convolution ran with -W and -b: their gradients change sign.
             gw = gw.neg().to(weight.dtype) if need_w else None
             gb = gb.neg().to(bias.dtype) if need_b else None
         return gx, (g if need_fx else None), gw, gb, None
 
     @staticmethod
     def jvp(ctx, tx, tfx, tw, tb, _):
-        x, keep, weight = ctx.saved_tensors
-        dtype = keep.dtype
-        # The tangent of -d is -(W tx + tW x + tb); that of 1 - λ is its slope times it.
-        te = []
+        x, lam, weight = ctx.saved_tensors
+        dtype = lam.dtype
+        # The tangent of d is W tx + tW x + tb; that of λ its slope times it.
+        td = []
         if tx is not None:
-            te.append(F.conv2d(tx.to(dtype), weight.to(dtype).neg()))
+            td.append(F.conv2d(tx.to(dtype), weight.to(dtype)))
         if tw is not None:
-            te.append(F.conv2d(x.to(dtype), tw.to(dtype).neg()))
+            td.append(F.conv2d(x.to(dtype), tw.to(dtype)))
         if tb is not None:
-            te.append(tb.to(dtype).neg().view(1, -1, 1, 1).expand_as(keep))
+            td.append(tb.to(dtype).view(1, -1, 1, 1).expand_as(lam))
         out = torch.zeros_like(x) if tfx is None else tfx
         if tx is not None:
-            out = out + tx * keep.to(tx.dtype)
-        if te:
-            t_keep = _GatedConvSum._slope(ctx, sum(te[1:], te[0]), keep)
-            out = out + t_keep.to(x.dtype) * x
-        return out, None
+            out = out + tx - tx * lam.to(tx.dtype)
+        if td:
+            t_lam = _GatedConvSum._slope(ctx, sum(td[1:], td[0]), lam)
+            out = out - t_lam.to(x.dtype) * x
+        return (out.clone() if out is tfx else out), None  # never f's tangent itself
 
 
 def gated_conv_sum(
@@ -327,7 +325,7 @@ def gated_conv_sum(
     sigmoid: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(1 - act(d)) ⊙ x + fx with d = W x + b a 1x1 convolution, act = sigmoid if `sigmoid`
-    else ReLU, fused (see `_GatedConvSum`); and 1 - act(d), detached.
+    else ReLU, fused for a training step (see `_GatedConvSum`); and λ = act(d), detached.
 
     Args:
         x: skip path, (N, C, H, W).
@@ -340,7 +338,6 @@ def gated_conv_sum(
     fx differ in shape.
     """
     if torch.compiler.is_compiling() or x.shape != fx.shape:
-        d = F.conv2d(x, weight.to(x.dtype), bias.to(x.dtype))
-        keep = 1 - (torch.sigmoid(d) if sigmoid else torch.relu(d))
-        return keep * x + fx, keep.detach()
+        lam = _gate(x, weight, bias, sigmoid, in_place=False)
+        return (1 - lam) * x + fx, lam.detach()
     return _GatedConvSum.apply(x, fx, weight, bias, sigmoid)

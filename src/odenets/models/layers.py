@@ -312,34 +312,33 @@ class _GatingJunction(Junction):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor, fx: torch.Tensor) -> torch.Tensor:
-        if self.gate == "pooled":
-            held = self.proj(x.mean(dim=(2, 3), keepdim=True))  # d, (N, C, 1, 1)
-            out = gated_sum(x, fx, held, sigmoid=self.sigmoid_gate)
-        else:  # the 1x1 convolution is part of the fused step, which also gives 1 - λ
-            out, held = gated_conv_sum(
+        training_step = self.training and torch.is_grad_enabled()
+        if training_step and self.gate == "elementwise":
+            # The 1x1 convolution inside the fused step, which also gives λ. Elsewhere (an
+            # attack wants dL/dx only) the module and `gated_sum` let autograd skip dL/dW.
+            out, lam = gated_conv_sum(
                 x, fx, self.proj.weight, self.proj.bias, sigmoid=self.sigmoid_gate
             )
-        # For `coefficient()`, the mean gate of the last batch. A training step keeps what
-        # it holds (autograd holds it for the backward pass anyway) and `coefficient()`
-        # averages it on demand, which saves a pass over it per step; any other forward
-        # averages it now, or the gates of every block would outlive it (1.9 MB an image
-        # for In-ResNet-gating-110: ~0.9 GB at the evaluation batch of 500).
-        if self.training and torch.is_grad_enabled():
-            self._last_gate, self._last_mean = held.detach(), None
+            self._last_gate, self._last_mean = lam, None
+            return out
+        source = x.mean(dim=(2, 3), keepdim=True) if self.gate == "pooled" else x
+        d = self.proj(source)  # (N, C, H, W), or (N, C, 1, 1) when pooled
+        # For `coefficient()`, the mean gate of the last batch. A training step keeps the
+        # gate (autograd holds it for the backward pass anyway) and `coefficient()` averages
+        # it on demand, which saves a pass over it per step; any other forward averages it
+        # now, or the gates of every block would outlive it (1.9 MB an image for
+        # In-ResNet-gating-110: ~0.9 GB at the evaluation batch of 500).
+        if training_step:
+            self._last_gate, self._last_mean = self.act(d.detach()), None
         else:
-            self._last_gate, self._last_mean = None, self._mean_gate(held)
-        return out
-
-    def _mean_gate(self, held: torch.Tensor) -> torch.Tensor:
-        """The mean λ from what the forward held: d for the pooled gate, 1 - λ otherwise."""
-        held = held.detach().float()
-        return self.act(held).mean() if self.gate == "pooled" else 1 - held.mean()
+            self._last_gate, self._last_mean = None, self.act(d.detach().float()).mean()
+        return gated_sum(x, fx, d, sigmoid=self.sigmoid_gate)
 
     def coefficient(self) -> torch.Tensor:
         if self._last_mean is not None:
             return self._last_mean
-        if self._last_gate is not None:
-            return self._mean_gate(self._last_gate)
+        if self._last_gate is not None:  # λ of the last training step
+            return self._last_gate.float().mean()
         return self.act(self.proj.bias.detach()).mean()
 
     def coefficient_parameters(self) -> list[nn.Parameter]:
