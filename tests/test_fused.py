@@ -388,24 +388,43 @@ def test_gated_conv_sum_keeps_small_gates_alive_in_bf16(sigmoid):
     torch.testing.assert_close(means[0], means[1], rtol=0.01, atol=0)
 
 
-def test_forward_mode_tangents_are_never_fs_own():
+def test_forward_mode_tangent_of_the_gated_conv_sum_is_never_fs_own():
     # Only f carries a tangent: the output's tangent equals it but is a tensor of its own, so
     # an in-place change of the output leaves f's tangent alone.
     import torch.autograd.forward_ad as fwAD
 
     x, fx = (t.detach() for t in _pair(True))
     weight, bias = (t.detach() for t in _gate())
-    d = torch.randn(x.shape, dtype=torch.float64)
-    sums = {
-        "scaled": lambda f: scaled_sum(x, f, torch.tensor(0.5, dtype=torch.float64)),
-        "gated": lambda f: gated_sum(x, f, d, sigmoid=True),
-        "gated_conv": lambda f: gated_conv_sum(x, f, weight, bias, sigmoid=False)[0],
-    }
-    for name, fn in sums.items():
-        tangent = torch.ones_like(fx)
-        with fwAD.dual_level():
-            out = fn(fwAD.make_dual(fx, tangent))
-            out_tangent = fwAD.unpack_dual(out).tangent
-            torch.testing.assert_close(out_tangent, tangent)
-            out_tangent.mul_(3)
-        assert tangent.eq(1).all(), name
+    tangent = torch.ones_like(fx)
+    with fwAD.dual_level():
+        out = gated_conv_sum(x, fwAD.make_dual(fx, tangent), weight, bias, sigmoid=False)[0]
+        out_tangent = fwAD.unpack_dual(out).tangent
+        torch.testing.assert_close(out_tangent, tangent)
+        out_tangent.mul_(3)
+    assert tangent.eq(1).all()
+
+
+@pytest.mark.parametrize("sigmoid", [False, True])
+def test_gated_conv_sum_forward_mode_over_its_backward(sigmoid):
+    # A dual x through a training step's backward without create_graph: the tangents of
+    # dL/dx and dL/dW against central differences along x's tangent (the backward must not
+    # use the stored λ, which carries no tangent).
+    import torch.autograd.forward_ad as fwAD
+
+    x, fx = (t.detach() for t in _pair(True))
+    weight, bias = _gate()
+    direction = torch.randn(x.shape, generator=torch.Generator().manual_seed(11), dtype=x.dtype)
+
+    def grads(x):
+        x = x.requires_grad_()
+        out = gated_conv_sum(x, fx, weight, bias, sigmoid=sigmoid)[0]
+        return torch.autograd.grad(out.square().sum(), (x, weight))
+
+    with fwAD.dual_level():
+        dual = grads(fwAD.make_dual(x, direction))
+        tangents = [fwAD.unpack_dual(g).tangent for g in dual]
+    h = 1e-6
+    for tangent, up, down in zip(
+        tangents, grads(x + h * direction), grads(x - h * direction), strict=True
+    ):
+        torch.testing.assert_close(tangent, (up - down) / (2 * h), rtol=1e-6, atol=1e-6)

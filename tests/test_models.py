@@ -225,9 +225,8 @@ def test_gating_coefficients_are_the_mean_gate_of_the_last_batch(name, gate, tra
 @pytest.mark.parametrize("gate", ["elementwise", "pooled"])
 def test_gating_keeps_no_gate_of_an_evaluation_batch(gate, monkeypatch):
     # coefficient() reports the mean gate of the last batch; outside training it must not
-    # hold the gate itself (N, C, H, W) of every block once the forward is done. A training
-    # step holds λ: from the fused step (element-wise gate) or act(d) of the 1x1
-    # convolution (pooled gate); any other forward d from the convolution.
+    # hold the gate itself (N, C, H, W) of every block once the forward is done. Only the
+    # fused training step of the element-wise gate holds its λ (autograd keeps it anyway).
     import odenets.models.layers as layers
 
     model = odenets.create_model("in_resnet_gating_sig20", gate=gate).eval()
@@ -262,6 +261,8 @@ def test_gating_keeps_no_gate_of_an_evaluation_batch(gate, monkeypatch):
     assert len(gates) == len(model.interpolating_blocks())
     if gate == "elementwise":  # λ from the fused step, held until the next forward
         assert not any(ref.expired() for ref in gates)
+    else:  # the pooled gate's mean is taken at once; its d goes with the graph
+        assert all(ref.expired() for ref in gates)
 
 
 def test_pooled_gate_is_per_sample_and_channel():

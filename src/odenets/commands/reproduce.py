@@ -138,8 +138,9 @@ def _list_jobs(
 ) -> int:
     """Print one shell command per job of the grid (or its --shard / --job; ensembles after
     the trainings), each ending with a comment naming its model, data set and seed (and the
-    row and its settings where the row trains its own way), then the report's. Writes nothing: the folder is claimed by a real run. `data_root`: a
-    placeholder written after --data-root instead of a folder."""
+    row and its settings where the row trains its own way), then the report's. Writes
+    nothing: the folder is claimed by a real run. `data_root`: a placeholder written after
+    --data-root instead of a folder."""
     jobs = expand_jobs(grid)
     chosen = select_jobs(jobs, shard=shard, only=only)
     python = python_executable()

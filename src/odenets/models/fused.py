@@ -11,6 +11,7 @@ training step.
 from __future__ import annotations
 
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 
 
@@ -99,7 +100,7 @@ class _ScaledSum(torch.autograd.Function):
         out = terms[0]
         for term in terms[1:]:
             out = out + term
-        return out.clone() if out is tfx else out  # never f's tangent itself
+        return out
 
 
 def scaled_sum(
@@ -186,7 +187,7 @@ class _GatedSum(torch.autograd.Function):
             out = out + tx * keep.to(tx.dtype)
         if td is not None:
             out = out - (td * slope).to(x.dtype) * x
-        return out.clone() if out is tfx else out  # never f's tangent itself
+        return out
 
 
 def gated_sum(x: torch.Tensor, fx: torch.Tensor, d: torch.Tensor, *, sigmoid: bool) -> torch.Tensor:
@@ -217,13 +218,18 @@ def _gate(x, weight, bias, sigmoid: bool, *, in_place: bool = True) -> torch.Ten
     return torch.sigmoid(d) if sigmoid else torch.relu(d)
 
 
+def _has_tangent(*tensors: torch.Tensor) -> bool:
+    """Whether any of `tensors` carries a forward-mode tangent."""
+    return any(fwAD.unpack_dual(t).tangent is not None for t in tensors)
+
+
 class _GatedConvSum(torch.autograd.Function):
     """(1 - act(W x + b)) ⊙ x + f for a 1x1 convolution W with bias b, act = ReLU or sigmoid;
     also returns λ = act(W x + b) (not differentiable) for the junction's mean gate.
 
     On a CPU the gate is bound by memory traffic, so every pass over the activations counts:
     - The forward applies the activation in place on the convolution's output and stores λ
-      only (not d): x + f, then - x ⊙ λ in place.
+      only (not d): x - x ⊙ λ, then + f in place.
     - The backward forms dL/dd = -g ⊙ x ⊙ dλ/dd with the activation's own backward kernel
       on λ (threshold_backward, λ > 0 exactly where d > 0; sigmoid_backward, λ (1 - λ)),
       the sign folded into the weights' gradients.
@@ -236,8 +242,8 @@ class _GatedConvSum(torch.autograd.Function):
 
     λ rather than 1 - λ is kept: in bf16, 1 - λ rounds to 1 for λ below 2⁻⁹, which would
     lose the ReLU gate's gradient and the mean gate's resolution near λ = 0, where the
-    gates of a trained network tend to go. A double backward recomputes λ from x, W and b,
-    so that it is differentiated too.
+    gates of a trained network tend to go. A double backward, or forward mode over the
+    backward, recomputes λ from x, W and b, so that it is differentiated too.
 
     It serves training steps: its backward computes dL/dW and dL/db whenever W and b
     require gradients, as they do under an attack, where only dL/dx is wanted; the junction
@@ -249,7 +255,9 @@ class _GatedConvSum(torch.autograd.Function):
     @staticmethod
     def forward(x, fx, weight, bias, sigmoid):
         lam = _gate(x, weight, bias, sigmoid)
-        return torch.add(fx, x).addcmul_(x, lam.to(x.dtype), value=-1), lam
+        # x - x ⊙ λ first: with f added first, x + f would be rounded before x ⊙ λ ≈ x is
+        # taken off it again (gates near 1, in bf16).
+        return torch.addcmul(x, x, lam.to(x.dtype), value=-1).add_(fx), lam
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -275,7 +283,9 @@ class _GatedConvSum(torch.autograd.Function):
             return None, None, None, None, None
         x, lam, weight, bias = ctx.saved_tensors
         need_x, need_fx, need_w, need_b, _ = ctx.needs_input_grad
-        if torch.is_grad_enabled():  # a double backward: λ as a function of x, W and b
+        if torch.is_grad_enabled() or _has_tangent(x, weight, bias):
+            # A double backward, or forward mode over this backward: λ as a function of x,
+            # W and b (the stored λ has neither a graph nor a tangent).
             lam = _gate(x, weight, bias, ctx.sigmoid, in_place=False)
         w = weight.to(lam.dtype)  # the dtype the forward's convolution ran in
         gx = gw = gb = None
@@ -283,8 +293,8 @@ class _GatedConvSum(torch.autograd.Function):
             # -dL/dd: the sign is folded into the weights below.
             ge = _GatedConvSum._slope(ctx, g * x, lam.to(g.dtype)).to(w.dtype)
             if need_x:  # a 1x1 convolution's input gradient is the convolution by W^T
-                gx = F.conv2d(ge, w.transpose(0, 1).neg()).to(g.dtype)
-                gx = gx.add_(g).addcmul_(g, lam.to(g.dtype), value=-1)
+                gin = F.conv2d(ge, w.transpose(0, 1).neg())
+                gx = torch.addcmul(g, g, lam.to(g.dtype), value=-1).add_(gin.to(g.dtype))
             if need_w or need_b:
                 channels = w.shape[0]
                 _, gw, gb = torch.ops.aten.convolution_backward(
