@@ -13,7 +13,10 @@ step is estimated as the sum over the network's blocks of (junction - plain sum)
 
 Each junction is timed as a block uses it: λ-In-ResNet and ETD, whose blocks fold the factor
 b of f(x) into f's last convolution, as a·x + f plus the product of b with a 3x3 weight
-tensor; with `--dtype bfloat16` under bf16 autocast, as in training.
+tensor; with `--dtype bfloat16` under bf16 autocast, as in training. The element-wise gated
+junctions are timed twice in the same process: as a training step runs them (the gate's
+convolution inside the fused step) and, in the rows marked "(conv as a module)", as the
+convolution module followed by `gated_sum`, the form evaluation uses.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from _common import (  # noqa: E402
     write_report,
 )
 
-from odenets.models.fused import scaled_sum  # noqa: E402
+from odenets.models.fused import gated_sum, scaled_sum  # noqa: E402
 from odenets.models.layers import JUNCTIONS, create_junction  # noqa: E402
 from odenets.models.resnet import default_lambda_init  # noqa: E402
 
@@ -53,8 +56,9 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def time_junction(name: str, channels: int, size: int, args) -> float:
-    """Fastest forward + backward of one junction, in seconds."""
+def time_junction(name: str, channels: int, size: int, args, *, module_gate: bool = False) -> float:
+    """Fastest forward + backward of one junction, in seconds; `module_gate`: a gated
+    junction's convolution as a module, then `gated_sum`."""
     gen = torch.Generator().manual_seed(0)
     dtype = getattr(torch, args.dtype)
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
@@ -75,6 +79,11 @@ def time_junction(name: str, channels: int, size: int, args) -> float:
 
     def once():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            if module_gate:
+                d = junction.proj(x)
+                out = gated_sum(x, fx, d, sigmoid=junction.sigmoid_gate)
+                torch.autograd.grad(out, inputs, grad)
+                return
             scalars = junction.scalars()
             if scalars is None or scalars[1] is None:
                 torch.autograd.grad(junction(x, fx), inputs, grad)
@@ -109,16 +118,21 @@ def main(argv=None) -> int:
     n = blocks_per_stage(args.depth)
     rows = []
     plain = {stage: time_junction("resnet", *stage, args) for stage in STAGES}
-    for name in sorted(JUNCTIONS):
-        times = {stage: time_junction(name, *stage, args) for stage in STAGES}
+    timed = [(name, False) for name in sorted(JUNCTIONS)]
+    timed += [(name, True) for name in sorted(JUNCTIONS) if name.startswith("in_resnet_gating")]
+    for name, module_gate in timed:
+        times = {
+            stage: time_junction(name, *stage, args, module_gate=module_gate) for stage in STAGES
+        }
         # Interpolating junctions sit in every block but the first of each stage.
         extra = sum((times[s] - plain[s]) * (n - 1) for s in STAGES)
-        row = {"junction": name, "dtype": args.dtype, "channels_last": args.channels_last}
+        label = f"{name} (conv as a module)" if module_gate else name
+        row = {"junction": label, "dtype": args.dtype, "channels_last": args.channels_last}
         for (c, size), t in times.items():
             row[f"ms_{c}x{size}"] = t * 1e3
         row[f"step_overhead_ms_depth{args.depth}"] = 0.0 if name == "resnet" else extra * 1e3
         rows.append(row)
-        print(f"timed {name}", flush=True)
+        print(f"timed {label}", flush=True)
     columns = [("junction", "junction", "")]
     columns += [(f"ms_{c}x{s}", f"({args.batch},{c},{s},{s}) ms", ".3f") for c, s in STAGES]
     columns += [(f"step_overhead_ms_depth{args.depth}", f"+ms per step, depth {args.depth}", ".1f")]
