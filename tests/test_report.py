@@ -449,12 +449,44 @@ def test_paired_standard_error_is_mcnemars_on_the_same_images():
     assert paired_standard_error([], []) is None
 
 
+def test_exact_mcnemar_p_known_answers():
+    """Two-sided exact McNemar p, by hand: 5 against 0 discordant samples, 2 · 2⁻⁵; 8 against
+    0, 2 · 2⁻⁸; 10 against 2, 2 · (1 + 12 + 66) / 2¹²; none discordant, 1. It applies to one
+    right-or-wrong record a side, of one seed, on the same images."""
+    from odenets.experiments.comparison import Comparison, exact_mcnemar_p
+
+    def p(only_ours, only_base, both=7, neither=3):
+        n = only_ours + only_base + both + neither
+        idx = list(range(n))
+        ours = [1.0] * only_ours + [0.0] * only_base + [1.0] * both + [0.0] * neither
+        base = [0.0] * only_ours + [1.0] * only_base + [1.0] * both + [0.0] * neither
+        return exact_mcnemar_p([(0, (idx, ours))], [(0, (idx, base))])
+
+    assert p(5, 0) == pytest.approx(0.0625)
+    assert p(0, 5) == pytest.approx(0.0625)
+    assert p(8, 0) == pytest.approx(2 / 256)
+    assert p(10, 2) == pytest.approx(2 * 79 / 4096)
+    assert p(0, 0) == 1.0
+    assert p(3, 3) == 1.0
+    idx, bits = [0, 1], [1.0, 0.0]
+    assert exact_mcnemar_p([(0, (idx, bits))], [(0, (idx, [0.4, 1.0]))]) is None  # shares
+    assert exact_mcnemar_p([(0, (idx, bits))], [(1, (idx, bits))]) is None  # other seed
+    assert exact_mcnemar_p([(0, (idx, bits))], [(0, ([2, 3], bits))]) is None  # other images
+    two = [(0, (idx, bits)), (1, (idx, bits))]
+    assert exact_mcnemar_p(two, two) is None  # several seeds
+    # Both tests must agree for a verdict: 8 against 0 points on 100 images passes both.
+    assert Comparison("pgd", 13.0, 5.0, 2.7, True, p(8, 0)).verdict == "more robust"
+    assert Comparison("pgd", 10.0, 5.0, 2.2, True, p(5, 0)).verdict == "no clear difference"
+    assert Comparison("pgd", 10.0, 5.0, 2.2, True, None).verdict == "more robust"
+
+
 def test_per_sample_records_make_the_verdict_paired(tmp_path):
     """PGD at 8/255, 100 images: ResNet right on 5, In-ResNet on the same 5 and 5 more.
     Independent errors give √(.05·.95/100 + .10·.90/100) = 3.7 points (+5 is within two);
     paired, only the 5 discordant samples count: √(.05 - .05²)/√100 = 2.2 points, and +5
-    exceeds two of them. Noise (5 noisy versions each): all 5 right on the first 50 and 52
-    images, so the per-image shares differ on 2: √(.02 - .02²)/√100 = 1.4 points. FGSM's
+    exceeds two of them, but the exact McNemar test does not pass (p = 0.0625). Noise (5
+    noisy versions each): all 5 right on the first 50 and 52 images, so the per-image shares
+    differ on 2: √(.02 - .02²)/√100 = 1.4 points, and no exact test (shares). FGSM's
     records at another radius are not taken for 8/255. Runs without records (IFGSM) keep
     the independent error."""
     grid = load_grid("inresnet-variants", seeds=1, data_root="data")
@@ -485,16 +517,21 @@ def test_per_sample_records_make_the_verdict_paired(tmp_path):
                 entry["samples"] = "1" * correct + "0" * (100 - correct)
         write_json_atomic(path, ev)
     text = render_markdown(build_report(tmp_path))
+    # +5 exceeds two paired standard errors, but 5 against 0 discordant samples is what an
+    # even split gives with probability 2 · 2⁻⁵ = 0.0625: the exact McNemar test says no.
     assert (
-        "- In-ResNet-110 vs ResNet-110: **more robust** than ResNet-110 under PGD at "
-        "ε = 8/255 (10.0% vs 5.0%, difference +5.0 points, paired standard error 2.2)." in text
+        "- In-ResNet-110 vs ResNet-110: **no clear difference** under PGD at ε = 8/255 "
+        "(10.0% vs 5.0%, difference +5.0 points, paired standard error 2.2, exact McNemar "
+        "p = 0.062)." in text
     )
-    assert "IFGSM +5.0 ± 3.9 (no clear difference); PGD +5.0 ± 2.2 (more robust, paired)." in text
+    assert "IFGSM +5.0 ± 3.9 (no clear difference); PGD +5.0 ± 2.2 (no clear difference, " in text
+    assert "paired, p = 0.062)." in text
     assert "Noise +2.0 ± 1.4 (no clear difference, paired); FGSM +1.0 ± 6.9 (no clear" in text
     every = text[text.index("**Every measurement") :]
     pgd = next(line for line in every.splitlines() if line.startswith("| PGD | pixel | 8/255"))
-    assert pgd.endswith("| +5.0 ± 2.2 (more robust, paired) |")
-    # Now the rule says what "paired" means, under the verdict and the difference columns.
+    assert pgd.endswith("| +5.0 ± 2.2 (no clear difference, paired, p = 0.062) |")
+    # Now the rule says what "paired" means, and the exact test, under the verdict and the
+    # difference columns.
     explained = 'Marked "paired": both networks\' evaluations record each sample'
     assert text.count(explained) == 2 and independent not in text
 

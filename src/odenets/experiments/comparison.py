@@ -13,7 +13,9 @@ so the independent-samples error is, if anything, too wide: a "more" is not clai
 Where the evaluations record every sample (eval.json's "samples", since they have) and the
 two networks' runs scored the same images, the paired error of the per-sample differences
 is used instead (`paired_standard_error`): the samples both get right or both get wrong
-cancel, and only those where they disagree count.
+cancel, and only those where they disagree count. With one run a side and right-or-wrong
+records, the exact McNemar test on those samples must also give p < `EXACT_LEVEL`
+(`exact_mcnemar_p`): with few of them the normal approximation is too generous.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from odenets.experiments.further import Column, measurement_key
 from odenets.experiments.results import WORST_CASE, SampleRecord
 
 MARGIN_SE = 2.0  # a difference counts when it exceeds this many standard errors
+EXACT_LEVEL = 0.05  # and, where the exact McNemar test applies, when its p is below this
 _ZOO_NAME = re.compile(r"(?P<family>[a-z_]+?)(?P<depth>\d+)")
 
 
@@ -49,7 +52,10 @@ def rule(paired: bool) -> str:
     return (
         f'{head} Marked "paired": both networks\' evaluations record each sample and scored '
         "the same test images, and the standard error is the paired one, of the mean "
-        f"per-sample difference (runs paired by seed); elsewhere it is {independent}"
+        "per-sample difference (runs paired by seed); with one run each and a right-or-wrong "
+        "record per sample, the exact McNemar test on the samples where they disagree must "
+        f"also give p < {EXACT_LEVEL:g} (its p is shown). Elsewhere the standard error is "
+        f"{independent}"
     )
 
 
@@ -62,6 +68,7 @@ class Comparison:
     base: float  # percent, the ResNet row's mean
     se: float  # percentage points, standard error of the difference
     paired: bool = False  # se from per-sample differences on the same images
+    p_exact: float | None = None  # exact McNemar p, where it applies (`exact_mcnemar_p`)
 
     @property
     def diff(self) -> float:
@@ -71,6 +78,8 @@ class Comparison:
     def verdict(self) -> str:
         """ "more robust", "less robust" or "no clear difference" (see `rule`)."""
         if abs(self.diff) <= MARGIN_SE * self.se:
+            return "no clear difference"
+        if self.p_exact is not None and self.p_exact >= EXACT_LEVEL:
             return "no clear difference"
         return "more robust" if self.diff > 0 else "less robust"
 
@@ -147,8 +156,11 @@ def _comparison(metric: str, means, errors, records) -> Comparison:
     per-sample records allow it (`paired_standard_error`), else from the two independent
     errors."""
     paired = paired_standard_error(*records)
-    se = math.sqrt(errors[0] ** 2 + errors[1] ** 2) if paired is None else paired
-    return Comparison(metric, *means, se, paired is not None)
+    if paired is None:
+        return Comparison(metric, *means, math.sqrt(errors[0] ** 2 + errors[1] ** 2))
+    # Noise records a share of noisy versions per sample, never right-or-wrong.
+    exact = None if metric == "noise" else exact_mcnemar_p(*records)
+    return Comparison(metric, *means, paired, True, exact)
 
 
 def difference_cell(comparison: Comparison | None, *, clean: bool = False) -> str:
@@ -161,6 +173,8 @@ def difference_cell(comparison: Comparison | None, *, clean: bool = False) -> st
     if clean and verdict != "no clear difference":
         verdict = "higher" if comparison.diff > 0 else "lower"
     paired = ", paired" if comparison.paired else ""
+    if comparison.p_exact is not None:
+        paired += f", p = {comparison.p_exact:.2g}"
     return f"{comparison.diff:+.1f} ± {comparison.se:.1f} ({verdict}{paired})"
 
 
@@ -204,6 +218,36 @@ def paired_standard_error(
     means = [math.fsum(d) / len(d) for d in diffs]
     spread = statistics.stdev(means) / math.sqrt(k) if k > 1 else 0.0
     return 100.0 * max(within, spread)
+
+
+def exact_mcnemar_p(
+    ours: Sequence[tuple[Any, SampleRecord | None]],
+    base: Sequence[tuple[Any, SampleRecord | None]],
+) -> float | None:
+    """Two-sided exact McNemar p of two networks' accuracies from their per-sample records:
+    of the b + c samples where they disagree (b right only for `ours`, c only for `base`),
+    the binomial probability, under an even split, of a split at least as uneven as the one
+    seen. Where few samples disagree the normal approximation behind the paired standard
+    error calls differences this test does not (5 against 0: p = 0.0625).
+
+    None where it does not apply: other than one run on each side of the same seed, records
+    on other images, or a record that is not right-or-wrong per sample (noise's shares,
+    which the caller also leaves out where every share happens to be 0 or 1).
+    """
+    if len(ours) != 1 or len(base) != 1:
+        return None
+    (seed_a, a), (seed_b, b) = ours[0], base[0]
+    if seed_a != seed_b or a is None or b is None or a[0] != b[0]:
+        return None
+    only_ours = only_base = 0
+    for x, y in zip(a[1], b[1], strict=True):
+        if x not in (0, 1) or y not in (0, 1):
+            return None
+        only_ours += x > y
+        only_base += y > x
+    n = only_ours + only_base
+    tail = sum(math.comb(n, i) for i in range(min(only_ours, only_base) + 1))
+    return min(1.0, 2 * tail / 2**n)
 
 
 def _variance_of_mean(values: Sequence[float]) -> float:
@@ -298,7 +342,9 @@ def verdict_lines(rows: Sequence[TableRow], metrics: Sequence[str], *, setting: 
         lines.append(
             f"- {ours.label} vs {base.label}: {verdict} {under} ({head.ours:.1f}% vs "
             f"{head.base:.1f}%, difference {head.diff:+.1f} points, "
-            f"{'paired ' if head.paired else ''}standard error {head.se:.1f}). Per column, "
+            f"{'paired ' if head.paired else ''}standard error {head.se:.1f}"
+            f"{'' if head.p_exact is None else f', exact McNemar p = {head.p_exact:.2g}'}). "
+            "Per column, "
             f"difference ± standard error in points: {per}."
         )
     return [*lines, "", rule(paired)] if lines else []
