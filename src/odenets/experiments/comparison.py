@@ -197,19 +197,11 @@ def paired_standard_error(
     Args:
         ours, base: (seed, record) per run, as `further.Column.sample_records` gives them.
     """
-    by_seed = [dict(side) for side in (ours, base)]
-    if not ours or any(len(d) != len(s) for d, s in zip(by_seed, (ours, base), strict=True)):
-        return None  # two runs of one seed: nothing says which pairs with which
-    a, b = by_seed
-    if a.keys() != b.keys():
+    pairs = _record_pairs(ours, base)
+    if pairs is None:
         return None
-    diffs, images = [], []
-    for seed, record in a.items():
-        other = b[seed]
-        if record is None or other is None or record[0] != other[0]:
-            return None
-        diffs.append([x - y for x, y in zip(record[1], other[1], strict=True)])
-        images.append(record[0])
+    diffs = [[x - y for x, y in zip(a[1], b[1], strict=True)] for a, b in pairs]
+    images = [a[0] for a, _ in pairs]
     k = len(diffs)
     if all(i == images[0] for i in images):
         within = math.sqrt(_variance_of_mean([math.fsum(d) / k for d in zip(*diffs, strict=True)]))
@@ -218,6 +210,24 @@ def paired_standard_error(
     means = [math.fsum(d) / len(d) for d in diffs]
     spread = statistics.stdev(means) / math.sqrt(k) if k > 1 else 0.0
     return 100.0 * max(within, spread)
+
+
+def _record_pairs(
+    ours: Sequence[tuple[Any, SampleRecord | None]],
+    base: Sequence[tuple[Any, SampleRecord | None]],
+) -> list[tuple[SampleRecord, SampleRecord]] | None:
+    """The two sides' records paired by seed, each pair on the same test images; None
+    unless every run on each side has a record and such a partner."""
+    by_seed = [dict(side) for side in (ours, base)]
+    if not ours or any(len(d) != len(s) for d, s in zip(by_seed, (ours, base), strict=True)):
+        return None  # two runs of one seed: nothing says which pairs with which
+    a, b = by_seed
+    if a.keys() != b.keys():
+        return None
+    pairs = [(record, b[seed]) for seed, record in a.items()]
+    if any(x is None or y is None or x[0] != y[0] for x, y in pairs):
+        return None
+    return pairs
 
 
 def exact_mcnemar_p(
@@ -234,12 +244,10 @@ def exact_mcnemar_p(
     on other images, or a record that is not right-or-wrong per sample (noise's shares,
     which the caller also leaves out where every share happens to be 0 or 1).
     """
-    if len(ours) != 1 or len(base) != 1:
+    pairs = _record_pairs(ours, base)
+    if pairs is None or len(pairs) != 1:
         return None
-    (seed_a, a), (seed_b, b) = ours[0], base[0]
-    if seed_a != seed_b or a is None or b is None or a[0] != b[0]:
-        return None
-    only_ours = only_base = 0
+    (a, b), only_ours, only_base = pairs[0], 0, 0
     for x, y in zip(a[1], b[1], strict=True):
         if x not in (0, 1) or y not in (0, 1):
             return None

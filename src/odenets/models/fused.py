@@ -122,6 +122,14 @@ def scaled_sum(
     return _ScaledSum.apply(x, fx, a, b)
 
 
+def _act_backward(grad: torch.Tensor, at: torch.Tensor, sigmoid: bool) -> torch.Tensor:
+    """grad ⊙ dλ/dd by the activation's own backward kernel, one pass: λ (1 - λ) from λ for
+    the sigmoid (`at` = λ); the mask d > 0 for ReLU, from d or from λ = ReLU(d) alike."""
+    if sigmoid:
+        return torch.ops.aten.sigmoid_backward(grad, at)
+    return torch.ops.aten.threshold_backward(grad, at, 0)
+
+
 class _GatedSum(torch.autograd.Function):
     """(1 - act(d)) ⊙ x + f with act = ReLU (`sigmoid=False`) or sigmoid, d of x's shape or
     broadcast over its spatial dimensions ((N, C, 1, 1), the pooled gate).
@@ -170,12 +178,8 @@ class _GatedSum(torch.autograd.Function):
             if gd.shape != d.shape:  # pooled gate: summed over H and W first (dλ/dd is
                 gd = gd.sum_to_size(d.shape)  # constant there), the rest per channel
             gd = gd.neg_().to(d.dtype)
-            # dλ/dd applied by the activation's own backward kernel, one pass: λ (1 - λ)
-            # for the sigmoid, the mask d > 0 for ReLU.
-            if ctx.sigmoid:
-                gd = torch.ops.aten.sigmoid_backward(gd, lam)
-            else:
-                gd = torch.ops.aten.threshold_backward(gd, d, 0)
+            # dλ/dd applied by the activation's own backward kernel, one pass.
+            gd = _act_backward(gd, lam if ctx.sigmoid else d, ctx.sigmoid)
         return gx, (g if need_fx else None), gd, None
 
     @staticmethod
@@ -271,13 +275,6 @@ class _GatedConvSum(torch.autograd.Function):
         ctx.save_for_forward(x, lam, weight)
 
     @staticmethod
-    def _slope(ctx, grad, lam):
-        """grad ⊙ dλ/dd, as a function of λ."""
-        if ctx.sigmoid:
-            return torch.ops.aten.sigmoid_backward(grad, lam)
-        return torch.ops.aten.threshold_backward(grad, lam, 0)
-
-    @staticmethod
     def backward(ctx, g, _g_lam):
         if g is None:  # the sum itself was not used
             return None, None, None, None, None
@@ -291,7 +288,7 @@ class _GatedConvSum(torch.autograd.Function):
         gx = gw = gb = None
         if need_x or need_w or need_b:
             # -dL/dd: the sign is folded into the weights below.
-            ge = _GatedConvSum._slope(ctx, g * x, lam.to(g.dtype)).to(w.dtype)
+            ge = _act_backward(g * x, lam.to(g.dtype), ctx.sigmoid).to(w.dtype)
             if need_x:  # a 1x1 convolution's input gradient is the convolution by W^T
                 gin = F.conv2d(ge, w.transpose(0, 1).neg())
                 gx = torch.addcmul(g, g, lam.to(g.dtype), value=-1).add_(gin.to(g.dtype))
@@ -321,7 +318,7 @@ class _GatedConvSum(torch.autograd.Function):
         if tx is not None:
             out = out + tx - tx * lam.to(tx.dtype)
         if td:
-            t_lam = _GatedConvSum._slope(ctx, sum(td[1:], td[0]), lam)
+            t_lam = _act_backward(sum(td[1:], td[0]), lam, ctx.sigmoid)
             out = out - t_lam.to(x.dtype) * x
         return (out.clone() if out is tfx else out), None  # never f's tangent itself
 

@@ -312,8 +312,7 @@ class _GatingJunction(Junction):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor, fx: torch.Tensor) -> torch.Tensor:
-        training_step = self.training and torch.is_grad_enabled()
-        if training_step and self.gate == "elementwise":
+        if self.gate == "elementwise" and self.training and torch.is_grad_enabled():
             # The 1x1 convolution inside the fused step, which also gives λ. Elsewhere (an
             # attack wants dL/dx only) the module and `gated_sum` let autograd skip dL/dW.
             out, lam = gated_conv_sum(
