@@ -538,21 +538,22 @@ def test_per_sample_records_make_the_verdict_paired(tmp_path):
 
 def test_the_report_says_in_words_whether_in_resnet_is_more_robust(variants_folder):
     """PGD at 8/255: In-ResNet-110 30% (one run of 100 images) against ResNet-110 4% and 6%
-    (two runs): standard errors 100·√(0.3·0.7/100) = 4.58 and max(100·√(0.05·0.95/200),
-    s/√2 = 1.0) = 1.54, of the difference 4.83; +25 points is more than twice that."""
+    (two seeds scored on the same 100 images, so N = 100, not 200): standard errors
+    100·√(0.3·0.7/100) = 4.58 and max(100·√(0.05·0.95/100), s/√2 = 1.0) = 2.18, of the
+    difference 5.07; +25 points is more than twice that."""
     from odenets.experiments.comparison import MARGIN_SE, Comparison, row_standard_error
 
     report = build_report(variants_folder)
     rows = {r.key: r for r in report.rows}
     assert row_standard_error(rows["in_resnet110"], "pgd") == pytest.approx(4.5826, abs=1e-4)
-    assert row_standard_error(rows["resnet110"], "pgd") == pytest.approx(1.5411, abs=1e-4)
+    assert row_standard_error(rows["resnet110"], "pgd") == pytest.approx(2.1794, abs=1e-4)
     text = render_markdown(report)
     assert "**Is In-ResNet more robust than ResNet on this data?**" in text
     assert (
         "- In-ResNet-110 vs ResNet-110: **more robust** than ResNet-110 under PGD at "
-        "ε = 8/255 (30.0% vs 5.0%, difference +25.0 points, standard error 4.8)." in text
+        "ε = 8/255 (30.0% vs 5.0%, difference +25.0 points, standard error 5.1)." in text
     )
-    assert "Noise +19.0 ± 5.8 (more robust); FGSM +9.0 ± 6.1 (no clear difference)" in text
+    assert "Noise +19.0 ± 6.8 (more robust); FGSM +9.0 ± 7.0 (no clear difference)" in text
     assert f"exceeds {MARGIN_SE:g} standard errors of the difference" in text
     # The rule at its edges: more, less, and within the margin.
     assert Comparison("pgd", 50.0, 40.0, 4.9).verdict == "more robust"
@@ -646,16 +647,16 @@ def test_every_measurement_of_the_evaluation_is_tabled_when_the_table_shows_one_
     # Means and sample std over seeds, as the table: PGD 4% and 6% for the ResNet's two seeds.
     assert "| PGD | pixel | 8/255 | 5.00 ± 1.41 | 30.00 |" in section
     assert section.index("| FGSM | pixel | 4/255") < section.index("| FGSM | pixel | 8/255")
-    # The difference column: 30% - 5% = +25.0, standard error √(1.5411² + 4.5826²) = 4.8,
+    # The difference column: 30% - 5% = +25.0, standard error √(2.1794² + 4.5826²) = 5.1,
     # the same numbers as the verdict's comparison of the table's rows.
     from odenets.experiments.comparison import compare_rows
 
     assert "| In-ResNet-110 − ResNet-110 |" in section.splitlines()[2]
-    assert "| PGD | pixel | 8/255 | 5.00 ± 1.41 | 30.00 | +25.0 ± 4.8 (more robust) |" in section
+    assert "| PGD | pixel | 8/255 | 5.00 ± 1.41 | 30.00 | +25.0 ± 5.1 (more robust) |" in section
     rows = {r.key: r for r in build_report(variants_folder).rows}
     (pgd,) = compare_rows(rows["in_resnet110"], rows["resnet110"], ["pgd"])
-    assert f"{pgd.diff:+.1f} ± {pgd.se:.1f} ({pgd.verdict})" == "+25.0 ± 4.8 (more robust)"
-    assert "| clean |  |  | 91.00 ± 1.41 | 88.00 | -3.0 ± 3.8 (no clear difference) |" in section
+    assert f"{pgd.diff:+.1f} ± {pgd.se:.1f} ({pgd.verdict})" == "+25.0 ± 5.1 (more robust)"
+    assert "| clean |  |  | 91.00 ± 1.41 | 88.00 | -3.0 ± 4.3 (no clear difference) |" in section
     # With nothing but the table's radius, the table says it all: no second table.
     for path in variants_folder.rglob("eval.json"):
         ev = json.loads(path.read_text())
@@ -790,3 +791,24 @@ def test_the_report_names_runs_whose_coefficients_ended_at_zero(tmp_path):
     bullets = section[: section.index("\n\n", section.index("- `"))]
     assert bullets.count("\n- `") == 3 and "`plain`" not in bullets
     assert bullets.count("held at their initial values") == 1
+
+
+def test_seeds_scored_on_the_same_images_count_those_images_once():
+    from odenets.experiments.comparison import distinct_images, standard_error
+
+    ev = {"dataset": "cifar10", "split": "test", "n": 1000, "seed": 0, "shard": None}
+    # Three seeds of a network on one fixed subset: 1,000 images, not 3,000.
+    assert distinct_images([ev, dict(ev), dict(ev)]) == 1000
+    # Other subsets, shards, sizes or data sets are other images.
+    assert distinct_images([ev, {**ev, "seed": 1}]) == 2000
+    assert distinct_images([ev, {**ev, "shard": {"index": 1, "count": 2}}]) == 2000
+    assert distinct_images([ev, {**ev, "n": 500}]) == 1500
+    assert distinct_images([ev, {**ev, "dataset": "cifar100"}]) == 2000
+    # A field an older file lacks: taken as the same images, the wider error.
+    assert distinct_images([{"n": 100}, {"n": 100}]) == 100
+    assert distinct_images([]) == 0
+    # With identical seeds the error is the binomial one of the 1,000 images: √3 wider
+    # than counting 3,000.
+    same = standard_error([0.5, 0.5, 0.5], distinct_images([ev] * 3))
+    assert same == pytest.approx(100 * (0.25 / 1000) ** 0.5)
+    assert same == pytest.approx(standard_error([0.5] * 3, 3000) * 3**0.5)

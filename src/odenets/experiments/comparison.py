@@ -7,9 +7,10 @@ same depth on the same data set. The rule: the difference d of the two accuracie
 "more robust" (d > 0) or "less robust" (d < 0) when |d| exceeds `MARGIN_SE` standard errors
 of the difference, sqrt(se_a² + se_b²); otherwise there is "no clear difference". The
 standard error of one row's accuracy p (a fraction) is the binomial sqrt(p (1 - p) / N), N
-the test images over its runs (k runs of n images: N = k n), or, over several seeds, the
-seeds' standard error s / sqrt(k) where that is larger. Both runs see the same test images,
-so the independent-samples error is, if anything, too wide: a "more" is not claimed lightly.
+the distinct test images behind its runs (`distinct_images`: k seeds scored on one fixed
+subset of n images are N = n, not k n), or, over several seeds, the seeds' standard error
+s / sqrt(k) where that is larger. Both networks see the same test images, so the
+independent-samples error is, if anything, too wide: a "more" is not claimed lightly.
 Where the evaluations record every sample (eval.json's "samples", since they have) and the
 two networks' runs scored the same images, the paired error of the per-sample differences
 is used instead (`paired_standard_error`): the samples both get right or both get wrong
@@ -23,7 +24,7 @@ from __future__ import annotations
 import math
 import re
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,8 +45,9 @@ def rule(paired: bool) -> str:
         "standard errors of the difference; otherwise: no clear difference."
     )
     independent = (
-        "that of two independent accuracies, each the binomial √(p(1 − p)/N), N the test "
-        "images over the row's runs, or over several seeds the seeds' s/√k when larger."
+        "that of two independent accuracies, each the binomial √(p(1 − p)/N), N the "
+        "distinct test images behind the row's runs (seeds scored on the same images count "
+        "them once), or over several seeds the seeds' s/√k when larger."
     )
     if not paired:
         return f"{head} The standard error is {independent}"
@@ -95,12 +97,28 @@ def row_standard_error(row: TableRow, metric: str) -> float | None:
     cell = row.cells.get(metric)
     if cell is None or cell.mean is None:
         return None
-    images = sum(
-        int(r.evaluation["n"])
+    images = distinct_images(
+        r.evaluation
         for r in row.runs
         if r.status in DONE and r.evaluation and metric in r.metrics and r.evaluation.get("n")
     )
     return standard_error([v / 100.0 for v in cell.values], images)
+
+
+_IMAGE_SET = ("dataset", "split", "seed", "shard")  # with n, which test images were scored
+
+
+def distinct_images(evaluations: Iterable[Mapping[str, Any]]) -> int:
+    """The test images behind several evaluations' accuracies: evaluations of the same
+    images (the same data set, split, subset seed, shard and size n) count once. Seeds of a
+    network scored on one fixed subset are several looks at the same n images, and its
+    test-set sampling error does not shrink with them; a field an evaluation lacks matches
+    any other's lack of it (counted as the same images: the wider error)."""
+    sizes: dict[tuple, int] = {}
+    for ev in evaluations:
+        n = int(ev.get("n") or 0)
+        sizes[(*(repr(ev.get(k)) for k in _IMAGE_SET), n)] = n
+    return sum(sizes.values())
 
 
 def standard_error(values: Sequence[float], images: int) -> float:
@@ -144,7 +162,7 @@ def compare_columns(name: str, ours: Column, base: Column, key) -> Comparison | 
         if not found:
             return None
         values = [v for v, _ in found]
-        images = sum(n for _, n in found)
+        images = distinct_images(ev for m, ev in col.measured_runs(name) if key in m)
         sides.append((100.0 * statistics.fmean(values), standard_error(values, images)))
     (a, se_a), (b, se_b) = sides
     records = (ours.sample_records(name, key), base.sample_records(name, key))
