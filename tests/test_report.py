@@ -812,3 +812,25 @@ def test_seeds_scored_on_the_same_images_count_those_images_once():
     same = standard_error([0.5, 0.5, 0.5], distinct_images([ev] * 3))
     assert same == pytest.approx(100 * (0.25 / 1000) ** 0.5)
     assert same == pytest.approx(standard_error([0.5] * 3, 3000) * 3**0.5)
+
+
+def test_legend_and_caption_describe_an_attack_alike():
+    from odenets.robustness.table import attack_setting, attack_settings
+
+    pgd = [
+        {"name": "pgd", "eps": e / 255, "eps_255": e, "alpha": e / 255 / 4, "steps": 20,
+         "random_start": True, "restarts": 5}
+        for e in (2, 8)
+    ]  # fmt: skip
+    apgd = [{"name": "apgd_ce", "eps": 8 / 255, "eps_255": 8, "steps": 100, "loss": "ce",
+             "restarts": 2}]  # fmt: skip
+    assert attack_setting(pgd) == "20 steps, α = 0.25·ε, random start, 5 restarts"
+    assert attack_setting(apgd) == "100 steps from α = 2ε, halved by its schedule, 2 restarts"
+    assert attack_settings(pgd + apgd) == (
+        "pgd: 20 steps, α = 0.5/255 at ε = 2/255, 2/255 at ε = 8/255, random start, "
+        "5 restarts; apgd_ce: 100 steps from α = 2ε, halved by its schedule, at ε = 8/255, "
+        "2 restarts."
+    )
+    assert attack_setting([{"name": "square", "queries": 1000}]) == "1000 queries"
+    assert attack_setting([{"name": "aa", "version": "standard"}]) == "AutoAttack, version standard"
+    assert attack_setting([{"name": "x"}]) == ""

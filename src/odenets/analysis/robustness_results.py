@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from odenets.checkpoint import read_json
+from odenets.robustness.table import attack_setting
 from odenets.training.run_folder import EVAL
 
 # The columns of the In-ResNet paper's tables, in order: clean accuracy, mean noise accuracy
@@ -159,30 +160,6 @@ def ensemble_gain(
             "n_single": len(single),
         }
     return result
-
-
-def attack_setting(entries: Sequence[Mapping]) -> str:
-    """An attack's steps and step size α in words, from its eval.json entries (one per
-    radius): '20 steps, α = 0.125·ε, random start', '1 step, α = ε', '20 steps from α = 2ε,
-    halved by its schedule'; "" when the entries do not say."""
-    first = entries[0]
-    if first.get("version"):
-        return f"AutoAttack, version {first['version']}"
-    if first.get("queries"):
-        return f"{first['queries']} queries"
-    steps = first.get("steps")
-    if not steps:
-        return ""
-    if first.get("loss"):
-        return f"{steps} steps from α = 2ε, halved by its schedule"
-    ratios = {round(a["alpha"] / a["eps"], 6) for a in entries if a.get("alpha") and a.get("eps")}
-    if len(ratios) != 1:
-        return f"{steps} step{'s' * (steps > 1)}"
-    ratio = ratios.pop()
-    words = f"{steps} step{'s' * (steps > 1)}, α = " + ("ε" if ratio == 1 else f"{ratio:.3g}·ε")
-    if (first.get("restarts") or 1) > 1:
-        words += f", {first['restarts']} restarts"
-    return words + (", random start" if first.get("random_start") else "")
 
 
 def robustness_curves(evals: Sequence[Mapping]) -> dict[str, dict]:

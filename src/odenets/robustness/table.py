@@ -5,7 +5,7 @@ gradient-masking verdict with its evidence."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 
@@ -51,11 +51,50 @@ def masking_lines(section: Mapping) -> list[str]:
 
 def attack_settings(attacks: list[Mapping]) -> str:
     """One sentence per attack: its steps and step size α at each radius ε, its version, its
-    queries or its surrogate, as the entries record them."""
+    queries or its surrogate, as the entries record them (table captions)."""
     by_name: dict[str, list[Mapping]] = {}
     for a in attacks:
         by_name.setdefault(a["name"], []).append(a)
     return "; ".join(_settings(name, entries) for name, entries in by_name.items()) + "."
+
+
+def attack_setting(entries: Sequence[Mapping]) -> str:
+    """One attack's steps and step size α in words, from its eval.json entries (one per
+    radius), α as a multiple of ε so that one phrase serves every radius (figure legends):
+    '20 steps, α = 0.125·ε, random start', '1 step, α = ε', '20 steps from α = 2ε, halved
+    by its schedule'; "" when the entries do not say."""
+    first = entries[0]
+    if first.get("version"):
+        return f"AutoAttack, version {first['version']}"
+    if first.get("queries"):
+        return f"{first['queries']} queries"
+    if not first.get("steps"):
+        return ""
+    if first.get("loss"):
+        return _apgd_words(first) + _restarts(first)
+    ratios = {round(a["alpha"] / a["eps"], 6) for a in entries if a.get("alpha") and a.get("eps")}
+    if len(ratios) != 1:
+        return _steps(first)
+    ratio = ratios.pop()
+    return f"{_steps(first)}, α = " + ("ε" if ratio == 1 else f"{ratio:.3g}·ε") + _start(first)
+
+
+def _steps(first: Mapping) -> str:
+    return f"{first['steps']} step{'s' * (first['steps'] > 1)}"
+
+
+def _apgd_words(first: Mapping) -> str:
+    """APGD's fixed schedule: the step size starts at 2ε and is halved where progress stalls."""
+    return f"{_steps(first)} from α = 2ε, halved by its schedule"
+
+
+def _restarts(first: Mapping) -> str:
+    return f", {first['restarts']} restarts" if (first.get("restarts") or 1) > 1 else ""
+
+
+def _start(first: Mapping) -> str:
+    """The random start and the restarts, in words."""
+    return (", random start" if first.get("random_start") else "") + _restarts(first)
 
 
 def _settings(name: str, entries: list[Mapping]) -> str:
@@ -75,21 +114,14 @@ def _settings(name: str, entries: list[Mapping]) -> str:
         words += f"{first['base']} crafted on {source}, "
     radii = ", ".join(f"ε = {e:g}/255" for e in sorted({a["eps_255"] for a in entries}))
     if first.get("loss"):
-        restarts = f", {first['restarts']} restarts" if (first.get("restarts") or 1) > 1 else ""
-        return (
-            words + f"{first['steps']} steps from α = 2ε, halved by its schedule, at {radii}"
-            f"{restarts}"
-        )
+        return words + _apgd_words(first) + f", at {radii}" + _restarts(first)
     if first.get("steps") == 1 and first.get("alpha") == first.get("eps"):
         return words + f"1 step of α = ε, at {radii}"
     alphas = sorted({(a["eps_255"], a["alpha"] * 255) for a in entries if a.get("alpha")})
     steps = f"{first['steps']} steps, α = " + ", ".join(
         f"{al:.3g}/255 at ε = {e:g}/255" for e, al in alphas
     )
-    extra = ", random start" if first.get("random_start") else ""
-    if (first.get("restarts") or 1) > 1:
-        extra += f", {first['restarts']} restarts"
-    return words + steps + extra
+    return words + steps + _start(first)
 
 
 def _attack_table(result: Mapping) -> list[str]:
