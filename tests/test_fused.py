@@ -461,3 +461,61 @@ def test_bf16_inner_product_of_activations_makes_no_float32_copies():
     ops = {event.key for event in prof.key_averages()}
     assert "aten::native_batch_norm_backward" in ops
     assert not ops & {"aten::copy_", "aten::_to_copy", "aten::dot"}
+
+
+def test_bf16_coefficient_gradient_of_an_empty_batch_is_zero():
+    # BatchNorm's kernel divides by N·H·W (a floating-point exception that kills the
+    # process); an empty batch takes the widened path.
+    x = torch.zeros(0, 4, 3, 3, dtype=torch.bfloat16)
+    a = torch.tensor(0.5, requires_grad=True)
+    scaled_sum(x, x.clone(), a).sum().backward()
+    assert a.grad.item() == 0.0
+
+
+def _bf16_block_tensors():
+    gen = torch.Generator().manual_seed(6)
+    x, f, g, t = (
+        torch.randn(2, 3, 4, 4, generator=gen)
+        .to(torch.bfloat16)
+        .contiguous(memory_format=torch.channels_last)
+        for _ in range(4)
+    )
+    return x, f, g, t
+
+
+def test_bf16_double_backward_differentiates_the_coefficient_gradient():
+    # d(dL/da)/dx = g: BatchNorm's own double backward would treat its mean and deviation
+    # as functions of x (up to 0.58 off here); a double backward takes the widened path.
+    x, f, g, _ = _bf16_block_tensors()
+    x = x.float().requires_grad_()
+    a = torch.tensor(0.7, requires_grad=True)
+    (ga,) = torch.autograd.grad(scaled_sum(x.bfloat16(), f, a), a, g, create_graph=True)
+    (gx,) = torch.autograd.grad(ga, x)
+    torch.testing.assert_close(gx, g.float())
+
+
+def test_bf16_forward_mode_over_the_coefficient_gradient():
+    # A tangent t on x carries dL/da = Σ g·x to Σ g·t; BatchNorm's forward-mode rule would
+    # differentiate its mean and deviation too (-6.82 against -5.64 in one probe).
+    import torch.autograd.forward_ad as fwAD
+
+    x, f, g, t = _bf16_block_tensors()
+    a = torch.tensor(0.7, requires_grad=True)
+    with fwAD.dual_level():
+        dual = fwAD.make_dual(x, t)
+        (ga,) = torch.autograd.grad(scaled_sum(dual, f, a), a, g)
+        tangent = fwAD.unpack_dual(ga).tangent
+    want = (g.double() * t.double()).sum().item()
+    assert tangent is not None
+    assert tangent.item() == pytest.approx(want, rel=1e-5, abs=1e-4)
+
+
+def test_training_backward_takes_the_copy_free_coefficient_gradient():
+    x, f, g, _ = _bf16_block_tensors()
+    a = torch.tensor(0.7, requires_grad=True)
+    out = scaled_sum(x, f, a)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        out.backward(g)
+    ops = {event.key for event in prof.key_averages()}
+    assert "aten::native_batch_norm_backward" in ops and "aten::dot" not in ops
+    assert a.grad.item() == pytest.approx((g.double() * x.double()).sum().item(), rel=1e-5)

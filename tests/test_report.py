@@ -807,6 +807,18 @@ def test_seeds_scored_on_the_same_images_count_those_images_once():
     # A field an older file lacks: taken as the same images, the wider error.
     assert distinct_images([{"n": 100}, {"n": 100}]) == 100
     assert distinct_images([]) == 0
+
+    # With the test-split positions recorded: their union, whatever the keys say (the whole
+    # split under two seeds; a shard beside the merged whole).
+    def at(positions, **fields):
+        return {**ev, **fields, "n": len(positions), "samples": {"indices": positions}}
+
+    assert distinct_images([at([0, 1, 2], seed=0), at([0, 1, 2], seed=1)]) == 3
+    assert distinct_images([at([0, 1, 2, 3]), at([2, 3], shard={"index": 1, "count": 2})]) == 4
+    assert distinct_images([at([0, 1]), at([5, 6], seed=1)]) == 4
+    assert distinct_images([at([0, 1]), at([0, 1], dataset="cifar100")]) == 4
+    # One evaluation without them: the keys decide.
+    assert distinct_images([at([0, 1]), {**ev, "n": 2, "seed": 1}]) == 4
     # With identical seeds the error is the binomial one of the 1,000 images: √3 wider
     # than counting 3,000.
     same = standard_error([0.5, 0.5, 0.5], distinct_images([ev] * 3))

@@ -109,11 +109,25 @@ _IMAGE_SET = ("dataset", "split", "seed", "shard")  # with n, which test images 
 
 
 def distinct_images(evaluations: Iterable[Mapping[str, Any]]) -> int:
-    """The test images behind several evaluations' accuracies: evaluations of the same
-    images (the same data set, split, subset seed, shard and size n) count once. Seeds of a
-    network scored on one fixed subset are several looks at the same n images, and its
-    test-set sampling error does not shrink with them; a field an evaluation lacks matches
-    any other's lack of it (counted as the same images: the wider error)."""
+    """The test images behind several evaluations' accuracies, each counted once. Seeds of
+    a network scored on one fixed subset are several looks at the same n images, and its
+    test-set sampling error does not shrink with them.
+
+    Where every evaluation records its test-split positions (eval.json's
+    "samples"["indices"]), the images are their union per data set and split. Otherwise
+    evaluations of the same data set, split, subset seed, shard and size n count once; a
+    field an evaluation lacks matches any other's lack of it (counted as the same images:
+    the wider error).
+    """
+    evaluations = list(evaluations)
+    positions = [(ev.get("samples") or {}).get("indices") for ev in evaluations]
+    if evaluations and all(positions):
+        union: dict[tuple, set] = {}
+        for ev, indices in zip(evaluations, positions, strict=True):
+            union.setdefault((repr(ev.get("dataset")), repr(ev.get("split"))), set()).update(
+                indices
+            )
+        return sum(len(u) for u in union.values())
     sizes: dict[tuple, int] = {}
     for ev in evaluations:
         n = int(ev.get("n") or 0)

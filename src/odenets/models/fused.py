@@ -1,11 +1,11 @@
 """Fused elementwise operations of the blocks, as custom autograd functions.
 
 `scaled_sum(x, f, a, b)` = a·x + b·f with 0-d a and b is the update of every scalar junction
-(`odenets.models.layers`): one `addcmul` forward and, backward, one dot product for each
-scalar gradient instead of a product and a sum. `gated_sum(x, f, d)` = (1 - act(d)) ⊙ x + f
-is the update of the pooled gating junctions, and `gated_conv_sum(x, f, W, b)`, the same with
-d = W x + b a 1x1 convolution taken into the fused step, that of the element-wise ones in a
-training step.
+(`odenets.models.layers`): one `addcmul` forward and, backward, one float32-accumulated
+reduction for each scalar gradient (`_inner`) instead of a product and a sum.
+`gated_sum(x, f, d)` = (1 - act(d)) ⊙ x + f is the update of the pooled gating junctions,
+and `gated_conv_sum(x, f, W, b)`, the same with d = W x + b a 1x1 convolution taken into the
+fused step, that of the element-wise ones in a training step.
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ def _inner(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     and accumulated in float32. Widening both to float32 for a BLAS dot product instead
     writes two float32 copies, which in a training step (cold caches, fresh buffers) cost
     about 8% of a bf16 step of In-ResNet-56. Other shapes and devices are widened, and so
-    is a double backward or forward mode over the backward (differentiable operations).
+    is a double backward or forward mode over the backward: the kernel's own derivatives
+    treat the mean and deviation as functions of v, which would make them wrong here.
     """
     dtype = torch.promote_types(torch.promote_types(u.dtype, v.dtype), torch.float32)
     if (
@@ -54,6 +55,7 @@ def _inner(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         and u.shape == v.shape
         and u.dtype == v.dtype
         and u.dtype in (torch.bfloat16, torch.float16)
+        and u.numel() > 0  # the kernel divides by N·H·W: an empty batch would kill the process
         and not torch.is_grad_enabled()
         and not _has_tangent(u, v)
     ):
@@ -72,7 +74,7 @@ class _ScaledSum(torch.autograd.Function):
 
     The plain expression costs two elementwise kernels forward and, backward, a product
     and a sum for each of dL/da and dL/db; here the forward is one `addcmul` and each
-    scalar gradient one dot product. Forward-mode (`torch.func.jvp`), `vmap` and double
+    scalar gradient one reduction (`_inner`). Forward-mode (`torch.func.jvp`), `vmap` and double
     backward work as for the plain expression; under `torch.compile`, `scaled_sum` uses
     the plain expression instead (see there).
     """

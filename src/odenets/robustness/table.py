@@ -118,7 +118,7 @@ def _settings(name: str, entries: list[Mapping]) -> str:
     if first.get("steps") == 1 and first.get("alpha") == first.get("eps"):
         return words + f"1 step of α = ε, at {radii}"
     alphas = sorted({(a["eps_255"], a["alpha"] * 255) for a in entries if a.get("alpha")})
-    steps = f"{first['steps']} steps, α = " + ", ".join(
+    steps = f"{_steps(first)}, α = " + ", ".join(
         f"{al:.3g}/255 at ε = {e:g}/255" for e, al in alphas
     )
     return words + steps + _start(first)
