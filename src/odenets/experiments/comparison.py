@@ -176,7 +176,7 @@ def compare_columns(name: str, ours: Column, base: Column, key) -> Comparison | 
         if not found:
             return None
         values = [v for v, _ in found]
-        images = distinct_images(ev for m, ev in col.measured_runs(name) if key in m)
+        images = distinct_images(ev for _, ev in found)
         sides.append((100.0 * statistics.fmean(values), standard_error(values, images)))
     (a, se_a), (b, se_b) = sides
     records = (ours.sample_records(name, key), base.sample_records(name, key))

@@ -79,9 +79,9 @@ class Column:
             self._measured[name] = [(measurements(ev), ev) for ev in evals]
         return self._measured[name]
 
-    def found(self, name: str, key) -> list[tuple[float, int]]:
-        """(value, test images) of measurement `key` in each run that has it."""
-        return [(m[key], int(ev.get("n") or 0)) for m, ev in self.measured_runs(name) if key in m]
+    def found(self, name: str, key) -> list[tuple[float, dict[str, Any]]]:
+        """(value, evaluation) of measurement `key` in each run that has it."""
+        return [(m[key], ev) for m, ev in self.measured_runs(name) if key in m]
 
     def values(self, name: str, key) -> list[float]:
         return [v for v, _ in self.found(name, key)]

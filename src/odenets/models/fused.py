@@ -48,7 +48,6 @@ def _inner(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     is a double backward or forward mode over the backward: the kernel's own derivatives
     treat the mean and deviation as functions of v, which would make them wrong here.
     """
-    dtype = torch.promote_types(torch.promote_types(u.dtype, v.dtype), torch.float32)
     if (
         u.device.type == "cpu"
         and u.dim() == 4
@@ -65,6 +64,7 @@ def _inner(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             u, v, ones, None, None, zeros, ones, True, 0.0, [False, True, False]
         )
         return per_channel.sum()
+    dtype = torch.promote_types(torch.promote_types(u.dtype, v.dtype), torch.float32)
     fu, fv = _flat_pair(u.to(dtype), v.to(dtype))
     return torch.dot(fu, fv)
 
